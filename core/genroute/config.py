@@ -1,0 +1,261 @@
+"""``plugins.toml`` + environment → validated :class:`Settings`.
+
+Precedence, highest first: arguments to :func:`load_settings`, then the environment
+(``GENROUTE_CONFIG`` picks the file, ``GENROUTE_PROFILE`` the profile, ``GENROUTE_HOME`` the base of
+relative paths), then the file. Tokens come only from the environment: a file that holds one is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .types import Billing, ModelEntry, Task, Tier
+
+CONFIG_FILE_NAME = "plugins.toml"
+ENV_CONFIG = "GENROUTE_CONFIG"
+ENV_PROFILE = "GENROUTE_PROFILE"
+ENV_HOME = "GENROUTE_HOME"
+
+Period = Literal["total", "daily", "monthly"]
+
+_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|secret|password)$", re.IGNORECASE)
+_SCOPE = re.compile(r"^(global|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderSettings(_Strict):
+    """A provider's section: ``[providers.<name>]``."""
+
+    enabled: bool = True
+    priority: int = Field(default=100, description="lower goes first among offers of equal price")
+    billing: Billing = "paid"
+    options: dict[str, Any] = Field(default_factory=dict, description="provider-specific, checked by the plugin")
+    models: dict[Task, dict[Tier, ModelEntry]] = Field(default_factory=dict)
+
+
+class BudgetLimit(_Strict):
+    """A spending cap on one scope for one period (UTC calendar days and months)."""
+
+    scope: str = "global"
+    period: Period = "total"
+    usd: Decimal = Field(ge=0)
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_shape(cls, value: str) -> str:
+        if not _SCOPE.match(value):
+            raise ValueError("scope must be 'global', 'provider:<name>' or 'free:<name>'")
+        return value
+
+
+class BudgetSettings(_Strict):
+    warn_share: float = Field(default=0.8, gt=0, le=1, description="warn once when a scope passes this share")
+    limits: list[BudgetLimit] = Field(default_factory=list)
+
+
+class LedgerSettings(_Strict):
+    path: Path = Path(".genroute/ledger")
+    reservation_ttl_seconds: float = Field(
+        default=900, gt=0, description="a reservation older than this (its process died) is reclaimed"
+    )
+
+
+class StoreSettings(_Strict):
+    enabled: bool = True
+    path: Path = Path(".genroute/store")
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+
+
+class RoutingSettings(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=20, description="tries per offer before falling back")
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=20, ge=0)
+    deadline_seconds: float = Field(default=600, gt=0)
+    cooldown_after_failures: int = Field(default=3, ge=1)
+    cooldown_seconds: float = Field(default=60, ge=0)
+    max_input_bytes: int = Field(default=50 * 1024**2, ge=1024)
+    max_output_bytes: int = Field(default=200 * 1024**2, ge=1024)
+
+
+class Profile(_Strict):
+    """A named routing setup: which providers may serve, in which order of preference."""
+
+    description: str = ""
+    providers: list[str] = Field(min_length=1)
+    limits: list[BudgetLimit] = Field(default_factory=list, description="extra limits while this profile is active")
+
+
+class Settings(_Strict):
+    """Everything genroute reads from configuration, validated."""
+
+    default_profile: str = "offline"
+    profile: str = Field(default="", description="the active profile (resolved at load)")
+    profiles: dict[str, Profile]
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    source: str = Field(default="<defaults>", description="where these settings came from")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.profile:
+            object.__setattr__(self, "profile", self.default_profile)
+        if self.profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise ValueError(f"profile {self.profile!r} is not defined (known profiles: {known})")
+        for name, profile in self.profiles.items():
+            for provider in profile.providers:
+                if provider not in self.providers:
+                    raise ValueError(
+                        f"profile {name!r} lists provider {provider!r}, which has no [providers.{provider}] section"
+                    )
+        return self
+
+    @property
+    def active(self) -> Profile:
+        return self.profiles[self.profile]
+
+    def limits(self) -> list[BudgetLimit]:
+        """The budget limits in force: global ones plus the active profile's."""
+        return [*self.budget.limits, *self.active.limits]
+
+    def provider(self, name: str) -> ProviderSettings:
+        """A provider's section; an empty default when the file has none."""
+        return self.providers.get(name) or ProviderSettings()
+
+
+def find_config_file(env: Mapping[str, str] | None = None) -> Path:
+    """``$GENROUTE_CONFIG``, else ``./plugins.toml``, else the copy shipped with genroute."""
+    env = os.environ if env is None else env
+    if env.get(ENV_CONFIG):
+        path = Path(env[ENV_CONFIG]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_CONFIG} points at {path}, which does not exist", hint="fix the path or unset it")
+        return path
+    local = Path.cwd() / CONFIG_FILE_NAME
+    if local.is_file():
+        return local
+    packaged = resources.files("genroute").joinpath(CONFIG_FILE_NAME)
+    if packaged.is_file():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parents[2] / CONFIG_FILE_NAME  # editable install of the repo
+    if checkout.is_file():
+        return checkout
+    raise ConfigError(
+        "no plugins.toml found", hint=f"create one in the current directory or set {ENV_CONFIG} to its path"
+    )
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read, check and return the settings; raise :class:`ConfigError` naming file, key and expectation."""
+    env = os.environ if env is None else env
+    file = Path(path) if path is not None else find_config_file(env)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(file), hint="check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(file), hint="fix the TOML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(file)) from None
+    return settings_from_dict(raw, source=str(file), profile=profile, env=env)
+
+
+def settings_from_dict(
+    raw: Mapping[str, Any],
+    *,
+    source: str = "<dict>",
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validate a configuration already parsed into a dict (tests and embedding use this)."""
+    env = os.environ if env is None else env
+    _refuse_secrets(raw, source)
+    data = dict(raw)
+    if "profile" in data or "source" in data:
+        key = "profile" if "profile" in data else "source"
+        raise ConfigError(
+            "is not a configuration key", file=source, key=key, hint="use default_profile, or GENROUTE_PROFILE"
+        )
+    chosen = profile or env.get(ENV_PROFILE) or data.get("default_profile", "offline")
+    data["profile"] = chosen
+    data["source"] = source
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or None
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{_expectation(first)}{more}",
+            file=source,
+            key=key,
+            hint=_hint_for(first),
+        ) from None
+    return _resolve_paths(settings, env)
+
+
+def _expectation(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling against docs/configuration.md)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return message
+
+
+def _hint_for(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "remove or rename the key"
+    if "profile" in str(error["msg"]):
+        return "pick a profile defined under [profiles.<name>], or set GENROUTE_PROFILE to one"
+    return "fix the value at that key and run again"
+
+
+def _refuse_secrets(raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if _SECRET_KEY.search(str(key)):
+            raise ConfigError(
+                "secrets are not read from files",
+                file=source,
+                key=path,
+                hint="remove it; set REPLICATE_API_TOKEN or HF_TOKEN in the environment instead",
+            )
+        if isinstance(value, Mapping):
+            _refuse_secrets(value, source, f"{path}.")
+
+
+def _resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
+    base = Path(env[ENV_HOME]).expanduser() if env.get(ENV_HOME) else Path.cwd()
+
+    def absolute(path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else base / path
+
+    return settings.model_copy(
+        update={
+            "store": settings.store.model_copy(update={"path": absolute(settings.store.path)}),
+            "ledger": settings.ledger.model_copy(update={"path": absolute(settings.ledger.path)}),
+        }
+    )

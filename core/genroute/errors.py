@@ -1,0 +1,205 @@
+"""One exception hierarchy, rooted in :class:`GenrouteError`.
+
+Every error carries a ``hint`` saying what to do next and an ``exit_code`` the CLI uses, so a
+script can tell a budget stop from a bad config without parsing messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+class GenrouteError(Exception):
+    """Base of every error genroute raises on purpose."""
+
+    exit_code: int = 1
+    default_hint: str = "run again with --debug for details"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint or self.default_hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class ConfigError(GenrouteError):
+    """The configuration file or environment is invalid."""
+
+    exit_code = 3
+    default_hint = "fix the configuration and run again (see docs/configuration.md)"
+
+    def __init__(
+        self, message: str, *, file: str | None = None, key: str | None = None, hint: str | None = None
+    ) -> None:
+        where = ": ".join(part for part in (file, key) if part)
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.file = file
+        self.key = key
+
+
+class PluginError(GenrouteError):
+    """A plugin misbehaved: bad registration, wrong return type, duplicate name."""
+
+    exit_code = 3
+    default_hint = "fix or uninstall the plugin named in the message"
+
+
+class InvalidRequest(GenrouteError):
+    """The request itself is malformed; nothing was spent."""
+
+    exit_code = 4
+    default_hint = "correct the named field and run again"
+
+    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message, hint=hint)
+        self.field = field
+
+
+class BudgetExceeded(GenrouteError):
+    """A reservation would take a budget scope over its limit."""
+
+    exit_code = 5
+    default_hint = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        period: str,
+        limit: Decimal,
+        spent: Decimal,
+        reserved: Decimal,
+        asked: Decimal,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"budget {scope} ({period}) would be exceeded: limit ${limit}, spent ${spent}, "
+            f"reserved ${reserved}, asked ${asked}",
+            hint=hint,
+        )
+        self.scope = scope
+        self.period = period
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.asked = asked
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why one offer was not used."""
+
+    provider: str
+    model: str
+    tier: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} [{self.tier}]: {self.reason}"
+
+
+class NoRouteAvailable(GenrouteError):
+    """No offer could serve the request; ``rejections`` says why for each."""
+
+    exit_code = 6
+    default_hint = "change the tier, profile or budget, or enable a provider that serves this task"
+
+    def __init__(self, message: str, rejections: list[Rejection], *, hint: str | None = None) -> None:
+        lines = [message] + [f"  - {r}" for r in rejections]
+        if not rejections:
+            lines.append("  (no provider made any offer for this task)")
+        super().__init__("\n".join(lines), hint=hint)
+        self.rejections = rejections
+
+
+class DeadlineExceeded(GenrouteError):
+    """The request's deadline passed; remote work was cancelled where the provider allows."""
+
+    exit_code = 8
+    default_hint = "raise deadline_seconds or try a faster tier"
+
+
+class StoreError(GenrouteError):
+    """The result store could not be read or written."""
+
+    exit_code = 9
+    default_hint = "check the store directory (store.path in plugins.toml) is writable and on a local disk"
+
+
+class LedgerError(GenrouteError):
+    """The budget ledger could not be read or written."""
+
+    exit_code = 9
+    default_hint = "check the ledger directory (ledger.path in plugins.toml) is writable and on a local disk"
+
+
+class ProviderError(GenrouteError):
+    """A provider call failed.
+
+    ``retryable`` says whether the same provider may succeed if asked again; ``retry_after`` is
+    the provider's own wait hint in seconds; ``incurred`` is money the provider billed anyway
+    (for example a failed prediction's compute time), settled instead of released.
+    """
+
+    exit_code = 7
+    retryable: bool = False
+    default_hint = "the request fell through every provider; see the message for the last failure"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        incurred: Decimal | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}" if provider else message, hint=hint)
+        self.provider = provider
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+        self.incurred = incurred
+
+
+class RateLimited(ProviderError):
+    retryable = True
+    default_hint = "wait and retry, or lower batch concurrency"
+
+
+class ProviderUnavailable(ProviderError):
+    retryable = True
+    default_hint = "the provider is overloaded or down; genroute retries and falls back automatically"
+
+
+class ProviderTimeout(ProviderError):
+    retryable = True
+    default_hint = "the provider did not answer in time; raise the deadline or use another provider"
+
+
+class AuthenticationFailed(ProviderError):
+    default_hint = "check the provider's token environment variable"
+
+
+class OutOfCredit(ProviderError):
+    default_hint = "add credit with the provider; genroute routes elsewhere until then"
+
+
+class ModelNotFound(ProviderError):
+    default_hint = "check the model name in plugins.toml"
+
+
+class ProviderRejectedInput(ProviderError):
+    default_hint = "change the named input to fit the model's allowed range"
+
+
+class ModelFailed(ProviderError):
+    default_hint = "the model itself failed on this input; try another seed, prompt or tier"
+
+
+class OutputRejected(ProviderError):
+    default_hint = "the provider's output broke a safety limit (size, type or host); see the message"

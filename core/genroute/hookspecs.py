@@ -1,0 +1,59 @@
+"""The pluggy hook specifications of project ``genroute``.
+
+A provider plugin implements :func:`genroute_register_providers` (hand over the provider objects that
+run requests) and :func:`genroute_offers` (say what each can do for one request, at what price).
+Policy plugins may implement :func:`genroute_choose`; observers the ``*_started``/``*_finished`` and
+budget-warning hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .provider import Provider
+    from .types import Offer, RequestModel, Result
+
+PROJECT = "genroute"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def genroute_register_providers(register: Callable[[Provider], None]) -> None:
+    """Call ``register(provider)`` once for each provider this plugin brings."""
+
+
+@hookspec
+def genroute_offers(request: RequestModel, settings: Settings) -> list[Offer] | None:
+    """Return the offers this plugin's providers make for ``request`` (every tier they serve).
+
+    Return an empty list (or None) when the plugin cannot serve the task. The router filters by
+    profile, tier, pins, cooldown and budget, and records why each offer was passed over.
+    """
+
+
+@hookspec(firstresult=True)
+def genroute_choose(request: RequestModel, offers: list[Offer]) -> list[Offer] | None:
+    """Reorder (or shorten) the usable offers, cheapest first by default. First non-None answer wins."""
+
+
+@hookspec
+def genroute_request_started(request: RequestModel, key: str) -> None:
+    """Observer: a request entered the router."""
+
+
+@hookspec
+def genroute_request_finished(
+    request: RequestModel, key: str, result: Result | None, error: BaseException | None
+) -> None:
+    """Observer: a request left the router, with its result or its error."""
+
+
+@hookspec
+def genroute_budget_warning(warning: Any) -> None:
+    """Observer: a budget scope crossed its warning share (a ``genroute.ledger.BudgetWarning``)."""

@@ -1,0 +1,187 @@
+"""Media inputs: a path, bytes, a ``data:`` URI or an http(s) URL, identified by content hash."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httpx
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
+
+from .errors import InvalidRequest
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"RIFF", "audio/wav"),  # refined below: RIFF is also WEBP
+    (b"ID3", "audio/mpeg"),
+    (b"fLaC", "audio/flac"),
+    (b"OggS", "audio/ogg"),
+)
+
+
+def sniff_media_type(data: bytes) -> str:
+    """Best-effort media type from the first bytes; ``application/octet-stream`` when unknown."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[4:8] == b"ftyp":
+        return "video/mp4"
+    for signature, media_type in _SIGNATURES:
+        if data.startswith(signature):
+            return media_type
+    return "application/octet-stream"
+
+
+class MediaInput:
+    """An input file given as a path, raw bytes, a ``data:`` URI or an http(s) URL.
+
+    Paths and data URIs are read when the request is validated, so a missing file fails before any
+    money moves. URLs are fetched by the router (:meth:`aresolve`) before the cache key is computed:
+    the key holds the content hash, never the URL, because the same URL can serve new bytes.
+    """
+
+    __slots__ = ("_data", "_sha256", "path", "url")
+
+    def __init__(self, *, data: bytes | None = None, path: Path | None = None, url: str | None = None):
+        self._data = data
+        self._sha256: str | None = None
+        self.path = path
+        self.url = url
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, value: Any) -> MediaInput:
+        """Accept a path, bytes, ``data:`` URI, http(s) URL or another MediaInput."""
+        if isinstance(value, MediaInput):
+            return value
+        if isinstance(value, bytes | bytearray | memoryview):
+            data = bytes(value)
+            if not data:
+                raise ValueError("media bytes are empty")
+            return cls(data=data)
+        if isinstance(value, Path):
+            return cls._from_path(value)
+        if isinstance(value, str):
+            if value.startswith(("http://", "https://")):
+                return cls(url=value)
+            if value.startswith("data:"):
+                return cls(data=_decode_data_uri(value))
+            if not value.strip():
+                raise ValueError("media path is empty; give a file path, bytes, or an http(s) URL")
+            return cls._from_path(Path(value).expanduser())
+        raise ValueError(f"expected a file path, bytes or an http(s) URL, got {type(value).__name__}")
+
+    @classmethod
+    def _from_path(cls, path: Path) -> MediaInput:
+        if not path.is_file():
+            raise ValueError(f"file not found: {path} (give an existing file, bytes, or an http(s) URL)")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+        if not data:
+            raise ValueError(f"file is empty: {path}")
+        return cls(data=data, path=path)
+
+    # -- content ------------------------------------------------------------------------------
+    @property
+    def resolved(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self) -> bytes:
+        """The bytes; raises if a URL input has not been fetched yet."""
+        if self._data is None:
+            raise InvalidRequest(f"URL input {self.url} was not fetched", hint="call Router.arun, which fetches it")
+        return self._data
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).hexdigest()
+        return self._sha256
+
+    @property
+    def media_type(self) -> str:
+        return sniff_media_type(self.data)
+
+    async def aresolve(self, client: httpx.AsyncClient, *, max_bytes: int, field: str) -> None:
+        """Fetch a URL input once, refusing bodies over ``max_bytes``."""
+        if self._data is not None or self.url is None:
+            return
+        try:
+            async with client.stream("GET", self.url, follow_redirects=True) as response:
+                if response.status_code >= 400:
+                    raise InvalidRequest(
+                        f"fetching {self.url} answered HTTP {response.status_code}",
+                        field=field,
+                        hint="check the URL is reachable and public",
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise InvalidRequest(
+                            f"{self.url} is larger than {max_bytes} bytes",
+                            field=field,
+                            hint="download, shrink and pass the file instead",
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(
+                f"cannot fetch {self.url}: {type(exc).__name__}", field=field, hint="check the URL"
+            ) from exc
+        if not chunks:
+            raise InvalidRequest(f"{self.url} returned no bytes", field=field)
+        self._data = b"".join(chunks)
+
+    # -- identity and serialisation -----------------------------------------------------------
+    def describe(self) -> str:
+        """What the user gave: the path, the URL, or ``bytes:<sha256 prefix>``."""
+        if self.path is not None:
+            return str(self.path)
+        if self.url is not None:
+            return self.url
+        return f"bytes:{self.sha256[:16]}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MediaInput):
+            return NotImplemented
+        if self.resolved and other.resolved:
+            return self.sha256 == other.sha256
+        return self.url == other.url and self.url is not None
+
+    def __hash__(self) -> int:
+        return hash(self.sha256 if self.resolved else self.url)
+
+    def __repr__(self) -> str:
+        return f"MediaInput({self.describe()!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.parse,
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda m: m.describe()),
+            json_schema_input_schema=core_schema.str_schema(),
+        )
+
+
+def _decode_data_uri(uri: str) -> bytes:
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise ValueError("malformed data: URI (no comma)")
+    try:
+        data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("malformed base64 in data: URI") from exc
+    if not data:
+        raise ValueError("data: URI holds no bytes")
+    return data

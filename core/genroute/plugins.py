@@ -1,0 +1,52 @@
+"""The plugin manager: loads every plugin through entry points (built-ins too), and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .provider import Provider
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+
+def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] = ()) -> pluggy.PluginManager:
+    """A fresh manager with genroute's hook specs, entry-point plugins and any ``plugins`` given."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if entry_points:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party package must say who it is
+            raise PluginError(f"a plugin in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
+    for plugin in plugins:
+        pm.register(plugin)
+    return pm
+
+
+@lru_cache(maxsize=1)
+def default_plugin_manager() -> pluggy.PluginManager:
+    """The process's plugin manager, created on first use (genroute's only global state)."""
+    return make_plugin_manager()
+
+
+def collect_providers(pm: pluggy.PluginManager) -> dict[str, Provider]:
+    """Ask every plugin for its providers; names must be unique."""
+    providers: dict[str, Provider] = {}
+
+    def register(provider: Provider) -> None:
+        if not isinstance(provider, Provider):
+            raise PluginError(f"register() expects a genroute.Provider, got {type(provider).__name__}")
+        name = getattr(provider, "name", "")
+        if not name:
+            raise PluginError(f"{type(provider).__name__} has no name")
+        if name in providers:
+            raise PluginError(f"two plugins register a provider named {name!r}")
+        providers[name] = provider
+
+    pm.hook.genroute_register_providers(register=register)
+    return providers

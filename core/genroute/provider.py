@@ -1,0 +1,120 @@
+"""What a provider plugin implements, and the helpers that keep a plugin short."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from . import billing
+from .config import ProviderSettings, Settings
+from .errors import ConfigError
+from .types import TASKS, TIERS, Billing, Offer, ProviderOutput, RequestModel, Task
+
+
+@dataclass
+class RunContext:
+    """What the router hands a provider for one attempt."""
+
+    settings: Settings
+    provider_settings: ProviderSettings
+    options: BaseModel | None  # the provider's validated options_model instance
+    request_key: str
+    attempt: int
+    deadline: float  # time.monotonic() value after which the router gives up
+    http_factory: Callable[[], httpx.AsyncClient]
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """A shared async HTTP client for downloads."""
+        return self.http_factory()
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+
+class Provider(ABC):
+    """A backend that runs requests. Subclass it, set ``name``, implement :meth:`run`.
+
+    Raise :mod:`genroute.errors` provider errors (``RateLimited``, ``ProviderUnavailable`` …) so the
+    router can retry, cool the provider down, or fall back.
+    """
+
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel] | None] = None
+    """Pydantic model for ``[providers.<name>.options]``; None means the section must be empty."""
+
+    def check_options(self, settings: ProviderSettings, source: str = "plugins.toml") -> BaseModel | None:
+        """Validate this provider's options; raise ConfigError naming the key."""
+        if self.options_model is None:
+            if settings.options:
+                key = f"providers.{self.name}.options"
+                raise ConfigError("this provider takes no options", file=source, key=key)
+            return None
+        try:
+            return self.options_model.model_validate(settings.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(["providers", self.name, "options", *(str(p) for p in first["loc"])])
+            raise ConfigError(str(first["msg"]), file=source, key=key) from None
+
+    def unavailable_reason(self, settings: Settings) -> str | None:
+        """Why this provider cannot make offers right now (say, a missing token), or None."""
+        return None
+
+    @abstractmethod
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        """Carry out ``request`` as ``offer`` promised, returning the output bytes."""
+
+    async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
+        """Yield text as it is generated. Default: run, then yield the whole text at once."""
+        output = await self.run(request, offer, ctx)
+        ctx.extra["output"] = output
+        if output.text:
+            yield output.text
+
+    async def aclose(self) -> None:  # noqa: B027 - optional, most providers hold nothing
+        """Release clients and connections."""
+
+
+def catalogue_offers(
+    provider: str,
+    request: RequestModel,
+    settings: Settings,
+    *,
+    billing_kind: Billing | None = None,
+) -> list[Offer]:
+    """Offers for ``request`` from ``[providers.<provider>.models]``: one per tier configured for the task."""
+    section = settings.provider(provider)
+    tiers = section.models.get(request.task_name, {})
+    return [
+        Offer(
+            provider=provider,
+            model=entry.model,
+            task=request.task_name,
+            tier=tier,
+            estimate=billing.estimate(entry, request),
+            billing=billing_kind or section.billing,
+            priority=section.priority,
+            entry=entry,
+        )
+        for tier, entry in tiers.items()
+    ]
+
+
+def catalogue_tasks(settings: ProviderSettings) -> list[tuple[Task, str, str]]:
+    """(task, tier, model) rows of a provider's catalogue, in canonical order (for listings)."""
+    rows = []
+    for task in TASKS:
+        for tier in TIERS:
+            entry = settings.models.get(task, {}).get(tier)
+            if entry is not None:
+                rows.append((task, tier, entry.model))
+    return rows

@@ -1,0 +1,707 @@
+"""One request's way through genroute: store → offers → choose → reserve → run → settle → store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pluggy
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import billing
+from .config import Settings, load_settings
+from .cooldown import Cooldowns
+from .errors import (
+    BudgetExceeded,
+    DeadlineExceeded,
+    GenrouteError,
+    InvalidRequest,
+    NoRouteAvailable,
+    OutputRejected,
+    ProviderError,
+    ProviderRejectedInput,
+    Rejection,
+)
+from .keys import request_key
+from .ledger import Ledger, Reservation
+from .plugins import collect_providers, default_plugin_manager
+from .provider import Provider, RunContext
+from .retry import Backoff
+from .secrets import redact
+from .store import ResultStore
+from .types import (
+    MEDIA_SUFFIXES,
+    TASKS,
+    Artifact,
+    Offer,
+    OutputFile,
+    ProviderOutput,
+    RequestModel,
+    Result,
+    TextGeneration,
+    parse_request,
+)
+
+log = logging.getLogger("genroute.router")
+
+RequestLike = RequestModel | Mapping[str, Any]
+
+
+class RoutePlan(BaseModel):
+    """Where a request would go and what it would cost, decided without spending anything."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_key: str
+    cached: bool
+    candidates: list[Offer]
+    rejections: list[Rejection]
+
+    @property
+    def chosen(self) -> Offer | None:
+        return self.candidates[0] if self.candidates else None
+
+
+@dataclass
+class BatchItem:
+    """One line of a batch: its position, and a result or a genroute error."""
+
+    index: int
+    result: Result | None = None
+    error: GenrouteError | None = None
+
+
+@dataclass
+class _Tries:
+    count: int = 0
+
+
+class Router:
+    """Routes requests to providers. Async methods are the core; ``run``/``batch`` wrap them.
+
+    ``Router()`` reads ``plugins.toml`` (see :func:`genroute.config.load_settings`) and loads every
+    plugin in entry point group ``genroute``. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        profile: str | None = None,
+        config: str | Path | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        if settings is None:
+            settings = load_settings(config, profile=profile)
+        elif profile is not None and profile != settings.profile:
+            settings = Settings.model_validate({**settings.model_dump(), "profile": profile})
+        self.settings = settings
+        self.pm = plugin_manager or default_plugin_manager()
+        self.providers: dict[str, Provider] = collect_providers(self.pm)
+        self.provider_options: dict[str, BaseModel | None] = {
+            name: provider.check_options(settings.provider(name), settings.source)
+            for name, provider in self.providers.items()
+        }
+        routing = settings.routing
+        self.ledger = Ledger(
+            settings.ledger.path,
+            settings.limits(),
+            warn_share=settings.budget.warn_share,
+            reservation_ttl_seconds=settings.ledger.reservation_ttl_seconds,
+            on_warning=self._on_budget_warning,
+        )
+        self.store = (
+            ResultStore(settings.store.path, max_bytes=settings.store.max_bytes) if settings.store.enabled else None
+        )
+        self.cooldowns = Cooldowns(routing.cooldown_after_failures, routing.cooldown_seconds)
+        self.backoff = Backoff(routing.backoff_initial_seconds, routing.backoff_max_seconds)
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._runner: asyncio.Runner | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close providers, clients, the ledger and the store."""
+        if self._runner is not None:
+            self._runner.run(self.aclose())
+            self._runner.close()
+            self._runner = None
+        self.ledger.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self._http is not None and self._http_loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _http_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+            self._http_loop = loop
+        return self._http
+
+    # -- requests -----------------------------------------------------------------------------------
+    @staticmethod
+    def parse(request: RequestLike) -> RequestModel:
+        """A request model from a model or a plain dict; bad input → :class:`InvalidRequest` naming the field."""
+        if isinstance(request, RequestModel):
+            return request
+        if not isinstance(request, Mapping):
+            raise InvalidRequest(f"expected a request object or a mapping, got {type(request).__name__}")
+        try:
+            return parse_request(dict(request))
+        except ValidationError as exc:
+            raise invalid_request_from(exc) from None
+
+    async def _prepare(self, request: RequestLike) -> tuple[RequestModel, str]:
+        model = self.parse(request)
+        for name, media in model.media_fields().items():
+            await media.aresolve(self._http_client(), max_bytes=self.settings.routing.max_input_bytes, field=name)
+            if len(media.data) > self.settings.routing.max_input_bytes:
+                raise InvalidRequest(
+                    f"is {len(media.data)} bytes, over routing.max_input_bytes", field=name, hint="use a smaller file"
+                )
+        return model, request_key(model)
+
+    # -- planning -----------------------------------------------------------------------------------
+    def _scopes(self, offer: Offer) -> tuple[str, ...]:
+        if offer.billing == "free":
+            return (f"free:{offer.provider}",)
+        return ("global", f"provider:{offer.provider}")
+
+    def _candidates(self, request: RequestModel) -> tuple[list[Offer], list[Rejection]]:
+        profile = self.settings.active
+        order = {name: i for i, name in enumerate(profile.providers)}
+        budgeted = bool(self.settings.limits())
+        answers = self.pm.hook.genroute_offers(request=request, settings=self.settings)
+        offers: list[Offer] = [offer for answer in answers if answer for offer in answer]
+        usable: list[Offer] = []
+        rejections: list[Rejection] = []
+        headroom: dict[tuple[str, ...], Decimal | None] = {}
+        for offer in offers:
+            reason = self._rejection_reason(request, offer, order, budgeted, headroom)
+            if reason:
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+            else:
+                usable.append(offer)
+        offered = {offer.provider for offer in offers}
+        for name in profile.providers:
+            if name not in offered:
+                rejections.append(Rejection(name, "-", request.tier, self._silence_reason(name, request)))
+        usable.sort(
+            key=lambda o: (
+                o.estimate or Decimal(0),
+                order[o.provider],
+                self.settings.provider(o.provider).priority,
+                o.priority,
+            )
+        )
+        chosen = self.pm.hook.genroute_choose(request=request, offers=list(usable))
+        if chosen is not None:
+            allowed = {id(o) for o in usable}
+            if any(id(o) not in allowed for o in chosen):
+                log.warning("genroute_choose returned offers that were not usable; ignoring its answer")
+            else:
+                usable = list(chosen)
+        return usable, rejections
+
+    def _rejection_reason(
+        self,
+        request: RequestModel,
+        offer: Offer,
+        order: dict[str, int],
+        budgeted: bool,
+        headroom: dict[tuple[str, ...], Decimal | None],
+    ) -> str | None:
+        if offer.provider not in self.providers:
+            return "no installed plugin registers this provider"
+        if offer.task != request.task_name:
+            return f"offer is for {offer.task}"
+        if offer.provider not in order:
+            return f"not in profile {self.settings.profile!r}"
+        if not self.settings.provider(offer.provider).enabled:
+            return "disabled in config"
+        if request.provider and offer.provider != request.provider:
+            return f"not the pinned provider {request.provider!r}"
+        if request.model and offer.model != request.model:
+            return f"not the pinned model {request.model!r}"
+        if not request.model and offer.tier != request.tier:
+            return f"wrong tier (asked {request.tier})"
+        cooling = self.cooldowns.remaining(offer.provider)
+        if cooling > 0:
+            return f"cooling down for {cooling:.0f}s after repeated failures"
+        if offer.estimate is None:
+            return "unpriced, and a budgeted profile refuses unpriced offers" if budgeted else None
+        scopes = self._scopes(offer)
+        if scopes not in headroom:
+            headroom[scopes] = self.ledger.headroom(scopes)
+        left = headroom[scopes]
+        if left is not None and offer.estimate > left:
+            return f"over budget (${left} left, needs ${offer.estimate})"
+        return None
+
+    def _silence_reason(self, name: str, request: RequestModel) -> str:
+        provider = self.providers.get(name)
+        if provider is None:
+            return "not installed (no plugin registers it)"
+        if not self.settings.provider(name).enabled:
+            return "disabled in config"
+        why = provider.unavailable_reason(self.settings)
+        return f"unavailable: {why}" if why else f"makes no offer for {request.task_name}"
+
+    async def aplan(self, request: RequestLike) -> RoutePlan:
+        """Where ``request`` would go, at what estimated price; spends and records nothing."""
+        model, key = await self._prepare(request)
+        cached = bool(self.store and model.cache == "use" and self.store.get(key) is not None)
+        candidates, rejections = self._candidates(model)
+        return RoutePlan(request_key=key, cached=cached, candidates=candidates, rejections=rejections)
+
+    # -- running ------------------------------------------------------------------------------------
+    async def arun(self, request: RequestLike) -> Result:
+        """Serve ``request`` from the store, or from the cheapest usable provider with retries and fallback."""
+        started = time.perf_counter()
+        model, key = await self._prepare(request)
+        self._notify("genroute_request_started", request=model, key=key)
+        result: Result | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._route(model, key, started)
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._notify("genroute_request_finished", request=model, key=key, result=result, error=error)
+
+    async def _route(self, request: RequestModel, key: str, started: float) -> Result:
+        hit = self._lookup(request, key, started)
+        if hit is not None:
+            return hit
+        loop = asyncio.get_running_loop()
+        deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
+        deadline = loop.time() + deadline_seconds
+        candidates, rejections = self._candidates(request)
+        try:
+            async with asyncio.timeout_at(deadline):
+                for offer in candidates:
+                    result = await self._try_offer(request, key, offer, deadline, started, rejections)
+                    if result is not None:
+                        return result
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"request did not finish within {deadline_seconds:g}s"
+                + (f" (after: {'; '.join(str(r) for r in rejections)})" if rejections else "")
+            ) from None
+        raise NoRouteAvailable(
+            f"no provider could serve this {request.task_name} request "
+            f"(tier {request.tier}, profile {self.settings.profile!r}):",
+            rejections,
+        )
+
+    def _lookup(self, request: RequestModel, key: str, started: float) -> Result | None:
+        if self.store is None or request.cache != "use":
+            return None
+        hit = self.store.get(key)
+        if hit is None:
+            self.store.record_miss()
+            return None
+        self.ledger.record_saving(
+            hit.actual_cost, provider=hit.provider, model=hit.model, task=hit.task, request_key=key
+        )
+        self.store.record_hit(hit.actual_cost)
+        return hit.model_copy(
+            update={
+                "cached": True,
+                "actual_cost": Decimal(0),
+                "estimated_cost": Decimal(0),
+                "attempts": 0,
+                "latency_seconds": time.perf_counter() - started,
+            }
+        )
+
+    async def _try_offer(
+        self,
+        request: RequestModel,
+        key: str,
+        offer: Offer,
+        deadline: float,
+        started: float,
+        rejections: list[Rejection],
+    ) -> Result | None:
+        try:
+            reservation = self._reserve(offer, key)
+        except BudgetExceeded as exc:
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
+            return None
+        tries = _Tries()
+        try:
+            output = await self._attempts(request, key, offer, deadline, tries)
+            self._check_output(offer, output)
+        except ProviderError as exc:
+            self._close_failed(reservation, exc)
+            if not isinstance(exc, ProviderRejectedInput):
+                self.cooldowns.failure(offer.provider)
+            reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+            log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
+            return None
+        except BaseException:
+            self.ledger.release(reservation, note="cancelled or deadline passed")
+            raise
+        cost = _cost(offer, request, output)
+        self.ledger.settle(reservation, cost, job_id=output.job_id)
+        self.cooldowns.success(offer.provider)
+        result = Result(
+            request_key=key,
+            task=request.task_name,
+            provider=offer.provider,
+            model=offer.model,
+            tier=offer.tier,
+            text=output.text,
+            segments=output.segments,
+            estimated_cost=offer.estimate or Decimal(0),
+            actual_cost=cost,
+            latency_seconds=time.perf_counter() - started,
+            attempts=tries.count,
+            job_id=output.job_id,
+            created_at=datetime.now(UTC),
+        )
+        return self._keep(request, key, result, output.files)
+
+    def _reserve(self, offer: Offer, key: str) -> Reservation:
+        return self.ledger.reserve(
+            offer.estimate or Decimal(0),
+            scopes=self._scopes(offer),
+            provider=offer.provider,
+            model=offer.model,
+            task=offer.task,
+            request_key=key,
+        )
+
+    def _close_failed(self, reservation: Reservation, exc: ProviderError) -> None:
+        if exc.incurred:
+            self.ledger.settle(reservation, exc.incurred, note=f"billed for a failed call: {redact(exc.message)}")
+        else:
+            self.ledger.release(reservation, note=redact(exc.message)[:200])
+
+    async def _attempts(
+        self, request: RequestModel, key: str, offer: Offer, deadline: float, tries: _Tries
+    ) -> ProviderOutput:
+        provider = self.providers[offer.provider]
+        loop = asyncio.get_running_loop()
+        max_attempts = self.settings.routing.max_attempts
+        while True:
+            tries.count += 1
+            ctx = self._context(offer, key, tries.count, deadline)
+            try:
+                return await _call_provider(provider, request, offer, ctx)
+            except ProviderError as exc:
+                if not exc.retryable or tries.count >= max_attempts:
+                    raise
+                delay = self.backoff.delay(tries.count, exc.retry_after)
+                if loop.time() + delay >= deadline:
+                    raise
+                log.info("%s: %s; retry %d in %.2fs", offer.provider, redact(exc.message), tries.count + 1, delay)
+                await asyncio.sleep(delay)
+
+    def _context(self, offer: Offer, key: str, attempt: int, deadline: float) -> RunContext:
+        # The loop's clock is time.monotonic, so the deadline converts directly.
+        return RunContext(
+            settings=self.settings,
+            provider_settings=self.settings.provider(offer.provider),
+            options=self.provider_options.get(offer.provider),
+            request_key=key,
+            attempt=attempt,
+            deadline=deadline,
+            http_factory=self._http_client,
+        )
+
+    def _check_output(self, offer: Offer, output: ProviderOutput) -> None:
+        total = sum(len(f.data) for f in output.files)
+        if total > self.settings.routing.max_output_bytes:
+            raise OutputRejected(
+                f"output is {total} bytes, over routing.max_output_bytes", provider=offer.provider, retryable=False
+            )
+
+    def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
+        if self.store is not None and request.cache != "bypass":
+            return self.store.put(key, result, files)
+        return result.model_copy(update={"artifacts": _scratch_artifacts(self.settings.store.path / "scratch", files)})
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def astream(self, request: RequestLike) -> TextStream:
+        """Stream a text-generation request: ``async for piece in router.astream(req)``; then ``.result``."""
+        return TextStream(self, request)
+
+    async def _stream(self, stream: TextStream) -> AsyncIterator[str]:
+        started = time.perf_counter()
+        request, key = await self._prepare(stream.request)
+        if not isinstance(request, TextGeneration):
+            raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
+        hit = self._lookup(request, key, started)
+        if hit is not None:
+            stream.result = hit
+            if hit.text:
+                yield hit.text
+            return
+        candidates, rejections = self._candidates(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (request.deadline_seconds or self.settings.routing.deadline_seconds)
+        for offer in candidates:
+            try:
+                reservation = self._reserve(offer, key)
+            except BudgetExceeded as exc:
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
+                continue
+            ctx = self._context(offer, key, 1, deadline)
+            pieces: list[str] = []
+            try:
+                async with asyncio.timeout_at(deadline):
+                    async for piece in self.providers[offer.provider].stream(request, offer, ctx):
+                        pieces.append(piece)
+                        yield piece
+            except ProviderError as exc:
+                self._close_failed(reservation, exc)
+                self.cooldowns.failure(offer.provider)
+                if pieces:  # the caller already holds part of this answer: no silent switch of provider
+                    raise
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+                continue
+            except TimeoutError:
+                self.ledger.release(reservation, note="deadline passed while streaming")
+                raise DeadlineExceeded("stream did not finish before the deadline") from None
+            except BaseException:
+                self.ledger.release(reservation, note="stream abandoned")
+                raise
+            produced = ctx.extra.get("output")
+            output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
+            cost = _cost(offer, request, output)
+            self.ledger.settle(reservation, cost, job_id=output.job_id)
+            self.cooldowns.success(offer.provider)
+            result = Result(
+                request_key=key,
+                task=request.task_name,
+                provider=offer.provider,
+                model=offer.model,
+                tier=offer.tier,
+                text=output.text or "".join(pieces),
+                estimated_cost=offer.estimate or Decimal(0),
+                actual_cost=cost,
+                latency_seconds=time.perf_counter() - started,
+                job_id=output.job_id,
+                created_at=datetime.now(UTC),
+            )
+            stream.result = self._keep(request, key, result, [])
+            return
+        profile = self.settings.profile
+        raise NoRouteAvailable(f"no provider could stream this request (profile {profile!r}):", rejections)
+
+    # -- batches ------------------------------------------------------------------------------------
+    async def aiter_batch(
+        self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], *, concurrency: int = 8
+    ) -> AsyncIterator[BatchItem]:
+        """Run requests with at most ``concurrency`` in flight, yielding each as it completes.
+
+        Requests are pulled lazily, so a huge batch never sits in memory at once.
+        """
+        if concurrency < 1:
+            raise InvalidRequest("must be at least 1", field="concurrency")
+        source = _aiter(requests)
+        pending: set[asyncio.Task[BatchItem]] = set()
+        index = 0
+        exhausted = False
+
+        async def fill() -> None:
+            nonlocal index, exhausted
+            while not exhausted and len(pending) < concurrency:
+                try:
+                    item = await anext(source)
+                except StopAsyncIteration:
+                    exhausted = True
+                    return
+                pending.add(asyncio.ensure_future(self._batch_one(index, item)))
+                index += 1
+
+        try:
+            await fill()
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending.difference_update(done)
+                await fill()
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _batch_one(self, index: int, request: RequestLike) -> BatchItem:
+        try:
+            return BatchItem(index, result=await self.arun(request))
+        except GenrouteError as exc:
+            return BatchItem(index, error=exc)
+
+    async def abatch(self, requests: Iterable[RequestLike], *, concurrency: int = 8) -> list[Result | GenrouteError]:
+        """Run all requests (at most ``concurrency`` at once); results and errors in input order."""
+        outcomes: dict[int, Result | GenrouteError] = {}
+        async for item in self.aiter_batch(requests, concurrency=concurrency):
+            outcome = item.result if item.result is not None else item.error
+            assert outcome is not None
+            outcomes[item.index] = outcome
+        return [outcomes[i] for i in range(len(outcomes))]
+
+    # -- sync facade --------------------------------------------------------------------------------
+    def _sync(self) -> asyncio.Runner:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise GenrouteError(
+                "the sync API was called inside a running event loop", hint="await router.arun(...) instead"
+            )
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner
+
+    def run(self, request: RequestLike) -> Result:
+        """Sync :meth:`arun`."""
+        return self._sync().run(self.arun(request))
+
+    def plan(self, request: RequestLike) -> RoutePlan:
+        """Sync :meth:`aplan`."""
+        return self._sync().run(self.aplan(request))
+
+    def batch(self, requests: Iterable[RequestLike], *, concurrency: int = 8) -> list[Result | GenrouteError]:
+        """Sync :meth:`abatch`."""
+        return self._sync().run(self.abatch(requests, concurrency=concurrency))
+
+    def stream(self, request: RequestLike) -> Iterator[str]:
+        """Sync :meth:`astream`: yields text pieces as they arrive."""
+        runner = self._sync()
+        pieces = self.astream(request).__aiter__()
+        while True:
+            try:
+                yield runner.run(anext(pieces))
+            except StopAsyncIteration:
+                return
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.pm.hook, hook)(**kwargs)
+        except Exception:  # an observer's bug must not fail the request it observes
+            log.warning("observer hook %s raised; ignored", hook, exc_info=True)
+
+    def _on_budget_warning(self, warning: Any) -> None:
+        self._notify("genroute_budget_warning", warning=warning)
+
+
+class TextStream:
+    """Async iterator of generated text; ``result`` is set once the stream is complete."""
+
+    def __init__(self, router: Router, request: RequestLike) -> None:
+        self.request = request
+        self.result: Result | None = None
+        self._router = router
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._router._stream(self)
+
+
+def _cost(offer: Offer, request: RequestModel, output: ProviderOutput) -> Decimal:
+    """What the call cost: provider-reported, else measured against the catalogue entry, else the estimate."""
+    if offer.entry is not None:
+        return billing.actual(offer.entry, request, output)
+    if output.actual_cost is not None:
+        return output.actual_cost
+    return offer.estimate or Decimal(0)
+
+
+async def _call_provider(provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+    try:
+        output = await provider.run(request, offer, ctx)
+    except GenrouteError as exc:
+        if isinstance(exc, ProviderError):
+            raise
+        raise ProviderError(exc.message, provider=offer.provider, retryable=False) from exc
+    except (asyncio.CancelledError, TimeoutError):
+        raise
+    except Exception as exc:  # a provider bug: fall back rather than fail the whole request
+        log.warning("provider %s raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+    if not isinstance(output, ProviderOutput):
+        raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
+    return output
+
+
+async def _aiter(source: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> AsyncIterator[RequestLike]:
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+
+
+def _scratch_artifacts(directory: Path, files: list[OutputFile]) -> list[Artifact]:
+    """Write files the store does not keep (cache bypass) to a content-addressed scratch folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for file in files:
+        digest = hashlib.sha256(file.data).hexdigest()
+        path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
+        if not path.exists():
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_bytes(file.data)
+            tmp.replace(path)
+        artifacts.append(
+            Artifact(
+                media_type=file.media_type, path=path, sha256=digest, size=len(file.data), source_url=file.source_url
+            )
+        )
+    return artifacts
+
+
+def invalid_request_from(exc: ValidationError) -> InvalidRequest:
+    """The first problem of a request's validation error, as an InvalidRequest naming the field."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    if first["type"] == "union_tag_invalid":
+        return InvalidRequest(f"unknown task; expected one of {', '.join(TASKS)}", field="task")
+    if first["type"] == "union_tag_not_found":
+        return InvalidRequest("missing; say which task this request is", field="task")
+    if loc and loc[0] in _task_names():
+        loc = loc[1:]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling; see docs/configuration.md for request fields)"
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return InvalidRequest(message + more, field=".".join(loc) or None)
+
+
+def _task_names() -> set[str]:
+    return set(TASKS)
+
+
+__all__ = ["BatchItem", "RoutePlan", "Router", "TextStream", "invalid_request_from"]

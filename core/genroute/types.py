@@ -1,0 +1,375 @@
+"""Requests, offers and results: the pydantic models at genroute's boundaries."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from .media import MediaInput
+
+Task = Literal[
+    "text-to-image",
+    "image-to-image",
+    "inpaint",
+    "upscale",
+    "remove-background",
+    "text-to-video",
+    "image-to-video",
+    "text-to-speech",
+    "speech-to-text",
+    "text-generation",
+]
+TASKS: tuple[Task, ...] = get_args(Task)
+
+Tier = Literal["fast", "balanced", "quality"]
+TIERS: tuple[Tier, ...] = get_args(Tier)
+
+CacheMode = Literal["use", "refresh", "bypass"]
+"""``use``: serve from the store when possible; ``refresh``: always call a provider, then store;
+``bypass``: call a provider and leave the store untouched."""
+
+AspectRatio = Literal["1:1", "16:9", "9:16", "21:9", "4:3", "3:4"]
+ASPECT_RATIOS: tuple[AspectRatio, ...] = get_args(AspectRatio)
+
+Billing = Literal["free", "paid"]
+
+MIN_SIDE, MAX_SIDE = 64, 2048
+
+
+class _Request(BaseModel):
+    """Fields every request has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    tier: Tier = "balanced"
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    provider: str | None = Field(default=None, description="pin one provider by name")
+    model: str | None = Field(default=None, description="pin one model by name")
+    cache: CacheMode = "use"
+    deadline_seconds: float | None = Field(default=None, gt=0, le=24 * 3600)
+
+    # Fields that change how a request is carried out but not what it produces: left out of the key.
+    NON_KEY_FIELDS: ClassVar[tuple[str, ...]] = ("cache", "deadline_seconds")
+
+    @property
+    def task_name(self) -> Task:
+        return self.task  # type: ignore[no-any-return]
+
+    def media_fields(self) -> dict[str, MediaInput]:
+        """The request's media inputs by field name."""
+        return {name: value for name, value in self if isinstance(value, MediaInput)}
+
+
+class _Visual(_Request):
+    """Common fields of image and video generation."""
+
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    num_outputs: int = Field(default=1, ge=1, le=4)
+    aspect_ratio: AspectRatio | None = None
+    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+
+    @model_validator(mode="after")
+    def _size_or_ratio(self) -> _Visual:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither (then aspect_ratio applies)")
+        if self.width is not None and self.aspect_ratio is not None:
+            raise ValueError("give aspect_ratio or width/height, not both")
+        return self
+
+    def dimensions(self, base: int = 1024) -> tuple[int, int]:
+        """Width and height in pixels: explicit, or from the aspect ratio with ``base`` on the long side."""
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        w, h = (int(x) for x in (self.aspect_ratio or "1:1").split(":"))
+        scale = base / max(w, h)
+        return _round8(w * scale), _round8(h * scale)
+
+
+def _round8(value: float) -> int:
+    return max(MIN_SIDE, round(value / 8) * 8)
+
+
+_Prompt = Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+class TextToImage(_Visual):
+    task: Literal["text-to-image"] = "text-to-image"
+    prompt: _Prompt
+
+
+class ImageToImage(_Visual):
+    task: Literal["image-to-image"] = "image-to-image"
+    image: MediaInput
+    prompt: _Prompt
+    strength: float = Field(default=0.6, ge=0.0, le=1.0)
+
+
+class Inpaint(_Visual):
+    task: Literal["inpaint"] = "inpaint"
+    image: MediaInput
+    mask: MediaInput
+    prompt: _Prompt
+
+
+class Upscale(_Request):
+    task: Literal["upscale"] = "upscale"
+    image: MediaInput
+    scale: int = Field(default=2, ge=2, le=8)
+
+
+class RemoveBackground(_Request):
+    task: Literal["remove-background"] = "remove-background"
+    image: MediaInput
+
+
+class TextToVideo(_Visual):
+    task: Literal["text-to-video"] = "text-to-video"
+    prompt: _Prompt
+    duration_seconds: float = Field(default=4.0, gt=0, le=30)
+    fps: int = Field(default=8, ge=1, le=60)
+
+
+class ImageToVideo(_Visual):
+    task: Literal["image-to-video"] = "image-to-video"
+    image: MediaInput
+    prompt: str | None = Field(default=None, max_length=10_000)
+    duration_seconds: float = Field(default=4.0, gt=0, le=30)
+    fps: int = Field(default=8, ge=1, le=60)
+
+
+class TextToSpeech(_Request):
+    task: Literal["text-to-speech"] = "text-to-speech"
+    text: Annotated[str, Field(min_length=1, max_length=20_000)]
+    voice: str | None = Field(default=None, max_length=100)
+    language: str | None = Field(default=None, min_length=2, max_length=10)
+
+
+class SpeechToText(_Request):
+    task: Literal["speech-to-text"] = "speech-to-text"
+    audio: MediaInput
+    language: str | None = Field(default=None, min_length=2, max_length=10)
+
+
+class TextGeneration(_Request):
+    task: Literal["text-generation"] = "text-generation"
+    prompt: _Prompt
+    system_prompt: str | None = Field(default=None, max_length=20_000)
+    max_tokens: int = Field(default=512, ge=1, le=32_000)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+
+
+Request = Annotated[
+    TextToImage
+    | ImageToImage
+    | Inpaint
+    | Upscale
+    | RemoveBackground
+    | TextToVideo
+    | ImageToVideo
+    | TextToSpeech
+    | SpeechToText
+    | TextGeneration,
+    Field(discriminator="task"),
+]
+"""Any request; the ``task`` field picks the model."""
+
+RequestModel = _Request
+REQUEST_ADAPTER: TypeAdapter[Request] = TypeAdapter(Request)
+
+REQUEST_TYPES: dict[Task, type[_Request]] = {
+    cls.model_fields["task"].default: cls
+    for cls in (
+        TextToImage,
+        ImageToImage,
+        Inpaint,
+        Upscale,
+        RemoveBackground,
+        TextToVideo,
+        ImageToVideo,
+        TextToSpeech,
+        SpeechToText,
+        TextGeneration,
+    )
+}
+
+
+def parse_request(data: dict[str, Any]) -> RequestModel:
+    """Validate a plain dict (say, a JSONL line) into the request model its ``task`` names."""
+    return REQUEST_ADAPTER.validate_python(data)
+
+
+BillingUnit = Literal["output", "request", "media_second", "audio_minute", "compute_second", "1k_tokens"]
+"""How a model is billed: per output file, per request, per second of generated video or audio (media_second), per
+minute of input audio, per second of compute on named hardware, or per thousand generated tokens."""
+
+class ModelEntry(BaseModel):
+    """One catalogue entry: a model a provider offers for one task and tier, with its price."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)
+    unit: BillingUnit
+    price: Decimal = Field(ge=0, description="USD per unit")
+    hardware: str | None = None
+    est_seconds: Decimal | None = Field(default=None, gt=0, description="expected compute seconds per output")
+    deployment: str | None = None
+    max_outputs: int | None = Field(default=None, ge=1)
+    inputs: dict[str, Any] = Field(default_factory=dict, description="fixed model inputs")
+
+    @model_validator(mode="after")
+    def _compute_needs_seconds(self) -> ModelEntry:
+        if self.unit == "compute_second" and self.est_seconds is None:
+            raise ValueError("unit 'compute_second' needs est_seconds (expected compute seconds per output)")
+        return self
+
+
+class Offer(BaseModel):
+    """What one provider proposes for one request: a model, a tier and an estimated price."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str
+    model: str
+    task: Task
+    tier: Tier
+    estimate: Decimal | None = Field(description="estimated USD; None means unpriced")
+    billing: Billing = "paid"
+    priority: int = Field(default=100, description="lower goes first among equal prices")
+    entry: ModelEntry | None = Field(default=None, description="the catalogue entry, for settling the cost")
+    note: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, description="provider-private data for run()")
+
+
+class Segment(BaseModel):
+    """One timed piece of a transcription."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text: str
+
+
+class Artifact(BaseModel):
+    """One output file, kept as bytes in the result store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    media_type: str
+    path: Path
+    sha256: str
+    size: int
+    source_url: str | None = None
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+    def suffix(self) -> str:
+        return MEDIA_SUFFIXES.get(self.media_type, ".bin")
+
+    def save(self, directory: Path, stem: str) -> Path:
+        """Copy the bytes to ``directory/stem<suffix>`` and return that path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{stem}{self.suffix()}"
+        shutil.copyfile(self.path, target)
+        return target
+
+
+MEDIA_SUFFIXES: dict[str, str] = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "audio/wav": ".wav",
+    "audio/mpeg": ".mp3",
+    "audio/flac": ".flac",
+    "text/plain": ".txt",
+}
+
+
+class Result(BaseModel):
+    """What a request produced, where it ran, and what it cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_key: str
+    task: Task
+    provider: str
+    model: str
+    tier: Tier
+    artifacts: list[Artifact] = Field(default_factory=list)
+    text: str | None = None
+    segments: list[Segment] | None = None
+    estimated_cost: Decimal
+    actual_cost: Decimal
+    cached: bool = False
+    latency_seconds: float
+    attempts: int = 1
+    job_id: str | None = None
+    created_at: datetime
+
+    def to_srt(self) -> str:
+        """Subtitles in SubRip format (speech-to-text results)."""
+        from .subtitles import to_srt
+
+        return to_srt(self._require_segments())
+
+    def to_webvtt(self) -> str:
+        """Subtitles in WebVTT format (speech-to-text results)."""
+        from .subtitles import to_webvtt
+
+        return to_webvtt(self._require_segments())
+
+    def _require_segments(self) -> list[Segment]:
+        if self.segments is None:
+            from .errors import InvalidRequest
+
+            raise InvalidRequest(f"a {self.task} result has no timed segments", hint="use a speech-to-text result")
+        return self.segments
+
+
+class OutputFile(BaseModel):
+    """One file a provider hands back: the bytes, not a URL that may expire."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: bytes
+    media_type: str
+    source_url: str | None = None
+
+
+class Usage(BaseModel):
+    """Measured quantities the billing units settle on; providers fill what they know."""
+
+    outputs: int | None = None
+    compute_seconds: float | None = None
+    media_seconds: float | None = None
+    input_seconds: float | None = None
+    output_tokens: int | None = None
+
+
+class ProviderOutput(BaseModel):
+    """What a provider's ``run`` returns to the router."""
+
+    model_config = ConfigDict(frozen=True)
+
+    files: list[OutputFile] = Field(default_factory=list)
+    text: str | None = None
+    segments: list[Segment] | None = None
+    usage: Usage = Field(default_factory=Usage)
+    actual_cost: Decimal | None = Field(default=None, description="provider-reported USD, when known")
+    job_id: str | None = None
+
+    @field_validator("actual_cost")
+    @classmethod
+    def _non_negative(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value < 0:
+            raise ValueError("actual_cost cannot be negative")
+        return value
