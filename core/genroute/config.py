@@ -193,9 +193,9 @@ def settings_from_dict(
     _refuse_secrets(raw, source)
     data = dict(raw)
     if "profile" in data or "source" in data:
-        key = "profile" if "profile" in data else "source"
+        reserved = "profile" if "profile" in data else "source"
         raise ConfigError(
-            "is not a configuration key", file=source, key=key, hint="use default_profile, or GENROUTE_PROFILE"
+            "is not a configuration key", file=source, key=reserved, hint="use default_profile, or GENROUTE_PROFILE"
         )
     chosen = profile or env.get(ENV_PROFILE) or data.get("default_profile", "offline")
     data["profile"] = chosen
@@ -204,7 +204,7 @@ def settings_from_dict(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or None
+        key: str | None = ".".join(str(part) for part in first["loc"]) or None
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise ConfigError(
             f"{_expectation(first)}{more}",

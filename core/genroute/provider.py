@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from . import billing
 from .config import ProviderSettings, Settings
 from .errors import ConfigError
-from .types import TASKS, TIERS, Billing, Offer, ProviderOutput, RequestModel, Task
+from .types import TASKS, TIERS, Billing, Offer, ProviderOutput, RequestModel, Task, Tier
 
 
 @dataclass
@@ -109,9 +109,9 @@ def catalogue_offers(
     ]
 
 
-def catalogue_tasks(settings: ProviderSettings) -> list[tuple[Task, str, str]]:
+def catalogue_tasks(settings: ProviderSettings) -> list[tuple[Task, Tier, str]]:
     """(task, tier, model) rows of a provider's catalogue, in canonical order (for listings)."""
-    rows = []
+    rows: list[tuple[Task, Tier, str]] = []
     for task in TASKS:
         for tier in TIERS:
             entry = settings.models.get(task, {}).get(tier)

@@ -600,9 +600,13 @@ class Router:
         """Sync :meth:`astream`: yields text pieces as they arrive."""
         runner = self._sync()
         pieces = self.astream(request).__aiter__()
+
+        async def next_piece() -> str:
+            return await anext(pieces)
+
         while True:
             try:
-                yield runner.run(anext(pieces))
+                yield runner.run(next_piece())
             except StopAsyncIteration:
                 return
 

@@ -46,6 +46,7 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
+    task: Task
     tier: Tier = "balanced"
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     provider: str | None = Field(default=None, description="pin one provider by name")
@@ -58,7 +59,7 @@ class _Request(BaseModel):
 
     @property
     def task_name(self) -> Task:
-        return self.task  # type: ignore[no-any-return]
+        return self.task
 
     def media_fields(self) -> dict[str, MediaInput]:
         """The request's media inputs by field name."""

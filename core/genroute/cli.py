@@ -1,0 +1,501 @@
+"""The ``genroute`` command: run, plan, batch, providers, budget, cache.
+
+Errors print what happened and what to do, with a distinct exit code per kind
+(see :mod:`genroute.errors`); a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .config import load_settings
+from .errors import GenrouteError, InvalidRequest
+from .money import fmt_usd
+from .provider import catalogue_tasks
+from .router import BatchItem, Router, invalid_request_from
+from .secrets import redact
+from .types import TASKS, TIERS, RequestModel, Result, parse_request
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_PARTIAL = 10
+
+_MEDIA_FIELD = {
+    "image-to-image": "image",
+    "inpaint": "image",
+    "upscale": "image",
+    "remove-background": "image",
+    "image-to-video": "image",
+    "speech-to-text": "audio",
+}
+_TEXT_FIELD = {"text-to-speech": "text"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:  # pipes and files get whole lines, not an 80-column wrap
+        out = Console(highlight=False, soft_wrap=True, width=200)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactingFilter())
+    try:
+        return int(args.handler(args, out, err))
+    except GenrouteError as exc:
+        err.print(f"genroute: error: {redact(exc.message)}", markup=False)
+        err.print(f"  what to do: {redact(exc.hint)}", markup=False)
+        if args.debug:
+            err.print(redact(traceback.format_exc()), markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("genroute: interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        err.print(f"genroute: internal error: {redact(f'{type(exc).__name__}: {exc}')}", markup=False)
+        if args.debug:
+            err.print(redact(traceback.format_exc()), markup=False)
+        else:
+            err.print("  what to do: run again with --debug and report the traceback", markup=False)
+        return EXIT_INTERNAL
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="plugins.toml to use (default: $GENROUTE_CONFIG, ./plugins.toml)")
+    common.add_argument("--profile", help="profile to use (default: $GENROUTE_PROFILE, then the file's default)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+
+    parser = argparse.ArgumentParser(
+        prog="genroute",
+        description="Route generative-AI requests to the cheapest provider within budget.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run one request")
+    run.add_argument("prompt", nargs="?", help="the prompt (or the text to speak)")
+    run.add_argument("--task", choices=TASKS, default="text-to-image")
+    run.add_argument("--tier", choices=TIERS, default=None)
+    run.add_argument("--input", type=Path, help="input image or audio file for tasks that take one")
+    run.add_argument("--mask", type=Path, help="mask image for inpaint (white = repaint)")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--num-outputs", type=int)
+    run.add_argument("--aspect-ratio")
+    run.add_argument("--provider", dest="pin_provider", help="pin one provider")
+    run.add_argument("--model", dest="pin_model", help="pin one model")
+    run.add_argument("--cache", choices=["use", "refresh", "bypass"], default=None)
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any request field; repeatable")
+    run.add_argument("--output-dir", type=Path, default=Path("out"), help="where files are written (default: out/)")
+    run.set_defaults(handler=cmd_run)
+
+    plan = sub.add_parser("plan", parents=[common], help="where each request of a JSONL file would go; spends nothing")
+    plan.add_argument("file", type=Path)
+    plan.set_defaults(handler=cmd_plan)
+
+    batch = sub.add_parser("batch", parents=[common], help="run every request of a JSONL file")
+    batch.add_argument("file", type=Path)
+    batch.add_argument("--concurrency", type=int, default=8)
+    batch.add_argument("--results", type=Path, help="write JSONL results here (default: stdout)")
+    batch.add_argument("--no-progress", action="store_true")
+    batch.set_defaults(handler=cmd_batch)
+
+    providers = sub.add_parser("providers", parents=[common], help="installed providers, tasks, tiers, prices")
+    providers.set_defaults(handler=cmd_providers)
+
+    budget = sub.add_parser("budget", parents=[common], help="spent, reserved and left per scope and period")
+    budget.add_argument("--export-csv", type=Path)
+    budget.add_argument("--export-json", type=Path)
+    budget.set_defaults(handler=cmd_budget)
+
+    cache = sub.add_parser("cache", parents=[common], help="result store: stats | clear")
+    cache.add_argument("action", choices=["stats", "clear"])
+    cache.set_defaults(handler=cmd_cache)
+    return parser
+
+
+def _router(args: argparse.Namespace) -> Router:
+    return Router(load_settings(args.config, profile=args.profile))
+
+
+# -- run ------------------------------------------------------------------------------------------------
+def _run_request(args: argparse.Namespace) -> dict[str, Any]:
+    data: dict[str, Any] = {"task": args.task}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"{item!r} is not KEY=VALUE", field="--param")
+        data[key.strip().replace("-", "_")] = _json_or_text(value)
+    if args.prompt is not None:
+        data[_TEXT_FIELD.get(args.task, "prompt")] = args.prompt
+    if args.input is not None:
+        if args.task not in _MEDIA_FIELD:
+            raise InvalidRequest(f"{args.task} takes no input file", field="--input")
+        data[_MEDIA_FIELD[args.task]] = str(args.input)
+    elif args.task in _MEDIA_FIELD and _MEDIA_FIELD[args.task] not in data:
+        raise InvalidRequest(f"{args.task} needs an input file", field="--input", hint="pass --input FILE")
+    options = {
+        "mask": str(args.mask) if args.mask else None,
+        "tier": args.tier,
+        "seed": args.seed,
+        "num_outputs": args.num_outputs,
+        "aspect_ratio": args.aspect_ratio,
+        "provider": args.pin_provider,
+        "model": args.pin_model,
+        "cache": args.cache,
+    }
+    data.update({k: v for k, v in options.items() if v is not None})
+    return data
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    data = _run_request(args)
+    with _router(args) as router:
+        request = router.parse(data)
+        if request.task_name == "text-generation" and not args.json:
+            return _run_streaming(router, request, out, err)
+        result = router.run(request)
+    files = _save_outputs(result, args.output_dir)
+    if args.json:
+        payload = json.loads(result.model_dump_json())
+        payload["saved"] = [str(p) for p in files]
+        out.print(json.dumps(payload, indent=2), markup=False)
+        return 0
+    if result.text:
+        out.print(result.text, markup=False)
+    _print_result_summary(result, files, err)
+    return 0
+
+
+def _run_streaming(router: Router, request: RequestModel, out: Console, err: Console) -> int:
+    stream = router.astream(request)
+
+    async def pump() -> None:
+        async for piece in stream:
+            out.file.write(piece)
+            out.file.flush()
+
+    router._sync().run(pump())
+    out.file.write("\n")
+    if stream.result is not None:
+        _print_result_summary(stream.result, [], err)
+    return 0
+
+
+def _save_outputs(result: Result, directory: Path) -> list[Path]:
+    stem = f"{result.task}-{result.request_key[:12]}"
+    saved = [
+        artifact.save(directory, stem if len(result.artifacts) == 1 else f"{stem}-{i + 1}")
+        for i, artifact in enumerate(result.artifacts)
+    ]
+    if result.segments is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for suffix, text in ((".srt", result.to_srt()), (".vtt", result.to_webvtt())):
+            target = directory / f"{stem}{suffix}"
+            target.write_text(text, encoding="utf-8")
+            saved.append(target)
+    return saved
+
+
+def _print_result_summary(result: Result, files: list[Path], err: Console) -> None:
+    source = "store (cached, no charge)" if result.cached else f"{result.provider} · {result.model} · {result.tier}"
+    err.print(
+        f"{source}  cost {fmt_usd(result.actual_cost)} (estimated {fmt_usd(result.estimated_cost)})  "
+        f"{result.latency_seconds * 1000:.0f} ms  attempts {result.attempts}",
+        markup=False,
+    )
+    for path in files:
+        err.print(f"  wrote {path}", markup=False)
+
+
+# -- plan and batch -------------------------------------------------------------------------------------
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidRequest]]:
+    """(line number, request dict or the error that line has); blank lines and # comments skipped."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}", field="FILE", hint="check the path") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, InvalidRequest(f"{path}:{number}: not valid JSON ({exc.msg})", hint="fix that line")
+                continue
+            if not isinstance(data, dict):
+                yield number, InvalidRequest(f"{path}:{number}: expected a JSON object", hint="fix that line")
+                continue
+            yield number, data
+
+
+def _validated(path: Path, number: int, data: dict[str, Any] | InvalidRequest) -> RequestModel | InvalidRequest:
+    if isinstance(data, InvalidRequest):
+        return data
+    from pydantic import ValidationError
+
+    try:
+        return parse_request(data)
+    except ValidationError as exc:
+        error = invalid_request_from(exc)
+        return InvalidRequest(f"{path}:{number}: {error.message}", hint="fix that line")
+
+
+def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
+    rows: list[dict[str, Any]] = []
+    total = Decimal(0)
+    with _router(args) as router:
+        for number, data in _jsonl(args.file):
+            request = _validated(args.file, number, data)
+            if isinstance(request, InvalidRequest):
+                rows.append({"line": number, "error": request.message})
+                continue
+            try:
+                plan = router.plan(request)
+            except GenrouteError as exc:
+                rows.append({"line": number, "error": exc.message})
+                continue
+            row: dict[str, Any] = {"line": number, "task": request.task_name, "tier": request.tier}
+            if plan.cached:
+                row.update(route="store (cached)", estimate="0")
+            elif plan.chosen is not None:
+                estimate = plan.chosen.estimate or Decimal(0)
+                total += estimate
+                row.update(route=f"{plan.chosen.provider} · {plan.chosen.model}", estimate=str(estimate))
+            else:
+                row["error"] = "no route: " + "; ".join(str(r) for r in plan.rejections)
+            row["rejected"] = [str(r) for r in plan.rejections]
+            rows.append(row)
+        left = router.ledger.headroom(("global",))
+    summary = {
+        "requests": len(rows),
+        "unroutable": sum(1 for r in rows if "error" in r),
+        "estimated_total": str(total),
+        "budget_left": None if left is None else str(left),
+        "fits_budget": left is None or total <= left,
+    }
+    if args.json:
+        out.print(json.dumps({"requests": rows, "summary": summary}, indent=2), markup=False)
+    else:
+        table = Table("line", "task", "tier", "route", "estimate")
+        for row in rows:
+            line, task, tier = str(row["line"]), row.get("task", ""), row.get("tier", "")
+            if "error" in row:
+                table.add_row(line, task, tier, Text(row["error"], style="red"), "")
+            else:
+                table.add_row(line, task, tier, Text(row["route"]), fmt_usd(Decimal(row["estimate"])))
+        out.print(table)
+        budget = "no limit" if left is None else fmt_usd(left)
+        verdict = "fits" if summary["fits_budget"] else "DOES NOT FIT"
+        out.print(f"estimated total {fmt_usd(total)} · budget left {budget} · {verdict}", markup=False)
+    return 0 if summary["unroutable"] == 0 and summary["fits_budget"] else EXIT_PARTIAL
+
+
+def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
+    if args.concurrency < 1:
+        raise InvalidRequest("must be at least 1", field="--concurrency")
+    lines = sum(1 for _ in _jsonl(args.file))
+    failures = 0
+    cost = Decimal(0)
+    cached = 0
+    sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
+    numbers: list[int] = []
+    invalid: list[tuple[int, InvalidRequest]] = []
+
+    def requests() -> Iterator[RequestModel]:
+        for number, data in _jsonl(args.file):
+            request = _validated(args.file, number, data)
+            if isinstance(request, InvalidRequest):
+                invalid.append((number, request))
+                continue
+            numbers.append(number)
+            yield request
+
+    def emit(line: int, item: BatchItem | None, error: GenrouteError | None = None) -> None:
+        record: dict[str, Any] = {"line": line}
+        if item is not None and item.result is not None:
+            result = item.result
+            record.update(
+                status="ok",
+                provider=result.provider,
+                model=result.model,
+                tier=result.tier,
+                cached=result.cached,
+                cost=str(result.actual_cost),
+                files=[str(a.path) for a in result.artifacts],
+                text=result.text,
+                request_key=result.request_key,
+            )
+        else:
+            problem = error or (item.error if item else None)
+            record.update(status="error", error=redact(str(problem)), kind=type(problem).__name__)
+        sink.write(json.dumps(record) + "\n")
+        sink.flush()
+
+    progress = Progress(
+        TextColumn("[bold]batch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[cost]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.no_progress or args.json,
+        transient=False,
+    )
+    try:
+        with _router(args) as router, progress:
+            bar = progress.add_task("batch", total=lines, cost="$0")
+
+            async def drive() -> None:
+                nonlocal failures, cost, cached
+                async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
+                    while invalid:
+                        number, error = invalid.pop(0)
+                        failures += 1
+                        emit(number, None, error)
+                        progress.advance(bar)
+                    if item.result is not None:
+                        cost += item.result.actual_cost
+                        cached += item.result.cached
+                    else:
+                        failures += 1
+                    emit(numbers[item.index], item)
+                    progress.update(bar, advance=1, cost=fmt_usd(cost))
+                for number, error in invalid:
+                    failures += 1
+                    emit(number, None, error)
+                    progress.advance(bar)
+
+            router._sync().run(drive())
+    finally:
+        if args.results:
+            sink.close()
+    err.print(
+        f"{lines - failures}/{lines} done ({cached} from the store), {failures} failed, spent {fmt_usd(cost)}",
+        markup=False,
+    )
+    return 0 if failures == 0 else EXIT_PARTIAL
+
+
+# -- inspection -----------------------------------------------------------------------------------------
+def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with _router(args) as router:
+        settings = router.settings
+        rows: list[dict[str, Any]] = []
+        for name in sorted(set(router.providers) | set(settings.providers)):
+            provider = router.providers.get(name)
+            section = settings.provider(name)
+            if provider is None:
+                status = "not installed"
+            elif not section.enabled:
+                status = "disabled in config"
+            else:
+                why = provider.unavailable_reason(settings)
+                status = f"unavailable: {why}" if why else "available"
+            models = [
+                {"task": task, "tier": tier, "model": model, "unit": entry.unit, "price": str(entry.price)}
+                for task, tier, model in catalogue_tasks(section)
+                for entry in [section.models[task][tier]]
+            ]
+            in_profile = name in settings.active.providers
+            rows.append({"provider": name, "status": status, "in_profile": in_profile, "models": models})
+    if args.json:
+        out.print(json.dumps({"profile": settings.profile, "providers": rows}, indent=2), markup=False)
+        return 0
+    out.print(f"profile {settings.profile}: {', '.join(settings.active.providers)}", markup=False)
+    for row in rows:
+        note = "" if row["in_profile"] else " (not in profile)"
+        out.print(Text.assemble("\n", (row["provider"], "bold"), f" — {row['status']}{note}"))
+        table = Table("task", "tier", "model", "price")
+        for m in row["models"]:
+            table.add_row(m["task"], m["tier"], m["model"], f"{fmt_usd(Decimal(m['price']))}/{m['unit']}")
+        if row["models"]:
+            out.print(table)
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with _router(args) as router:
+        report = router.ledger.report()
+        if args.export_csv:
+            router.ledger.export_csv(args.export_csv)
+            err.print(f"wrote {args.export_csv}", markup=False)
+        if args.export_json:
+            router.ledger.export_json(args.export_json)
+            err.print(f"wrote {args.export_json}", markup=False)
+    if args.json:
+        out.print(report.to_json(), markup=False)
+        return 0
+    table = Table("scope", "period", "limit", "spent", "reserved", "left")
+    for usage in report.usage:
+        table.add_row(
+            usage.scope,
+            f"{usage.period} {usage.period_key}" if usage.period != "total" else "total",
+            "—" if usage.limit is None else fmt_usd(usage.limit),
+            fmt_usd(usage.spent),
+            fmt_usd(usage.reserved),
+            "—" if usage.left is None else fmt_usd(usage.left),
+        )
+    out.print(table)
+    out.print(f"saved by the store: {fmt_usd(report.savings)} over {report.saved_requests} request(s)", markup=False)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with _router(args) as router:
+        if router.store is None:
+            raise GenrouteError("the result store is disabled", hint="set [store] enabled = true in plugins.toml")
+        if args.action == "clear":
+            removed = router.store.clear()
+            out.print(json.dumps({"removed": removed}) if args.json else f"removed {removed} result(s)", markup=False)
+            return 0
+        stats = router.store.stats()
+    if args.json:
+        out.print(stats.model_dump_json(indent=2), markup=False)
+    else:
+        out.print(
+            f"{stats.entries} result(s), {stats.bytes / 1e6:.1f} MB of {stats.max_bytes / 1e6:.0f} MB; "
+            f"{stats.hits} hit(s), {stats.misses} miss(es); saved {fmt_usd(stats.saved_usd)}",
+            markup=False,
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

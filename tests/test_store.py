@@ -1,0 +1,293 @@
+"""The result store: round trips, dedupe, eviction, corruption, counters, size limit, processes."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import diskcache
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genroute.errors import StoreError
+from genroute.store import ResultStore, StoreStats
+from genroute.types import OutputFile, Result, Segment
+
+MIB = 1024**2
+
+
+def make_result(key: str = "k" * 64, **changes: object) -> Result:
+    fields: dict[str, object] = {
+        "request_key": key,
+        "task": "text-to-image",
+        "provider": "mock",
+        "model": "mock/flux",
+        "tier": "quality",
+        "text": None,
+        "segments": None,
+        "estimated_cost": Decimal("0.0035"),
+        "actual_cost": Decimal("0.003125"),
+        "latency_seconds": 1.234567,
+        "attempts": 2,
+        "job_id": "job-42",
+        "created_at": datetime(2025, 11, 23, 4, 5, 6, 789012, tzinfo=UTC),
+    }
+    fields.update(changes)
+    return Result.model_validate(fields)
+
+
+def key_of(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def png(n: int, size: int = 10_000) -> OutputFile:
+    data = n.to_bytes(8, "big") + os.urandom(size - 8)
+    return OutputFile(data=data, media_type="image/png", source_url=f"https://example.test/{n}.png")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ResultStore]:
+    with ResultStore(tmp_path / "store") as s:
+        yield s
+
+
+def test_put_then_get_round_trips_every_field_and_the_bytes(store: ResultStore) -> None:
+    key = key_of("a")
+    files = [png(1), OutputFile(data=b"second", media_type="text/plain")]
+    original = make_result(key)
+
+    put = store.put(key, original, files)
+    got = store.get(key)
+
+    assert got is not None
+    assert got.model_dump(exclude={"artifacts"}) == original.model_dump(exclude={"artifacts"})
+    assert got.created_at.tzinfo is not None and got.created_at == original.created_at
+    assert isinstance(got.actual_cost, Decimal) and got.actual_cost == Decimal("0.003125")
+    assert got.artifacts == put.artifacts
+    for artifact, file in zip(got.artifacts, files, strict=True):
+        assert artifact.path.is_absolute() and artifact.path.is_relative_to(store.path)
+        assert artifact.read_bytes() == file.data
+        assert artifact.sha256 == hashlib.sha256(file.data).hexdigest()
+        assert artifact.size == len(file.data)
+        assert artifact.media_type == file.media_type
+        assert artifact.source_url == file.source_url
+
+
+def test_put_ignores_artifacts_passed_in_and_returns_them_rebuilt(store: ResultStore, tmp_path: Path) -> None:
+    key = key_of("b")
+    out = store.put(key, make_result(key), [png(2)])
+    # feed a result that already has artifacts: they are replaced by the files given
+    again = store.put(key, out, [png(3)])
+    assert len(again.artifacts) == 1 and again.artifacts[0].read_bytes()[:8] == (3).to_bytes(8, "big")
+    got = store.get(key)
+    assert got is not None and got.artifacts[0].sha256 == again.artifacts[0].sha256
+
+
+def test_equal_bytes_are_stored_once(store: ResultStore) -> None:
+    file = png(7, size=100_000)
+    a = store.put(key_of("one"), make_result(key_of("one")), [file])
+    before = store.stats().bytes
+    b = store.put(key_of("two"), make_result(key_of("two"), provider="other"), [file])
+
+    assert a.artifacts[0].path == b.artifacts[0].path
+    copies = [p for p in (store.path / "data").rglob("*.val") if p.read_bytes() == file.data]
+    assert len(copies) == 1
+    assert store.stats().entries == 2
+    assert store.stats().bytes - before < len(file.data) // 2
+    got_a, got_b = store.get(key_of("one")), store.get(key_of("two"))
+    assert got_a is not None and got_b is not None
+    assert got_a.artifacts[0].read_bytes() == got_b.artifacts[0].read_bytes() == file.data
+    assert got_b.provider == "other"
+
+
+def test_text_result_without_files_round_trips(store: ResultStore) -> None:
+    key = key_of("text")
+    original = make_result(
+        key,
+        task="speech-to-text",
+        text="héllo wörld\n" * 5000,  # over diskcache's 32 KB inline limit: stored as a file, still fine
+        segments=[Segment(start=0.0, end=1.5, text="héllo"), Segment(start=1.5, end=3.25, text="wörld")],
+    )
+    assert store.put(key, original, []).artifacts == []
+    got = store.get(key)
+    assert got == original
+
+
+def test_unknown_key_is_a_miss(store: ResultStore) -> None:
+    assert store.get(key_of("nothing")) is None
+    assert store.stats().entries == 0
+
+
+def test_evicted_blob_makes_a_miss_and_drops_the_record(store: ResultStore) -> None:
+    key = key_of("evicted")
+    out = store.put(key, make_result(key), [png(1), png(2)])
+    with diskcache.Cache(str(store.path / "data")) as raw:
+        assert raw.delete(("blob", out.artifacts[1].sha256))
+        assert store.get(key) is None
+        assert ("result", key) not in raw
+    assert store.stats().entries == 0
+
+
+@pytest.mark.parametrize(
+    "raw_record",
+    ["{not json", '{"version": 1}', '{"version": 99, "result": {}, "artifacts": []}', b"\x00\xff", 12345],
+)
+def test_corrupt_record_is_a_miss_and_is_deleted(store: ResultStore, raw_record: object) -> None:
+    key = key_of("corrupt")
+    with diskcache.Cache(str(store.path / "data")) as raw:
+        raw.set(("result", key), raw_record)
+        assert store.get(key) is None
+        assert ("result", key) not in raw
+
+
+def test_stats_count_hits_misses_and_savings_and_survive_reopening(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "s", max_bytes=64 * MIB) as store:
+        store.put(key_of("x"), make_result(key_of("x")), [png(1)])
+        for saved in ("0.003", "0.003", "0.1", "0.000001", "0"):
+            store.record_hit(Decimal(saved))
+        store.record_miss()
+        store.record_miss()
+        with pytest.raises(ValueError):
+            store.record_hit(Decimal("-1"))
+        first = store.stats()
+    assert first.hits == 5 and first.misses == 2
+    assert first.saved_usd == Decimal("0.106001")
+    assert first.entries == 1 and first.max_bytes == 64 * MIB and first.bytes > 10_000
+
+    with ResultStore(tmp_path / "s", max_bytes=64 * MIB) as reopened:
+        again = reopened.stats()
+        assert again == first
+        assert isinstance(again, StoreStats)
+        assert reopened.get(key_of("x")) is not None
+
+
+def test_clear_empties_the_store_and_returns_the_count(store: ResultStore) -> None:
+    for n in range(3):
+        store.put(key_of(str(n)), make_result(key_of(str(n))), [png(n)])
+    store.put(key_of("text"), make_result(key_of("text"), text="t"), [])
+    store.record_hit(Decimal("1"))
+    store.record_miss()
+
+    assert store.clear() == 4
+    stats = store.stats()
+    assert (stats.entries, stats.hits, stats.misses, stats.saved_usd) == (0, 0, 0, Decimal(0))
+    assert not list((store.path / "data").rglob("*.val"))
+    assert all(store.get(key_of(str(n))) is None for n in range(3))
+    assert store.clear() == 0
+
+
+def test_size_limit_evicts_old_results_without_errors(tmp_path: Path) -> None:
+    limit = MIB
+    with ResultStore(tmp_path / "small", max_bytes=limit) as store:
+        keys = [key_of(f"big{n}") for n in range(30)]
+        for n, key in enumerate(keys):
+            file = png(n, size=200_000)
+            out = store.put(key, make_result(key), [file])
+            assert out.artifacts[0].read_bytes() == file.data  # the paths put returns exist on return
+            # within one blob and the database's own pages of the limit, never the 6 MB written
+            assert store.stats().bytes <= limit + 200_000 + 256 * 1024
+            assert store.get(key) is not None  # the newest result is always kept
+        assert store.get(keys[0]) is None
+        kept = [k for k in keys if store.get(k) is not None]
+        assert 1 <= len(kept) <= 6
+        assert store.stats().entries == len(kept)
+
+
+def test_result_larger_than_the_store_still_comes_back_with_files(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "tiny", max_bytes=MIB) as store:
+        key = key_of("huge")
+        file = png(1, size=2 * MIB)
+        out = store.put(key, make_result(key), [file])
+        assert out.artifacts[0].read_bytes() == file.data
+        assert store.get(key) is None
+        # a result that fits alone but is evicted along with its elders by diskcache's ten-at-a-time cull
+        first = store.put(key_of("half"), make_result(key_of("half")), [png(2, size=500_000)])
+        second = store.put(key_of("more"), make_result(key_of("more")), [png(3, size=600_000)])
+        assert first.artifacts[0].size == 500_000
+        assert second.artifacts[0].read_bytes()[:8] == (3).to_bytes(8, "big")
+        assert store.stats().bytes <= MIB + 256 * 1024
+        assert store.clear() == 0  # neither was kept: the cull took "half", then "more" itself
+        assert not any((store.path / "scratch").iterdir())
+
+
+def _put_many(path: str, prefix: str, count: int) -> None:
+    with ResultStore(Path(path)) as store:
+        for n in range(count):
+            key = key_of(f"{prefix}{n}")
+            store.put(key, make_result(key), [png(n, size=5_000 + n)])
+            store.record_miss()
+
+
+def test_two_processes_share_one_directory(tmp_path: Path) -> None:
+    path = tmp_path / "shared"
+    ResultStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_put_many, args=(str(path), prefix, 25)) for prefix in ("p", "q")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    with ResultStore(path) as store:
+        for prefix in ("p", "q"):
+            for n in range(25):
+                got = store.get(key_of(f"{prefix}{n}"))
+                assert got is not None and got.artifacts[0].size == 5_000 + n
+        assert store.stats().entries == 50 and store.stats().misses == 50
+
+
+def test_threads_share_one_store(store: ResultStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for n in range(10):
+                key = key_of(f"t{t}-{n}")
+                store.put(key, make_result(key), [png(n)])
+                assert store.get(key) is not None
+                store.record_hit(Decimal("0.01"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    stats = store.stats()
+    assert (stats.entries, stats.hits, stats.saved_usd) == (40, 40, Decimal("0.40"))
+
+
+def test_unusable_directory_raises_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match=str(blocker)) as info:
+        ResultStore(blocker / "store")
+    assert "local disk" in info.value.hint
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    text=st.none() | st.text(max_size=200),
+    cost=st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False),
+    latency=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    data=st.lists(st.binary(max_size=300), max_size=3),
+)
+def test_round_trip_property(text: str | None, cost: Decimal, latency: float, data: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, ResultStore(Path(tmp)) as store:
+        key = key_of(repr((text, cost, latency)))
+        original = make_result(key, text=text, actual_cost=cost, latency_seconds=latency)
+        store.put(key, original, [OutputFile(data=d, media_type="audio/wav") for d in data])
+        got = store.get(key)
+        assert got is not None
+        assert got.model_dump(exclude={"artifacts"}) == original.model_dump(exclude={"artifacts"})
+        assert [a.read_bytes() for a in got.artifacts] == data
