@@ -28,7 +28,7 @@ ENV_HOME = "GENROUTE_HOME"
 
 Period = Literal["total", "daily", "monthly"]
 
-_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|secret|password)$", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_\-]?key|secret|password)$", re.IGNORECASE)
 _SCOPE = re.compile(r"^(global|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
 
 
@@ -227,12 +227,20 @@ def _expectation(error: Any) -> str:
 def _hint_for(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "remove or rename the key"
+    if "has no [providers." in str(error["msg"]):
+        return "add that [providers.<name>] section, or remove the provider from the profile"
     if "profile" in str(error["msg"]):
         return "pick a profile defined under [profiles.<name>], or set GENROUTE_PROFILE to one"
     return "fix the value at that key and run again"
 
 
-def _refuse_secrets(raw: Mapping[str, Any], source: str, prefix: str = "") -> None:
+def _refuse_secrets(raw: Any, source: str, prefix: str = "") -> None:
+    if isinstance(raw, list | tuple):
+        for index, item in enumerate(raw):
+            _refuse_secrets(item, source, f"{prefix}{index}.")
+        return
+    if not isinstance(raw, Mapping):
+        return
     for key, value in raw.items():
         path = f"{prefix}{key}"
         if _SECRET_KEY.search(str(key)):
@@ -242,8 +250,7 @@ def _refuse_secrets(raw: Mapping[str, Any], source: str, prefix: str = "") -> No
                 key=path,
                 hint="remove it; set REPLICATE_API_TOKEN or HF_TOKEN in the environment instead",
             )
-        if isinstance(value, Mapping):
-            _refuse_secrets(value, source, f"{path}.")
+        _refuse_secrets(value, source, f"{path}.")
 
 
 def _resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:

@@ -31,6 +31,8 @@ def canonical_request(request: RequestModel) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, MediaInput):
         return {"sha256": value.sha256}
+    if isinstance(value, float) and value == 0:
+        return 0.0  # -0.0 and 0.0 are the same request
     if isinstance(value, Decimal):
         return str(value.normalize())
     return value

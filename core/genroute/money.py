@@ -43,8 +43,7 @@ def quantize(amount: Decimal) -> Decimal:
 
 def fmt_usd(amount: Decimal) -> str:
     """Human form: ``$0.003``, ``$12.50``; never scientific notation."""
-    q = quantize(amount).normalize()
-    text = format(q, "f")
-    if "." in text and len(text.split(".")[1]) < 2:
-        text = format(amount.quantize(Decimal("0.01")), "f")
+    text = format(quantize(amount).normalize(), "f")
+    if "." not in text or len(text.split(".")[1]) < 2:
+        text = format(quantize(amount).quantize(Decimal("0.01")), "f")
     return f"${text}"

@@ -12,8 +12,8 @@ _MASK = "***"
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
     """Replace every token value found in the environment by ``***``."""
     env = os.environ if env is None else env
-    for name in TOKEN_VARIABLES:
-        value = env.get(name)
-        if value and len(value) >= 4 and value in text:
-            text = text.replace(value, _MASK)
+    values = {env.get(name) or "" for name in TOKEN_VARIABLES}
+    # Longest first, so a token that contains another is masked whole.
+    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, _MASK)
     return text

@@ -50,6 +50,7 @@ log = logging.getLogger("genroute.store")
 _RESULT = "result"
 _BLOB = "blob"
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
+_FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
 
 
 class StoreStats(BaseModel):
@@ -96,6 +97,9 @@ class ResultStore:
         self._max_bytes = max_bytes
         self._data: Any = None
         self._stats: Any = None
+        self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
+        self._pending_ops = 0
+        self._lock = threading.Lock()
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
             self._data = diskcache.Cache(
@@ -159,7 +163,7 @@ class ResultStore:
             return self._with_artifacts(result, stored, spilled)
 
         raw = _Record(result=result.model_copy(update={"artifacts": []}), artifacts=stored).model_dump_json()
-        with self._guard(f"write result {key}"):
+        with self._guard(f"write result {key}"), self._data.transact():
             for file, digest in zip(files, digests, strict=True):
                 blob_key = (_BLOB, digest)
                 if blob_key not in self._data:  # dedupe; add() never replaces a file a reader may hold
@@ -188,18 +192,38 @@ class ResultStore:
         """Count one hit that saved ``saved`` dollars (kept to the micro-dollar)."""
         if saved < 0:
             raise ValueError(f"a saving cannot be negative: {saved}")
-        micros = usd_to_micros(saved)
-        with self._guard("record a hit"), self._stats.transact():
-            self._stats.incr(_HITS)
-            self._stats.incr(_SAVED, micros)
+        self._count(hits=1, saved=usd_to_micros(saved))
 
     def record_miss(self) -> None:
         """Count one miss."""
-        with self._guard("record a miss"):
-            self._stats.incr(_MISSES)
+        self._count(misses=1)
+
+    def _count(self, *, hits: int = 0, misses: int = 0, saved: int = 0) -> None:
+        # Counters are advisory: batch them so a hit costs no extra write transaction.
+        with self._lock:
+            self._pending[_HITS] += hits
+            self._pending[_MISSES] += misses
+            self._pending[_SAVED] += saved
+            self._pending_ops += 1
+            due = self._pending_ops >= _FLUSH_EVERY
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write counter updates kept in memory."""
+        with self._lock:
+            pending, self._pending = self._pending, {_HITS: 0, _MISSES: 0, _SAVED: 0}
+            self._pending_ops = 0
+        if not any(pending.values()) or self._stats is None:
+            return
+        with self._guard("record statistics"), self._stats.transact():
+            for name, delta in pending.items():
+                if delta:
+                    self._stats.incr(name, delta)
 
     def stats(self) -> StoreStats:
         """Entries, disk use and the hit/miss/saving counters (kept across restarts, reset by :meth:`clear`)."""
+        self.flush()
         with self._guard("read statistics"):
             return StoreStats(
                 entries=self._count_results(),
@@ -214,6 +238,9 @@ class ResultStore:
 
     def clear(self) -> int:
         """Remove every result, blob, scratch file and counter; return how many results were removed."""
+        with self._lock:
+            self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
+            self._pending_ops = 0
         with self._guard("clear"):
             count = self._count_results()
             self._data.clear()
@@ -227,6 +254,8 @@ class ResultStore:
 
     def close(self) -> None:
         """Close the database connections (the store reopens them if used again)."""
+        if self._stats is not None:
+            self.flush()
         for cache in (self._data, self._stats):
             if cache is not None:
                 cache.close()

@@ -8,7 +8,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .media import MediaInput
 
@@ -71,17 +80,25 @@ class _Visual(_Request):
 
     negative_prompt: str | None = Field(default=None, max_length=4000)
     num_outputs: int = Field(default=1, ge=1, le=4)
-    aspect_ratio: AspectRatio | None = None
     width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
-    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, validate_default=True)
+    aspect_ratio: AspectRatio | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _size_or_ratio(self) -> _Visual:
-        if (self.width is None) != (self.height is None):
+    # Field validators (not a model validator) so the error names the field; order of declaration matters.
+    @field_validator("height")
+    @classmethod
+    def _both_sides(cls, height: int | None, info: ValidationInfo) -> int | None:
+        width = info.data.get("width")
+        if "width" in info.data and (width is None) != (height is None):
             raise ValueError("give both width and height, or neither (then aspect_ratio applies)")
-        if self.width is not None and self.aspect_ratio is not None:
+        return height
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _ratio_or_size(cls, ratio: AspectRatio | None, info: ValidationInfo) -> AspectRatio | None:
+        if ratio is not None and info.data.get("width") is not None:
             raise ValueError("give aspect_ratio or width/height, not both")
-        return self
+        return ratio
 
     def dimensions(self, base: int = 1024) -> tuple[int, int]:
         """Width and height in pixels: explicit, or from the aspect ratio with ``base`` on the long side."""
@@ -96,7 +113,13 @@ def _round8(value: float) -> int:
     return max(MIN_SIDE, round(value / 8) * 8)
 
 
-_Prompt = Annotated[str, Field(min_length=1, max_length=10_000)]
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+_Prompt = Annotated[str, Field(min_length=1, max_length=10_000), AfterValidator(_not_blank)]
 
 
 class TextToImage(_Visual):
@@ -146,7 +169,7 @@ class ImageToVideo(_Visual):
 
 class TextToSpeech(_Request):
     task: Literal["text-to-speech"] = "text-to-speech"
-    text: Annotated[str, Field(min_length=1, max_length=20_000)]
+    text: Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)]
     voice: str | None = Field(default=None, max_length=100)
     language: str | None = Field(default=None, min_length=2, max_length=10)
 
@@ -255,6 +278,12 @@ class Segment(BaseModel):
     start: float = Field(ge=0)
     end: float = Field(ge=0)
     text: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Segment:
+        if self.end < self.start:
+            raise ValueError(f"segment ends ({self.end}) before it starts ({self.start})")
+        return self
 
 
 class Artifact(BaseModel):

@@ -1,0 +1,787 @@
+"""The budget ledger: the single source of truth for spend.
+
+Every call that may cost money is *reserved* before it starts and *settled* (or *released*) after.
+The ledger lives in a :class:`diskcache.Cache` directory (SQLite), so threads and processes sharing the
+directory see one truth; each operation is one ``BEGIN IMMEDIATE`` transaction, so the budget check and
+the reservation it admits can never be split by a concurrent writer.
+
+Money is :class:`~decimal.Decimal` dollars in the API and integer micro-dollars on disk. Periods are
+keys, never resets: ``total``, the UTC day ``YYYY-MM-DD`` and the UTC month ``YYYY-MM``. For every scope
+a reservation names, the ledger keeps ``spent`` and ``reserved`` counters in all three periods.
+
+A reservation counts into the period keys current when it was made, and its settlement counts into the
+same keys (even if the day changed in between), so the spend a limit admitted is the spend it sees.
+
+On-disk records (all keys are strings; ``|`` separates parts). The hot state is one record, so a
+reservation is one read and one write inside its transaction, whatever the number of scopes and limits:
+
+* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: record},
+  "recent": {id: status}, "scopes": [...]}``; counters of past periods with nothing reserved move out to
+* ``c|<scope>|<period>|<period_key>`` → ``(spent, reserved)`` micro-dollars (archived counters)
+* ``closed|<id>`` → ``{"status": "reclaimed", "res": record}`` for reclaimed reservations
+* ``w|<scope>|<period>|<period_key>|<limit micros>`` → warned already
+* ``e|<time ns>|<id>`` → one entry as JSON; keys sort in the order written
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import diskcache
+from pydantic import BaseModel, ConfigDict
+
+from .config import BudgetLimit
+from .errors import BudgetExceeded, LedgerError
+from .money import micros_to_usd, to_decimal, usd_to_micros
+
+__all__ = [
+    "BudgetReport",
+    "BudgetWarning",
+    "Ledger",
+    "LedgerEntry",
+    "Reservation",
+    "ScopeUsage",
+]
+
+logger = logging.getLogger("genroute.ledger")
+
+PERIODS: tuple[str, ...] = ("total", "daily", "monthly")
+CSV_HEADER: tuple[str, ...] = (
+    "group",
+    "provider",
+    "model",
+    "day",
+    "scope",
+    "period",
+    "period_key",
+    "limit_usd",
+    "spent_usd",
+    "reserved_usd",
+    "left_usd",
+    "count",
+)
+"""Columns of :meth:`BudgetReport.to_csv`. ``group`` says what a row sums: ``provider``, ``model``
+(provider + model), ``day`` (settled spend), ``savings`` (``spent_usd`` = cost avoided by cache hits,
+``count`` = hits) or ``usage`` (one scope in one period). Columns a group does not use are empty."""
+
+_SCHEMA_VERSION = 2
+_STATE = "state"
+_SEP = "|"
+_RECENT_LIMIT = 4096  # finished reservation ids remembered, to name a double settle or release
+
+# Keep every value inside SQLite (no side files) and never evict anything: this is a ledger, not a cache.
+_CACHE_SETTINGS: dict[str, Any] = {
+    "eviction_policy": "none",
+    "cull_limit": 0,
+    "disk_min_file_size": 2**30,
+    "statistics": False,
+    "tag_index": False,
+}
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Money set aside for one provider call, until it is settled or released."""
+
+    id: str
+    amount: Decimal
+    scopes: tuple[str, ...]
+    provider: str
+    model: str
+    task: str
+    request_key: str
+    created_at: float
+    expires_at: float
+    period_keys: tuple[tuple[str, str, str], ...]
+    """(scope, period, period_key) triples this reservation counted into."""
+
+
+class LedgerEntry(BaseModel):
+    """One line of the ledger, append-only.
+
+    ``id`` is the reservation's id (a saving gets its own); ``day`` is the UTC day the money counted
+    into — for a settlement, the day its reservation was made.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: Literal["settled", "released", "reclaimed", "saving"]
+    at: datetime
+    day: str
+    provider: str
+    model: str
+    task: str
+    scopes: list[str]
+    estimate: Decimal
+    actual: Decimal
+    over_estimate: bool = False
+    request_key: str = ""
+    job_id: str | None = None
+    note: str = ""
+
+
+class ScopeUsage(BaseModel):
+    """Spend in one scope for one period; ``limit``/``left`` are ``None`` when no limit applies."""
+
+    scope: str
+    period: str
+    period_key: str
+    limit: Decimal | None
+    spent: Decimal
+    reserved: Decimal
+    left: Decimal | None
+
+
+class BudgetWarning(BaseModel):
+    """A scope passed the warning share of a limit (sent once per scope, period key and limit)."""
+
+    scope: str
+    period: str
+    period_key: str
+    limit: Decimal
+    spent: Decimal
+    share: float
+
+
+class BudgetReport(BaseModel):
+    """Where the money went: usage per scope and period, settled spend by provider/model/day, savings."""
+
+    generated_at: datetime
+    usage: list[ScopeUsage]
+    savings: Decimal
+    saved_requests: int
+    by_provider: list[dict[str, Any]]
+    by_model: list[dict[str, Any]]
+    by_day: list[dict[str, Any]]
+
+    def to_json(self) -> str:
+        """The report as indented JSON (amounts as decimal strings)."""
+        return self.model_dump_json(indent=2)
+
+    def to_csv(self) -> str:
+        """The report as CSV with the header :data:`CSV_HEADER`, one row per grouping."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_HEADER, lineterminator="\n")
+        writer.writeheader()
+
+        def row(group: str, **fields: object) -> None:
+            writer.writerow({"group": group, **{k: "" if v is None else str(v) for k, v in fields.items()}})
+
+        for item in self.by_provider:
+            row("provider", provider=item["provider"], spent_usd=item["spent"], count=item["count"])
+        for item in self.by_model:
+            row("model", provider=item["provider"], model=item["model"], spent_usd=item["spent"], count=item["count"])
+        for item in self.by_day:
+            row("day", day=item["day"], spent_usd=item["spent"], count=item["count"])
+        row("savings", spent_usd=self.savings, count=self.saved_requests)
+        for u in self.usage:
+            row(
+                "usage",
+                scope=u.scope,
+                period=u.period,
+                period_key=u.period_key,
+                limit_usd=u.limit,
+                spent_usd=u.spent,
+                reserved_usd=u.reserved,
+                left_usd=u.left,
+            )
+        return out.getvalue()
+
+
+def period_keys_at(now: float) -> dict[str, str]:
+    """``{"total": "total", "daily": "YYYY-MM-DD", "monthly": "YYYY-MM"}`` for a POSIX time, in UTC."""
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    return {"total": "total", "daily": moment.strftime("%Y-%m-%d"), "monthly": moment.strftime("%Y-%m")}
+
+
+def _counter_key(scope: str, period: str, period_key: str) -> str:
+    return _SEP.join(("c", scope, period, period_key))
+
+
+class Ledger:
+    """Reserve, settle and release spend against budget limits; safe across threads and processes."""
+
+    def __init__(
+        self,
+        path: Path,
+        limits: Sequence[BudgetLimit] = (),
+        *,
+        warn_share: float = 0.8,
+        reservation_ttl_seconds: float = 900,
+        on_warning: Callable[[BudgetWarning], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < warn_share <= 1:
+            raise ValueError("warn_share must be in (0, 1]")
+        if reservation_ttl_seconds <= 0:
+            raise ValueError("reservation_ttl_seconds must be positive")
+        self.path = Path(path)
+        self.limits: tuple[BudgetLimit, ...] = tuple(limits)
+        self.warn_share = warn_share
+        self.reservation_ttl_seconds = reservation_ttl_seconds
+        self.on_warning = on_warning
+        self._clock = clock
+        self._warn_share = Decimal(str(warn_share))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger directory {self.path}: {exc}") from exc
+        try:
+            self._cache: Any = diskcache.Cache(str(self.path), **_CACHE_SETTINGS)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise LedgerError(f"cannot open the ledger at {self.path}: {exc}") from exc
+        with self._guard():
+            self._cache.add("version", _SCHEMA_VERSION)
+            version = self._cache.get("version")
+        if version != _SCHEMA_VERSION:
+            raise LedgerError(f"the ledger at {self.path} has schema version {version}, expected {_SCHEMA_VERSION}")
+
+    # ---------------------------------------------------------------- plumbing
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this process's connections to the ledger."""
+        with self._guard():
+            self._cache.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r}, limits={len(self.limits)})"
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn storage failures into :class:`LedgerError` naming the directory."""
+        try:
+            yield
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise LedgerError(f"the ledger at {self.path} could not be read or written: {detail}") from exc
+
+    @contextmanager
+    def _txn(self) -> Iterator[None]:
+        """One atomic transaction (``BEGIN IMMEDIATE``: one writer across all processes)."""
+        with self._guard(), self._cache.transact():
+            yield
+
+    def _load(self) -> dict[str, Any]:
+        state = self._cache.get(_STATE)
+        if state is None:
+            return {"counters": {}, "open": {}, "recent": {}, "scopes": []}
+        return dict(state)
+
+    def _store(self, state: dict[str, Any], current: dict[str, str] | None = None) -> None:
+        if current is not None:
+            self._archive_stale(state, current)
+        self._cache.set(_STATE, state)
+
+    def _archive_stale(self, state: dict[str, Any], current: dict[str, str]) -> None:
+        """Move counters of past periods with nothing reserved out of the hot state record."""
+        counters: dict[tuple[str, str, str], list[int]] = state["counters"]
+        stale = [k for k, (_s, r) in counters.items() if r == 0 and k[2] != current[k[1]]]
+        for scope, period, key in stale:
+            spent, _reserved = counters.pop((scope, period, key))
+            self._cache.set(_counter_key(scope, period, key), (spent, 0))
+
+    def _get_counter(self, state: dict[str, Any], scope: str, period: str, period_key: str) -> tuple[int, int]:
+        value = state["counters"].get((scope, period, period_key))
+        if value is None:
+            value = self._cache.get(_counter_key(scope, period, period_key))
+        if value is None:
+            return 0, 0
+        spent, reserved = value
+        return int(spent), int(reserved)
+
+    def _add_counter(
+        self, state: dict[str, Any], scope: str, period: str, period_key: str, *, spent: int = 0, reserved: int = 0
+    ) -> None:
+        old_spent, old_reserved = self._get_counter(state, scope, period, period_key)
+        state["counters"][(scope, period, period_key)] = [old_spent + spent, old_reserved + reserved]
+
+    def _append(self, entry: LedgerEntry) -> None:
+        key = _SEP.join(("e", f"{time.time_ns():020d}", uuid.uuid4().hex[:12]))
+        self._cache.set(key, entry.model_dump_json())
+
+    @staticmethod
+    def _remember(state: dict[str, Any], rid: str, status: str) -> None:
+        recent: dict[str, str] = state["recent"]
+        recent[rid] = status
+        while len(recent) > _RECENT_LIMIT:
+            del recent[next(iter(recent))]
+
+    def _now(self) -> tuple[float, datetime]:
+        now = float(self._clock())
+        return now, datetime.fromtimestamp(now, tz=UTC)
+
+    @staticmethod
+    def _check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(scopes, str):
+            raise TypeError("scopes must be a sequence of scope names, not one string")
+        unique: list[str] = []
+        for scope in scopes:
+            if not scope or _SEP in scope or scope != scope.strip():
+                raise ValueError(f"invalid scope name {scope!r}")
+            if scope not in unique:
+                unique.append(scope)
+        return tuple(unique)
+
+    @staticmethod
+    def _to_reservation(rid: str, rec: dict[str, Any]) -> Reservation:
+        return Reservation(
+            id=rid,
+            amount=micros_to_usd(rec["micros"]),
+            scopes=tuple(rec["scopes"]),
+            provider=rec["provider"],
+            model=rec["model"],
+            task=rec["task"],
+            request_key=rec["request_key"],
+            created_at=rec["created_at"],
+            expires_at=rec["expires_at"],
+            period_keys=tuple((s, p, k) for s, p, k in rec["period_keys"]),
+        )
+
+    @staticmethod
+    def _day_of(rec: dict[str, Any]) -> str:
+        for _scope, period, key in rec["period_keys"]:
+            if period == "daily":
+                return str(key)
+        return datetime.fromtimestamp(rec["created_at"], tz=UTC).strftime("%Y-%m-%d")
+
+    def _entry(
+        self,
+        rid: str,
+        rec: dict[str, Any],
+        status: Literal["settled", "released", "reclaimed"],
+        at: datetime,
+        *,
+        actual: int = 0,
+        job_id: str | None = None,
+        note: str = "",
+    ) -> LedgerEntry:
+        return LedgerEntry(
+            id=rid,
+            status=status,
+            at=at,
+            day=self._day_of(rec),
+            provider=rec["provider"],
+            model=rec["model"],
+            task=rec["task"],
+            scopes=list(rec["scopes"]),
+            estimate=micros_to_usd(rec["micros"]),
+            actual=micros_to_usd(actual),
+            over_estimate=actual > rec["micros"],
+            request_key=rec["request_key"],
+            job_id=job_id,
+            note=note,
+        )
+
+    def _reclaim(self, state: dict[str, Any], now: float, at: datetime) -> int:
+        """Inside a transaction: release every expired open reservation (``state`` mutated) as "reclaimed"."""
+        open_: dict[str, dict[str, Any]] = state["open"]
+        expired = [rid for rid, rec in open_.items() if rec["expires_at"] <= now]
+        for rid in expired:
+            rec = open_.pop(rid)
+            for scope, period, key in rec["period_keys"]:
+                self._add_counter(state, scope, period, key, reserved=-rec["micros"])
+            self._cache.set(f"closed{_SEP}{rid}", {"status": "reclaimed", "res": rec})
+            self._remember(state, rid, "reclaimed")
+            self._append(self._entry(rid, rec, "reclaimed", at, note="reservation expired; its process likely died"))
+            logger.warning(
+                "reclaimed expired reservation %s (%s/%s, $%s)",
+                rid,
+                rec["provider"],
+                rec["model"],
+                micros_to_usd(rec["micros"]),
+            )
+        return len(expired)
+
+    # ---------------------------------------------------------------- operations
+
+    def reserve(
+        self,
+        amount: Decimal,
+        *,
+        scopes: Sequence[str],
+        provider: str,
+        model: str,
+        task: str,
+        request_key: str = "",
+    ) -> Reservation:
+        """Set ``amount`` aside in every scope, or raise :class:`BudgetExceeded` and write nothing.
+
+        The amount is rounded up to the micro-dollar. Expired reservations are reclaimed first.
+        """
+        value = to_decimal(amount)
+        if value < 0:
+            raise ValueError(f"cannot reserve a negative amount: {value}")
+        micros = usd_to_micros(value, round_up=True)
+        scope_list = self._check_scopes(scopes)
+        now, at = self._now()
+        keys = period_keys_at(now)
+        period_keys = tuple((scope, period, keys[period]) for scope in scope_list for period in PERIODS)
+        rid = uuid.uuid4().hex
+        rec: dict[str, Any] = {
+            "micros": micros,
+            "scopes": list(scope_list),
+            "provider": provider,
+            "model": model,
+            "task": task,
+            "request_key": request_key,
+            "created_at": now,
+            "expires_at": now + self.reservation_ttl_seconds,
+            "period_keys": [list(t) for t in period_keys],
+        }
+        refusal: BudgetExceeded | None = None
+        with self._txn():
+            state = self._load()
+            reclaimed = self._reclaim(state, now, at)
+            for limit in self.limits:
+                if limit.scope not in scope_list:
+                    continue
+                spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
+                if spent + reserved + micros > usd_to_micros(limit.usd):
+                    refusal = BudgetExceeded(
+                        scope=limit.scope,
+                        period=limit.period,
+                        limit=limit.usd,
+                        spent=micros_to_usd(spent),
+                        reserved=micros_to_usd(reserved),
+                        asked=micros_to_usd(micros),
+                    )
+                    break
+            if refusal is None:
+                for scope, period, key in period_keys:
+                    self._add_counter(state, scope, period, key, reserved=micros)
+                state["open"][rid] = rec
+                seen = set(state["scopes"])
+                if not seen.issuperset(scope_list):
+                    state["scopes"] = sorted(seen.union(scope_list))
+                self._store(state, keys)
+            elif reclaimed:
+                self._store(state)
+        if refusal is not None:
+            logger.info("refused reservation of $%s for %s/%s: %s", micros_to_usd(micros), provider, model, refusal)
+            raise refusal
+        logger.debug("reserved $%s for %s/%s as %s", micros_to_usd(micros), provider, model, rid)
+        return self._to_reservation(rid, rec)
+
+    def settle(
+        self, reservation: Reservation, actual: Decimal, *, job_id: str | None = None, note: str = ""
+    ) -> LedgerEntry:
+        """Replace the reservation by the actual cost; ``over_estimate`` flags an actual above it.
+
+        Settling a reservation that was reclaimed still records the spend (the money was spent).
+        Raises :class:`LedgerError` for a reservation already settled or released, or unknown.
+        """
+        value = to_decimal(actual)
+        if value < 0:
+            raise ValueError(f"cannot settle a negative amount: {value}")
+        micros = usd_to_micros(value)
+        _now, at = self._now()
+        rid = reservation.id
+        with self._txn():
+            state = self._load()
+            rec = state["open"].pop(rid, None)
+            if rec is not None:
+                for scope, period, key in rec["period_keys"]:
+                    self._add_counter(state, scope, period, key, spent=micros, reserved=-rec["micros"])
+            else:
+                rec = self._finished(state, rid, "settle")
+                for scope, period, key in rec["period_keys"]:
+                    self._add_counter(state, scope, period, key, spent=micros)
+                note = "; ".join(part for part in ("settled after reclaim", note) if part)
+            self._remember(state, rid, "settled")
+            self._store(state)
+            entry = self._entry(rid, rec, "settled", at, actual=micros, job_id=job_id, note=note)
+            self._append(entry)
+            warnings = self._check_warnings(state, rec)
+        if entry.over_estimate:
+            logger.warning(
+                "%s/%s cost $%s, above its estimate $%s (reservation %s)",
+                entry.provider,
+                entry.model,
+                entry.actual,
+                entry.estimate,
+                rid,
+            )
+        for warning in warnings:
+            logger.warning(
+                "budget %s (%s) at %.0f%% of its $%s limit: $%s spent",
+                warning.scope,
+                warning.period if warning.period == "total" else f"{warning.period} {warning.period_key}",
+                warning.share * 100,
+                warning.limit,
+                warning.spent,
+            )
+            if self.on_warning is not None:
+                try:
+                    self.on_warning(warning)
+                except Exception:
+                    logger.exception("the budget warning callback failed")
+        return entry
+
+    def release(self, reservation: Reservation, *, note: str = "") -> LedgerEntry:
+        """Free the reservation without spending (the call failed before costing anything).
+
+        Releasing one that was already reclaimed records the release and changes no counter.
+        Raises :class:`LedgerError` for a reservation already settled or released, or unknown.
+        """
+        _now, at = self._now()
+        rid = reservation.id
+        with self._txn():
+            state = self._load()
+            rec = state["open"].pop(rid, None)
+            if rec is not None:
+                for scope, period, key in rec["period_keys"]:
+                    self._add_counter(state, scope, period, key, reserved=-rec["micros"])
+            else:
+                rec = self._finished(state, rid, "release")
+                note = "; ".join(part for part in ("released after reclaim", note) if part)
+            self._remember(state, rid, "released")
+            self._store(state)
+            entry = self._entry(rid, rec, "released", at, note=note)
+            self._append(entry)
+        logger.debug("released reservation %s", rid)
+        return entry
+
+    def _finished(self, state: dict[str, Any], rid: str, verb: str) -> dict[str, Any]:
+        """The record of a reservation that is no longer open, if it was reclaimed; else LedgerError."""
+        status = state["recent"].get(rid)
+        if status is not None and status != "reclaimed":
+            raise LedgerError(
+                f"cannot {verb} reservation {rid}: it was already {status}",
+                hint="settle or release each reservation exactly once",
+            )
+        closed = self._cache.get(f"closed{_SEP}{rid}")
+        if closed is None:
+            raise LedgerError(
+                f"cannot {verb} reservation {rid}: the ledger at {self.path} has no such reservation",
+                hint="settle or release each reservation exactly once",
+            )
+        rec: dict[str, Any] = closed["res"]
+        self._cache.delete(f"closed{_SEP}{rid}")
+        return rec
+
+    def _check_warnings(self, state: dict[str, Any], rec: dict[str, Any]) -> list[BudgetWarning]:
+        """Inside a transaction: warnings newly due for the limits this reservation's scopes touch."""
+        warnings: list[BudgetWarning] = []
+        keys = {(scope, period): key for scope, period, key in rec["period_keys"]}
+        for limit in self.limits:
+            key = keys.get((limit.scope, limit.period))
+            if key is None:
+                continue
+            spent, _reserved = self._get_counter(state, limit.scope, limit.period, key)
+            limit_micros = usd_to_micros(limit.usd)
+            if spent <= 0 or spent < self._warn_share * limit_micros:
+                continue
+            marker = _SEP.join(("w", limit.scope, limit.period, key, str(limit_micros)))
+            if not self._cache.add(marker, 1):
+                continue
+            warnings.append(
+                BudgetWarning(
+                    scope=limit.scope,
+                    period=limit.period,
+                    period_key=key,
+                    limit=limit.usd,
+                    spent=micros_to_usd(spent),
+                    share=spent / limit_micros if limit_micros else float("inf"),
+                )
+            )
+        return warnings
+
+    def record_saving(self, amount: Decimal, *, provider: str, model: str, task: str, request_key: str) -> LedgerEntry:
+        """Record a cache hit: ``amount`` is the cost avoided; nothing is charged."""
+        value = to_decimal(amount)
+        if value < 0:
+            raise ValueError(f"a saving cannot be negative: {value}")
+        now, at = self._now()
+        entry = LedgerEntry(
+            id=uuid.uuid4().hex,
+            status="saving",
+            at=at,
+            day=period_keys_at(now)["daily"],
+            provider=provider,
+            model=model,
+            task=task,
+            scopes=[],
+            estimate=micros_to_usd(usd_to_micros(value)),
+            actual=micros_to_usd(0),
+            request_key=request_key,
+            note="served from the result store",
+        )
+        with self._guard():
+            self._append(entry)
+        return entry
+
+    def reclaim_expired(self) -> int:
+        """Release, as "reclaimed", every reservation past its expiry; return how many."""
+        now, at = self._now()
+        with self._txn():
+            state = self._load()
+            count = self._reclaim(state, now, at)
+            if count:
+                self._store(state)
+            return count
+
+    # ---------------------------------------------------------------- reading
+
+    def headroom(self, scopes: Sequence[str]) -> Decimal | None:
+        """The smallest ``limit - spent - reserved`` over the limits on these scopes now; ``None`` if none.
+
+        Expired reservations are reclaimed first, as :meth:`reserve` would. May be negative when an
+        actual cost exceeded its estimate.
+        """
+        scope_list = self._check_scopes(scopes)
+        now, at = self._now()
+        keys = period_keys_at(now)
+        applicable = [limit for limit in self.limits if limit.scope in scope_list]
+        if not applicable:
+            return None
+        with self._guard():
+            state = self._load()
+            if any(rec["expires_at"] <= now for rec in state["open"].values()):
+                with self._cache.transact():
+                    state = self._load()
+                    if self._reclaim(state, now, at):
+                        self._store(state)
+        smallest: int | None = None
+        for limit in applicable:
+            spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
+            left = usd_to_micros(limit.usd) - spent - reserved
+            smallest = left if smallest is None else min(smallest, left)
+        return None if smallest is None else micros_to_usd(smallest)
+
+    def usage(self) -> list[ScopeUsage]:
+        """Spent and reserved for every scope seen or limited, in the current total/day/month periods.
+
+        One consistent snapshot. Where several limits cover the same scope and period, the tightest shows.
+        """
+        keys = period_keys_at(float(self._clock()))
+        rows: list[ScopeUsage] = []
+        with self._txn():
+            state = self._load()
+            scopes = set(state["scopes"]).union(limit.scope for limit in self.limits)
+            for scope in sorted(scopes):
+                for period in PERIODS:
+                    applicable = [lim.usd for lim in self.limits if lim.scope == scope and lim.period == period]
+                    limit = min(applicable) if applicable else None
+                    spent, reserved = self._get_counter(state, scope, period, keys[period])
+                    rows.append(
+                        ScopeUsage(
+                            scope=scope,
+                            period=period,
+                            period_key=keys[period],
+                            limit=limit,
+                            spent=micros_to_usd(spent),
+                            reserved=micros_to_usd(reserved),
+                            left=None if limit is None else micros_to_usd(usd_to_micros(limit) - spent - reserved),
+                        )
+                    )
+        return rows
+
+    def open_reservations(self) -> list[Reservation]:
+        """Reservations neither settled, released nor reclaimed, oldest first."""
+        with self._guard():
+            open_ = self._load()["open"]
+        found = [self._to_reservation(rid, rec) for rid, rec in open_.items()]
+        return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    def entries(self) -> Iterator[LedgerEntry]:
+        """Every entry, in the order written (entries written meanwhile by others may be left out)."""
+        with self._guard():
+            keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("e" + _SEP)]
+        for key in keys:
+            with self._guard():
+                raw = self._cache.get(key)
+            if raw is None:
+                raise LedgerError(f"the ledger at {self.path} lost entry {key}")
+            yield LedgerEntry.model_validate_json(raw)
+
+    def _counter(self, scope: str, period: str, period_key: str) -> tuple[Decimal, Decimal]:
+        """(spent, reserved) of one scope in one period key; for tests and diagnostics."""
+        with self._guard():
+            spent, reserved = self._get_counter(self._load(), scope, period, period_key)
+        return micros_to_usd(spent), micros_to_usd(reserved)
+
+    def report(self) -> BudgetReport:
+        """Usage now, settled spend by provider, model and day, and savings from cache hits."""
+        _now, at = self._now()
+        usage = self.usage()
+        providers: dict[str, list[int]] = {}
+        models: dict[tuple[str, str], list[int]] = {}
+        days: dict[str, list[int]] = {}
+        saved = [0, 0]
+        for entry in self.entries():
+            if entry.status == "saving":
+                saved[0] += usd_to_micros(entry.estimate)
+                saved[1] += 1
+            elif entry.status == "settled":
+                micros = usd_to_micros(entry.actual)
+                for bucket in (
+                    providers.setdefault(entry.provider, [0, 0]),
+                    models.setdefault((entry.provider, entry.model), [0, 0]),
+                    days.setdefault(entry.day, [0, 0]),
+                ):
+                    bucket[0] += micros
+                    bucket[1] += 1
+        return BudgetReport(
+            generated_at=at,
+            usage=usage,
+            savings=micros_to_usd(saved[0]),
+            saved_requests=saved[1],
+            by_provider=[
+                {"provider": p, "spent": micros_to_usd(m), "count": c} for p, (m, c) in sorted(providers.items())
+            ],
+            by_model=[
+                {"provider": p, "model": mo, "spent": micros_to_usd(m), "count": c}
+                for (p, mo), (m, c) in sorted(models.items())
+            ],
+            by_day=[{"day": d, "spent": micros_to_usd(m), "count": c} for d, (m, c) in sorted(days.items())],
+        )
+
+    def export_csv(self, target: Path) -> None:
+        """Write :meth:`report` as CSV to ``target``, atomically."""
+        _write_atomically(Path(target), self.report().to_csv())
+
+    def export_json(self, target: Path) -> None:
+        """Write :meth:`report` as JSON to ``target``, atomically."""
+        _write_atomically(Path(target), self.report().to_json())
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Write to a temporary file beside ``target``, then rename it over ``target``."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise LedgerError(f"cannot write the ledger report to {target}: {exc}", hint="check the path") from exc

@@ -1,0 +1,511 @@
+"""Configuration: the shipped plugins.toml, profile/file/home selection, and errors that name file and key."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from genroute.config import ModelEntry, Settings, load_settings, settings_from_dict
+from genroute.errors import ConfigError
+from genroute.types import TASKS, TIERS
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "plugins.toml"
+RAW: dict[str, Any] = tomllib.loads(SHIPPED.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def shipped() -> Settings:
+    return load_settings(SHIPPED, env={})
+
+
+def raw_copy() -> dict[str, Any]:
+    return copy.deepcopy(RAW)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = """
+default_profile = "a"
+[profiles.a]
+providers = ["mock"]
+[profiles.b]
+providers = ["mock"]
+[providers.mock]
+[ledger]
+path = "rel/ledger"
+[store]
+path = "rel/store"
+"""
+
+
+def config_error(raw: dict[str, Any], **kwargs: Any) -> ConfigError:
+    kwargs.setdefault("env", {})
+    kwargs.setdefault("source", "conf.toml")
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict(raw, **kwargs)
+    return info.value
+
+
+# -- the shipped file ------------------------------------------------------------------------------
+
+
+def test_shipped_file_loads_with_offline_default(shipped: Settings) -> None:
+    assert shipped.default_profile == "offline"
+    assert shipped.profile == "offline"
+    assert shipped.active.providers == ["mock"]
+    assert shipped.source == str(SHIPPED)
+
+
+@pytest.mark.parametrize(
+    ("profile", "providers"),
+    [("offline", ["mock"]), ("dev", ["huggingface", "mock"]), ("prod", ["replicate", "huggingface"])],
+)
+def test_shipped_profiles_list_promised_providers(shipped: Settings, profile: str, providers: list[str]) -> None:
+    assert shipped.profiles[profile].providers == providers
+    for name in providers:
+        assert name in shipped.providers, f"profile {profile} names {name} but it has no section"
+
+
+def test_shipped_mock_covers_every_task_and_tier(shipped: Settings) -> None:
+    mock = shipped.providers["mock"]
+    assert set(mock.models) == set(TASKS)
+    for task in TASKS:
+        assert set(mock.models[task]) == set(TIERS), task
+
+
+def test_every_catalogue_entry_has_an_explicit_price(shipped: Settings) -> None:
+    entries = 0
+    for pname, provider in shipped.providers.items():
+        for task, tiers in provider.models.items():
+            for tier, entry in tiers.items():
+                raw_entry = RAW["providers"][pname]["models"][task][tier]
+                assert "price" in raw_entry, f"{pname}.{task}.{tier} has no price in the file"
+                assert isinstance(entry.price, Decimal)
+                assert entry.price == Decimal(raw_entry["price"])
+                entries += 1
+    assert entries >= 30
+
+
+def test_model_entry_has_no_default_price() -> None:
+    assert ModelEntry.model_fields["price"].is_required()
+    raw = raw_copy()
+    del raw["providers"]["replicate"]["models"]["text-to-image"]["fast"]["price"]
+    err = config_error(raw)
+    assert err.key == "providers.replicate.models.text-to-image.fast.price"
+    assert "providers.replicate.models.text-to-image.fast.price" in str(err)
+
+
+def test_shipped_limits_are_decimal(shipped: Settings) -> None:
+    limits = shipped.limits()
+    assert {(lim.scope, lim.period) for lim in limits} == {("global", "daily"), ("global", "monthly")}
+    assert all(isinstance(lim.usd, Decimal) for lim in limits)
+    assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00")]
+
+
+# -- profile selection -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["offline", "dev", "prod"])
+def test_env_profile_selects(name: str) -> None:
+    settings_ = load_settings(SHIPPED, env={"GENROUTE_PROFILE": name})
+    assert settings_.profile == name
+    assert settings_.active is settings_.profiles[name]
+
+
+def test_profile_argument_wins_over_env() -> None:
+    settings_ = load_settings(SHIPPED, profile="prod", env={"GENROUTE_PROFILE": "dev"})
+    assert settings_.profile == "prod"
+    assert settings_.active.providers == ["replicate", "huggingface"]
+
+
+def test_profile_argument_without_env() -> None:
+    assert load_settings(SHIPPED, profile="dev", env={}).profile == "dev"
+
+
+def test_profile_limits_join_global_limits() -> None:
+    raw = raw_copy()
+    raw["profiles"]["dev"]["limits"] = [{"scope": "free:huggingface", "period": "monthly", "usd": "0.10"}]
+    s = settings_from_dict(raw, profile="dev", env={})
+    assert [lim.scope for lim in s.limits()] == ["global", "global", "free:huggingface"]
+    s = settings_from_dict(raw, profile="offline", env={})
+    assert [lim.scope for lim in s.limits()] == ["global", "global"]
+
+
+@pytest.mark.parametrize("how", ["env", "argument", "default_profile"])
+def test_unknown_profile_lists_known_ones(how: str) -> None:
+    raw = raw_copy()
+    kwargs: dict[str, Any] = {"env": {}}
+    if how == "env":
+        kwargs["env"] = {"GENROUTE_PROFILE": "staging"}
+    elif how == "argument":
+        kwargs["profile"] = "staging"
+    else:
+        raw["default_profile"] = "staging"
+    err = config_error(raw, **kwargs)
+    message = str(err)
+    assert "staging" in message
+    for known in ("offline", "dev", "prod"):
+        assert known in message
+    assert "conf.toml" in message
+
+
+def test_profile_naming_provider_without_section_is_refused() -> None:
+    raw = raw_copy()
+    raw["profiles"]["dev"]["providers"] = ["huggingface", "fal"]
+    err = config_error(raw)
+    assert "fal" in str(err)
+    assert "dev" in str(err)
+
+
+def test_inactive_profile_with_unknown_provider_is_still_refused() -> None:
+    raw = raw_copy()
+    raw["profiles"]["prod"]["providers"] = ["nonesuch"]
+    err = config_error(raw, profile="offline")
+    assert "nonesuch" in str(err)
+
+
+def test_profile_needs_a_provider() -> None:
+    raw = raw_copy()
+    raw["profiles"]["dev"]["providers"] = []
+    err = config_error(raw)
+    assert err.key == "profiles.dev.providers"
+
+
+def test_profile_and_source_are_not_file_keys() -> None:
+    for key in ("profile", "source"):
+        raw = raw_copy()
+        raw[key] = "prod"
+        err = config_error(raw)
+        assert err.key == key
+
+
+# -- file and home selection -----------------------------------------------------------------------
+
+
+def test_genroute_config_points_to_another_file(tmp_path: Path) -> None:
+    other = write_toml(tmp_path / "other.toml", MINIMAL)
+    s = load_settings(env={"GENROUTE_CONFIG": str(other)})
+    assert s.source == str(other)
+    assert set(s.profiles) == {"a", "b"}
+    assert s.profile == "a"
+
+
+def test_genroute_config_and_profile_together(tmp_path: Path) -> None:
+    other = write_toml(tmp_path / "other.toml", MINIMAL)
+    s = load_settings(env={"GENROUTE_CONFIG": str(other), "GENROUTE_PROFILE": "b"})
+    assert s.profile == "b"
+
+
+def test_path_argument_wins_over_genroute_config(tmp_path: Path) -> None:
+    other = write_toml(tmp_path / "other.toml", MINIMAL)
+    s = load_settings(SHIPPED, env={"GENROUTE_CONFIG": str(other)})
+    assert s.source == str(SHIPPED)
+    assert "offline" in s.profiles
+
+
+def test_genroute_config_missing_file_is_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"GENROUTE_CONFIG": str(missing)})
+    assert str(missing) in str(info.value)
+
+
+def test_missing_path_argument_is_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(missing, env={})
+    assert str(missing) in str(info.value)
+
+
+def test_genroute_home_rebases_relative_paths(tmp_path: Path) -> None:
+    other = write_toml(tmp_path / "other.toml", MINIMAL)
+    home = tmp_path / "home"
+    s = load_settings(other, env={"GENROUTE_HOME": str(home)})
+    assert s.store.path == home / "rel/store"
+    assert s.ledger.path == home / "rel/ledger"
+
+
+def test_genroute_home_rebases_shipped_defaults(tmp_path: Path) -> None:
+    s = load_settings(SHIPPED, env={"GENROUTE_HOME": str(tmp_path)})
+    assert s.store.path == tmp_path / ".genroute/store"
+    assert s.ledger.path == tmp_path / ".genroute/ledger"
+
+
+def test_genroute_home_leaves_absolute_paths(tmp_path: Path) -> None:
+    absolute = tmp_path / "abs"
+    text = MINIMAL.replace('"rel/store"', f'"{(absolute / "store").as_posix()}"')
+    other = write_toml(tmp_path / "other.toml", text)
+    s = load_settings(other, env={"GENROUTE_HOME": str(tmp_path / "home")})
+    assert s.store.path == absolute / "store"
+    assert s.ledger.path == tmp_path / "home" / "rel/ledger"
+
+
+def test_without_home_relative_paths_are_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(SHIPPED, env={})
+    assert s.store.path == tmp_path / ".genroute/store"
+    assert s.store.path.is_absolute() and s.ledger.path.is_absolute()
+
+
+def test_local_plugins_toml_is_found_without_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(tmp_path / "plugins.toml", MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(env={})
+    assert set(s.profiles) == {"a", "b"}
+
+
+# -- errors name the file and the key --------------------------------------------------------------
+
+
+def test_bad_toml_names_the_file(tmp_path: Path) -> None:
+    bad = write_toml(tmp_path / "bad.toml", "default_profile = \n[profiles\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad, env={})
+    assert str(bad) in str(info.value)
+    assert info.value.file == str(bad)
+    assert "TOML" in str(info.value)
+
+
+def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
+    bad = write_toml(tmp_path / "bad.toml", "colour = 'blue'\n" + MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad, env={})
+    assert info.value.key == "colour"
+    assert str(bad) in str(info.value) and "colour" in str(info.value)
+    assert "unknown key" in str(info.value)
+
+
+def test_unknown_deep_key_names_dotted_path(tmp_path: Path) -> None:
+    text = SHIPPED.read_text(encoding="utf-8").replace(
+        'fast     = { model = "mock/flux-schnell", unit = "output", price = "0.003" }',
+        'fast     = { model = "mock/flux-schnell", unit = "output", prise = "0.003", price = "0.003" }',
+    )
+    assert "prise" in text
+    bad = write_toml(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad, env={})
+    dotted = "providers.mock.models.text-to-image.fast.prise"
+    assert info.value.key == dotted
+    assert dotted in str(info.value)
+    assert str(bad) in str(info.value)
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set(path: tuple[str | int, ...], value: Any) -> Mutation:
+    def mutate(raw: dict[str, Any]) -> None:
+        node: Any = raw
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+
+    return mutate
+
+
+BAD_VALUES: list[tuple[str, Mutation, str]] = [
+    (
+        "negative price",
+        _set(("providers", "mock", "models", "text-to-image", "fast", "price"), "-0.01"),
+        "providers.mock.models.text-to-image.fast.price",
+    ),
+    ("price not a number", _set(("providers", "mock", "models", "inpaint", "quality", "price"), "cheap"),
+     "providers.mock.models.inpaint.quality.price"),
+    ("warn_share 2", _set(("budget", "warn_share"), 2), "budget.warn_share"),
+    ("warn_share 0", _set(("budget", "warn_share"), 0), "budget.warn_share"),
+    ("unknown period", _set(("budget", "limits", 0, "period"), "weekly"), "budget.limits.0.period"),
+    ("bad scope", _set(("budget", "limits", 1, "scope"), "team:x"), "budget.limits.1.scope"),
+    ("negative limit", _set(("budget", "limits", 0, "usd"), "-5"), "budget.limits.0.usd"),
+    ("unknown unit", _set(("providers", "mock", "models", "upscale", "fast", "unit"), "pixel"),
+     "providers.mock.models.upscale.fast.unit"),
+    ("unknown task", _set(("providers", "mock", "models", "text-to-imag"), {}), "providers.mock.models.text-to-imag"),
+    (
+        "unknown tier",
+        _set(("providers", "mock", "models", "text-to-image", "ultra"),
+             {"model": "m", "unit": "output", "price": "1"}),
+        "providers.mock.models.text-to-image.ultra",
+    ),
+    ("priority not int", _set(("providers", "mock", "priority"), "first"), "providers.mock.priority"),
+    ("billing kind", _set(("providers", "huggingface", "billing"), "gratis"), "providers.huggingface.billing"),
+    ("max_attempts 0", _set(("routing", "max_attempts"), 0), "routing.max_attempts"),
+    ("store too small", _set(("store", "max_bytes"), 10), "store.max_bytes"),
+    ("ttl zero", _set(("ledger", "reservation_ttl_seconds"), 0), "ledger.reservation_ttl_seconds"),
+]
+
+
+@pytest.mark.parametrize(("label", "mutate", "key"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_value_names_the_key(label: str, mutate: Mutation, key: str) -> None:
+    raw = raw_copy()
+    mutate(raw)
+    err = config_error(raw)
+    assert err.key is not None and err.key.startswith(key), (label, err.key)
+    assert key in str(err)
+    assert "conf.toml" in str(err)
+    assert err.exit_code == 3
+
+
+def test_compute_second_without_est_seconds_refused() -> None:
+    raw = raw_copy()
+    del raw["providers"]["mock"]["models"]["upscale"]["fast"]["est_seconds"]
+    err = config_error(raw)
+    assert err.key == "providers.mock.models.upscale.fast"
+    assert "est_seconds" in str(err)
+
+
+def test_compute_second_with_est_seconds_accepted() -> None:
+    entry = ModelEntry(model="m", unit="compute_second", price=Decimal("0.001"), est_seconds=Decimal("2"))
+    assert entry.est_seconds == Decimal("2")
+    with pytest.raises(ValueError, match="est_seconds"):
+        ModelEntry(model="m", unit="compute_second", price=Decimal("0.001"))
+
+
+# -- secrets are refused -----------------------------------------------------------------------------
+
+SECRET_PLACES: list[tuple[str | int, ...]] = [
+    ("token",),
+    ("api_key",),
+    ("password",),
+    ("secret",),
+    ("providers", "replicate", "token"),
+    ("providers", "replicate", "api_token"),
+    ("providers", "huggingface", "hf_token"),
+    ("providers", "mock", "apikey"),
+    ("providers", "mock", "options", "api_key"),
+    ("providers", "mock", "options", "client_secret"),
+    ("providers", "mock", "options", "db_password"),
+    ("providers", "mock", "options", "nested", "deeper", "Token"),
+    ("budget", "API_KEY"),
+    ("providers", "mock", "models", "text-to-image", "fast", "inputs", "api_token"),
+]
+
+
+def _put(raw: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
+    node: Any = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+    node[path[-1]] = value
+
+
+def _assert_secret_refusal(err: ConfigError, dotted: str) -> None:
+    assert err.key == dotted
+    assert "secret" in str(err).lower()
+    assert "environment" in err.hint
+    assert "REPLICATE_API_TOKEN" in err.hint or "HF_TOKEN" in err.hint
+    assert "r8_supersecretvalue" not in str(err)
+
+
+@pytest.mark.parametrize("path", SECRET_PLACES, ids=[".".join(map(str, p)) for p in SECRET_PLACES])
+def test_secret_looking_keys_refused_with_env_hint(path: tuple[str | int, ...]) -> None:
+    raw = raw_copy()
+    _put(raw, path, "r8_supersecretvalue")
+    _assert_secret_refusal(config_error(raw), ".".join(map(str, path)))
+
+
+def test_secret_in_file_refused_through_load_settings(tmp_path: Path) -> None:
+    text = SHIPPED.read_text(encoding="utf-8").replace(
+        "[providers.replicate]\n", '[providers.replicate]\napi_token = "r8_supersecretvalue"\n'
+    )
+    bad = write_toml(tmp_path / "secret.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad, env={})
+    _assert_secret_refusal(info.value, "providers.replicate.api_token")
+    assert str(bad) in str(info.value)
+
+
+def test_secret_inside_list_of_tables_is_refused() -> None:
+    raw = raw_copy()
+    raw["providers"]["mock"]["options"]["auth"] = [{"token": "r8_supersecretvalue"}]
+    _assert_secret_refusal(config_error(raw), "providers.mock.options.auth.0.token")
+
+
+@pytest.mark.parametrize("key", ["api-key", "hf-token", "client-secret"])
+def test_hyphenated_secret_keys_are_refused(key: str) -> None:
+    raw = raw_copy()
+    raw["providers"]["mock"]["options"][key] = "r8_supersecretvalue"
+    _assert_secret_refusal(config_error(raw), f"providers.mock.options.{key}")
+
+
+@pytest.mark.parametrize("key", ["tokens_per_minute", "max_tokens", "token_budget", "secretary"])
+def test_keys_merely_containing_secret_words_are_allowed(key: str) -> None:
+    raw = raw_copy()
+    raw["providers"]["mock"]["options"][key] = 5
+    s = settings_from_dict(raw, env={})
+    assert s.providers["mock"].options[key] == 5
+
+
+# -- nothing but ConfigError escapes -----------------------------------------------------------------
+
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.decimals()
+    | st.text(max_size=12)
+    | st.sampled_from(["offline", "mock", "global", "daily", "output", "compute_second", "-1", "nan", "inf"])
+)
+_values = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_top_keys = st.sampled_from(
+    ["default_profile", "profiles", "providers", "budget", "ledger", "store", "routing"]
+) | st.text(max_size=10)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, value in items:
+        found.append((*prefix, key))
+        found.extend(_paths(value, (*prefix, key)))
+    return found
+
+
+RAW_PATHS = _paths(RAW)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_top_keys, _values, max_size=5), st.sampled_from([None, "dev", "", "zzz"]))
+def test_random_dicts_raise_only_config_error(raw: dict[str, Any], profile: str | None) -> None:
+    try:
+        result = settings_from_dict(raw, profile=profile, env={})
+    except ConfigError as exc:
+        assert exc.file == "<dict>"
+    else:
+        assert result.profile in result.profiles
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(RAW_PATHS), _values)
+def test_shipped_config_with_one_value_replaced_raises_only_config_error(path: tuple[Any, ...], value: Any) -> None:
+    raw = raw_copy()
+    _set(path, value)(raw)
+    try:
+        settings_from_dict(raw, env={})
+    except ConfigError as exc:
+        assert exc.file == "<dict>"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_random_file_text_raises_only_config_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "plugins.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_settings(path, env={})
+    except ConfigError as exc:
+        assert str(path) in str(exc)

@@ -1,0 +1,436 @@
+"""Request models, MediaInput and Router.parse: good input validates, bad input names the field."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from genroute.errors import InvalidRequest
+from genroute.media import MediaInput
+from genroute.router import Router
+from genroute.types import (
+    ASPECT_RATIOS,
+    REQUEST_TYPES,
+    TASKS,
+    ImageToImage,
+    TextToImage,
+    TextToVideo,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32 + b"fake-png-body"
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(seconds * rate))
+    return buffer.getvalue()
+
+
+def good(task: str) -> dict[str, Any]:
+    """A minimal valid request dict for ``task`` (media as bytes)."""
+    base: dict[str, dict[str, Any]] = {
+        "text-to-image": {"prompt": "a red fox"},
+        "image-to-image": {"prompt": "as a watercolour", "image": PNG},
+        "inpaint": {"prompt": "a hat", "image": PNG, "mask": PNG},
+        "upscale": {"image": PNG},
+        "remove-background": {"image": PNG},
+        "text-to-video": {"prompt": "waves"},
+        "image-to-video": {"image": PNG},
+        "text-to-speech": {"text": "hello there"},
+        "speech-to-text": {"audio": wav_bytes()},
+        "text-generation": {"prompt": "say hi"},
+    }
+    return {"task": task, **base[task]}
+
+
+VISUAL = [t for t in TASKS if "num_outputs" in REQUEST_TYPES[t].model_fields]
+PROMPTED = [t for t in TASKS if REQUEST_TYPES[t].model_fields.get("prompt") and REQUEST_TYPES[t].model_fields[
+    "prompt"].is_required()]
+
+
+def invalid(data: dict[str, Any]) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse(data)
+    return info.value
+
+
+# -- good input --------------------------------------------------------------------------------------
+
+
+def test_task_lists_agree() -> None:
+    assert set(REQUEST_TYPES) == set(TASKS)
+    assert len(TASKS) == 10
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_good_input_parses_to_its_model(task: str) -> None:
+    model = Router.parse(good(task))
+    assert isinstance(model, REQUEST_TYPES[task])
+    assert model.task_name == task
+    assert model.tier == "balanced"
+    assert model.cache == "use"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_model_passes_through_parse_unchanged(task: str) -> None:
+    model = Router.parse(good(task))
+    assert Router.parse(model) is model
+
+
+def test_parse_rejects_non_mapping() -> None:
+    with pytest.raises(InvalidRequest):
+        Router.parse(["text-to-image"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("task", VISUAL)
+def test_visual_tasks_accept_size_or_ratio(task: str) -> None:
+    for extra in ({"aspect_ratio": "16:9"}, {"width": 512, "height": 768}, {"num_outputs": 4}, {"num_outputs": 1}):
+        model = Router.parse({**good(task), **extra})
+        for key, value in extra.items():
+            assert getattr(model, key) == value
+
+
+def test_requests_are_frozen() -> None:
+    model = TextToImage(prompt="x")
+    with pytest.raises(ValidationError):
+        model.prompt = "y"  # type: ignore[misc]
+
+
+def test_media_fields_lists_inputs() -> None:
+    model = Router.parse(good("inpaint"))
+    assert set(model.media_fields()) == {"image", "mask"}
+    assert Router.parse(good("text-to-image")).media_fields() == {}
+
+
+# -- bad input names the field -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", VISUAL)
+@pytest.mark.parametrize("count", [0, 5, -1])
+def test_num_outputs_out_of_range(task: str, count: int) -> None:
+    err = invalid({**good(task), "num_outputs": count})
+    assert err.field == "num_outputs"
+    assert "num_outputs" in str(err)
+
+
+@pytest.mark.parametrize("task", VISUAL)
+def test_width_without_height_rejected(task: str) -> None:
+    with pytest.raises(InvalidRequest, match="width"):
+        Router.parse({**good(task), "width": 512})
+    with pytest.raises(InvalidRequest, match="height"):
+        Router.parse({**good(task), "height": 512})
+
+
+@pytest.mark.parametrize("task", VISUAL)
+def test_aspect_ratio_with_width_rejected(task: str) -> None:
+    with pytest.raises(InvalidRequest, match="aspect_ratio"):
+        Router.parse({**good(task), "width": 512, "height": 512, "aspect_ratio": "1:1"})
+
+
+def test_width_without_height_names_a_field() -> None:
+    err = invalid({**good("text-to-image"), "width": 512})
+    assert err.field in {"width", "height"}
+
+
+def test_aspect_ratio_with_width_names_a_field() -> None:
+    err = invalid({**good("text-to-image"), "width": 512, "height": 512, "aspect_ratio": "1:1"})
+    assert err.field in {"aspect_ratio", "width", "height"}
+
+
+@pytest.mark.parametrize("task", VISUAL)
+@pytest.mark.parametrize("ratio", ["5:4", "1:2", "square", ""])
+def test_unknown_aspect_ratio(task: str, ratio: str) -> None:
+    assert invalid({**good(task), "aspect_ratio": ratio}).field == "aspect_ratio"
+
+
+@pytest.mark.parametrize(("size", "field"), [({"width": 63, "height": 512}, "width"),
+                                             ({"width": 512, "height": 4096}, "height")])
+def test_side_out_of_range(size: dict[str, int], field: str) -> None:
+    assert invalid({**good("text-to-image"), **size}).field == field
+
+
+@pytest.mark.parametrize("strength", [1.01, 2, -0.1])
+def test_strength_out_of_range(strength: float) -> None:
+    assert invalid({**good("image-to-image"), "strength": strength}).field == "strength"
+
+
+@pytest.mark.parametrize("strength", [0, 0.0, 0.35, 1, 1.0])
+def test_strength_in_range(strength: float) -> None:
+    model = Router.parse({**good("image-to-image"), "strength": strength})
+    assert isinstance(model, ImageToImage)
+    assert model.strength == strength
+
+
+@pytest.mark.parametrize("task", PROMPTED)
+def test_empty_prompt(task: str) -> None:
+    assert invalid({**good(task), "prompt": ""}).field == "prompt"
+
+
+@pytest.mark.parametrize("task", PROMPTED)
+def test_missing_prompt(task: str) -> None:
+    data = good(task)
+    del data["prompt"]
+    assert invalid(data).field == "prompt"
+
+
+def test_empty_tts_text() -> None:
+    assert invalid({**good("text-to-speech"), "text": ""}).field == "text"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_extra_unknown_field(task: str) -> None:
+    err = invalid({**good(task), "promt": "typo"})
+    assert err.field == "promt"
+    assert "unknown field" in str(err)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("seed", [-1, 2**32, "abc"])
+def test_bad_seed(task: str, seed: Any) -> None:
+    assert invalid({**good(task), "seed": seed}).field == "seed"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_seed_bounds_accepted(task: str) -> None:
+    assert Router.parse({**good(task), "seed": 0}).seed == 0
+    assert Router.parse({**good(task), "seed": 2**32 - 1}).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize(("field", "value"), [("tier", "ultra"), ("cache", "sometimes"), ("deadline_seconds", 0)])
+def test_bad_common_fields(task: str, field: str, value: Any) -> None:
+    assert invalid({**good(task), field: value}).field == field
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value"),
+    [
+        ("text-to-video", "duration_seconds", 0),
+        ("text-to-video", "duration_seconds", 31),
+        ("image-to-video", "fps", 0),
+        ("upscale", "scale", 1),
+        ("upscale", "scale", 9),
+        ("text-generation", "max_tokens", 0),
+        ("text-generation", "temperature", 2.5),
+        ("speech-to-text", "language", "e"),
+    ],
+)
+def test_task_specific_ranges(task: str, field: str, value: Any) -> None:
+    assert invalid({**good(task), field: value}).field == field
+
+
+@pytest.mark.parametrize("task", ["nope", "Text-To-Image", "", 3, None])
+def test_unknown_task_names_task(task: Any) -> None:
+    err = invalid({"task": task, "prompt": "x"})
+    assert err.field == "task"
+
+
+def test_missing_task_names_task() -> None:
+    assert invalid({"prompt": "x"}).field == "task"
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if any(
+    f in REQUEST_TYPES[t].model_fields for f in ("image", "audio"))])
+def test_missing_media_names_field(task: str) -> None:
+    data = good(task)
+    field = "audio" if "audio" in data else "image"
+    del data[field]
+    assert invalid(data).field == field
+
+
+def test_invalid_request_is_exit_code_4() -> None:
+    assert invalid({"task": "nope"}).exit_code == 4
+
+
+# -- MediaInput --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def png_file(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    path.write_bytes(PNG)
+    return path
+
+
+def test_media_from_path_string_reads_bytes(png_file: Path) -> None:
+    media = MediaInput.parse(str(png_file))
+    assert media.resolved
+    assert media.data == PNG
+    assert media.path == png_file
+    assert media.media_type == "image/png"
+
+
+def test_media_from_path_object(png_file: Path) -> None:
+    media = MediaInput.parse(png_file)
+    assert media.data == PNG
+    assert media.describe() == str(png_file)
+
+
+def test_media_from_bytes() -> None:
+    media = MediaInput.parse(PNG)
+    assert media.data == PNG
+    assert media.path is None and media.url is None
+    assert media.describe().startswith("bytes:")
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_media_from_bytes_like(kind: type) -> None:
+    assert MediaInput.parse(kind(PNG)).data == PNG
+
+
+def test_media_from_base64_data_uri() -> None:
+    uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    media = MediaInput.parse(uri)
+    assert media.data == PNG
+    assert media.media_type == "image/png"
+
+
+def test_media_from_percent_encoded_data_uri() -> None:
+    assert MediaInput.parse("data:text/plain,hello%20world").data == b"hello world"
+
+
+def test_same_content_different_sources_equal(png_file: Path) -> None:
+    uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    sources = [MediaInput.parse(str(png_file)), MediaInput.parse(PNG), MediaInput.parse(uri)]
+    assert len({m.sha256 for m in sources}) == 1
+    assert sources[0] == sources[1] == sources[2]
+    assert MediaInput.parse(PNG + b"x") != sources[0]
+
+
+@pytest.mark.parametrize("url", ["https://example.com/cat.png", "http://example.com/a.wav"])
+def test_media_url_is_unresolved_until_fetched(url: str) -> None:
+    media = MediaInput.parse(url)
+    assert not media.resolved
+    assert media.url == url
+    assert media.describe() == url
+    with pytest.raises(InvalidRequest, match="not fetched"):
+        _ = media.data
+
+
+def test_url_through_request_model() -> None:
+    model = Router.parse({**good("upscale"), "image": "https://example.com/cat.png"})
+    media = model.media_fields()["image"]
+    assert not media.resolved
+    with pytest.raises(InvalidRequest):
+        _ = media.sha256
+
+
+def test_missing_file_names_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    with pytest.raises(ValueError, match=r"nope\.png"):
+        MediaInput.parse(str(missing))
+    err = invalid({**good("upscale"), "image": str(missing)})
+    assert err.field == "image"
+    assert str(missing) in str(err)
+
+
+def test_directory_is_not_a_file(tmp_path: Path) -> None:
+    assert invalid({**good("upscale"), "image": str(tmp_path)}).field == "image"
+
+
+def test_empty_file_rejected(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        MediaInput.parse(empty)
+    err = invalid({**good("upscale"), "image": str(empty)})
+    assert err.field == "image"
+    assert "empty" in str(err)
+
+
+@pytest.mark.parametrize("value", [b"", "", "   "])
+def test_empty_bytes_or_path_rejected(value: Any) -> None:
+    with pytest.raises(ValueError):
+        MediaInput.parse(value)
+    assert invalid({**good("upscale"), "image": value}).field == "image"
+
+
+@pytest.mark.parametrize(
+    "uri", ["data:image/png;base64,@@not base64@@", "data:image/png;base64", "data:image/png;base64,", "data:,"]
+)
+def test_garbage_data_uri_rejected(uri: str) -> None:
+    with pytest.raises(ValueError):
+        MediaInput.parse(uri)
+    assert invalid({**good("image-to-image"), "image": uri}).field == "image"
+
+
+@pytest.mark.parametrize("value", [123, 1.5, None, ["a"], {"path": "x"}])
+def test_media_wrong_type_rejected(value: Any) -> None:
+    assert invalid({**good("remove-background"), "image": value}).field == "image"
+
+
+def test_inpaint_mask_error_names_mask(tmp_path: Path) -> None:
+    assert invalid({**good("inpaint"), "mask": str(tmp_path / "nope.png")}).field == "mask"
+
+
+# -- dimensions --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", ASPECT_RATIOS)
+def test_dimensions_for_each_aspect_ratio(ratio: str) -> None:
+    width, height = TextToImage(prompt="x", aspect_ratio=ratio).dimensions()  # type: ignore[arg-type]
+    assert width % 8 == 0 and height % 8 == 0
+    assert max(width, height) == 1024
+    w, h = (int(x) for x in ratio.split(":"))
+    assert (width >= height) == (w >= h)
+    assert abs(width / height - w / h) < 0.05 * (w / h)
+
+
+def test_dimensions_default_square() -> None:
+    assert TextToImage(prompt="x").dimensions() == (1024, 1024)
+
+
+@pytest.mark.parametrize(("ratio", "expected"), [("16:9", (1024, 576)), ("9:16", (576, 1024)),
+                                                 ("4:3", (1024, 768)), ("3:4", (768, 1024))])
+def test_dimensions_exact_for_common_ratios(ratio: str, expected: tuple[int, int]) -> None:
+    assert TextToImage(prompt="x", aspect_ratio=ratio).dimensions() == expected  # type: ignore[arg-type]
+
+
+def test_explicit_size_wins() -> None:
+    assert TextToImage(prompt="x", width=640, height=480).dimensions() == (640, 480)
+    assert TextToVideo(prompt="x", width=512, height=512).dimensions() == (512, 512)
+
+
+# -- nothing but InvalidRequest escapes Router.parse ---------------------------------------------------
+
+_FIELDS = sorted({name for cls in REQUEST_TYPES.values() for name in cls.model_fields})
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=16)
+    | st.sampled_from(["1:1", "16:9", "fast", "data:,x", "data:;base64,AAAA", "https://x.test/a", "~", ".", ""])
+)
+_json = st.recursive(
+    _leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(st.sampled_from(TASKS), _json),
+    st.dictionaries(st.sampled_from(_FIELDS) | st.text(max_size=8), _json, max_size=6),
+)
+def test_arbitrary_dicts_raise_only_invalid_request(task: Any, body: dict[str, Any]) -> None:
+    data = {**body, "task": task}
+    try:
+        model = Router.parse(data)
+    except InvalidRequest as exc:
+        assert exc.field is None or isinstance(exc.field, str)
+    else:
+        assert model.task_name == task
