@@ -25,6 +25,10 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
             raise PluginError(f"a plugin in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
     for plugin in plugins:
         pm.register(plugin)
+    try:
+        pm.check_pending()  # a misspelled hook name would otherwise be ignored in silence
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
     return pm
 
 

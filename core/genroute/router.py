@@ -29,6 +29,7 @@ from .errors import (
     OutputRejected,
     ProviderError,
     ProviderRejectedInput,
+    ProviderTimeout,
     Rejection,
 )
 from .keys import request_key
@@ -152,6 +153,15 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+        self.ledger.close()
+        if self.store is not None:
+            self.store.close()
+
     def _http_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._http is None or self._http_loop is not loop:
@@ -209,6 +219,7 @@ class Router:
                 rejections.append(Rejection(name, "-", request.tier, self._silence_reason(name, request)))
         usable.sort(
             key=lambda o: (
+                o.estimate is None,  # unpriced offers only after every priced one
                 o.estimate or Decimal(0),
                 order[o.provider],
                 self.settings.provider(o.provider).priority,
@@ -248,7 +259,7 @@ class Router:
             return f"wrong tier (asked {request.tier})"
         cooling = self.cooldowns.remaining(offer.provider)
         if cooling > 0:
-            return f"cooling down for {cooling:.0f}s after repeated failures"
+            return f"cooling down for {cooling:.1f}s more after repeated failures"
         if offer.estimate is None:
             return "unpriced, and a budgeted profile refuses unpriced offers" if budgeted else None
         scopes = self._scopes(offer)
@@ -457,6 +468,20 @@ class Router:
         request, key = await self._prepare(stream.request)
         if not isinstance(request, TextGeneration):
             raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
+        self._notify("genroute_request_started", request=request, key=key)
+        error: BaseException | None = None
+        try:
+            async for piece in self._stream_offers(stream, request, key, started):
+                yield piece
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
+
+    async def _stream_offers(
+        self, stream: TextStream, request: TextGeneration, key: str, started: float
+    ) -> AsyncIterator[str]:
         hit = self._lookup(request, key, started)
         if hit is not None:
             stream.result = hit
@@ -474,24 +499,33 @@ class Router:
                 continue
             ctx = self._context(offer, key, 1, deadline)
             pieces: list[str] = []
+            source = self.providers[offer.provider].stream(request, offer, ctx).__aiter__()
             try:
-                async with asyncio.timeout_at(deadline):
-                    async for piece in self.providers[offer.provider].stream(request, offer, ctx):
-                        pieces.append(piece)
-                        yield piece
+                while True:
+                    # The deadline covers waiting for the provider, never the consumer's time between pieces.
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            piece = await _next_piece(source, offer)
+                    except StopAsyncIteration:
+                        break
+                    pieces.append(piece)
+                    yield piece
             except ProviderError as exc:
                 self._close_failed(reservation, exc)
-                self.cooldowns.failure(offer.provider)
+                if not isinstance(exc, ProviderRejectedInput):
+                    self.cooldowns.failure(offer.provider)
                 if pieces:  # the caller already holds part of this answer: no silent switch of provider
                     raise
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
                 continue
             except TimeoutError:
-                self.ledger.release(reservation, note="deadline passed while streaming")
+                self._close_abandoned(reservation, pieces, "deadline passed while streaming")
                 raise DeadlineExceeded("stream did not finish before the deadline") from None
             except BaseException:
-                self.ledger.release(reservation, note="stream abandoned")
+                self._close_abandoned(reservation, pieces, "stream abandoned by the caller")
                 raise
+            finally:
+                await _aclose_quietly(source)
             produced = ctx.extra.get("output")
             output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
             cost = _cost(offer, request, output)
@@ -514,6 +548,13 @@ class Router:
             return
         profile = self.settings.profile
         raise NoRouteAvailable(f"no provider could stream this request (profile {profile!r}):", rejections)
+
+    def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str) -> None:
+        # Tokens already generated were probably billed: settle at the estimate rather than guess low.
+        if pieces:
+            self.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
+        else:
+            self.ledger.release(reservation, note=why)
 
     # -- batches ------------------------------------------------------------------------------------
     async def aiter_batch(
@@ -612,10 +653,12 @@ class Router:
 
     # -- hooks --------------------------------------------------------------------------------------
     def _notify(self, hook: str, **kwargs: Any) -> None:
-        try:
-            getattr(self.pm.hook, hook)(**kwargs)
-        except Exception:  # an observer's bug must not fail the request it observes
-            log.warning("observer hook %s raised; ignored", hook, exc_info=True)
+        # Each observer on its own: one that raises must neither fail the request nor silence the others.
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception:
+                log.warning("observer hook %s raised (plugin %s); ignored", hook, impl.plugin_name, exc_info=True)
 
     def _on_budget_warning(self, warning: Any) -> None:
         self._notify("genroute_budget_warning", warning=warning)
@@ -631,6 +674,27 @@ class TextStream:
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._router._stream(self)
+
+
+async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
+    try:
+        return await anext(source)
+    except (GenrouteError, StopAsyncIteration, asyncio.CancelledError):
+        raise
+    except TimeoutError as exc:
+        raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
+    except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
+        log.warning("provider %s stream raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+async def _aclose_quietly(source: AsyncIterator[str]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.debug("closing a provider stream failed", exc_info=True)
 
 
 def _cost(offer: Offer, request: RequestModel, output: ProviderOutput) -> Decimal:
@@ -649,8 +713,10 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
         if isinstance(exc, ProviderError):
             raise
         raise ProviderError(exc.message, provider=offer.provider, retryable=False) from exc
-    except (asyncio.CancelledError, TimeoutError):
+    except asyncio.CancelledError:
         raise
+    except TimeoutError as exc:  # the provider's own timeout, not the router's deadline (that cancels instead)
+        raise ProviderTimeout("timed out", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug: fall back rather than fail the whole request
         log.warning("provider %s raised %s", offer.provider, type(exc).__name__, exc_info=True)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc

@@ -1,0 +1,330 @@
+"""Batches (order, errors in place, bounded concurrency, laziness) and text streaming (pieces, cache, fallback)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import FakePlugin, FakeProvider, mock_section, section
+from genroute.errors import (
+    AuthenticationFailed,
+    DeadlineExceeded,
+    InvalidRequest,
+    NoRouteAvailable,
+    ProviderError,
+    ProviderRejectedInput,
+    ProviderUnavailable,
+)
+from genroute.router import BatchItem
+from genroute.types import ProviderOutput, RequestModel, Result, TextGeneration
+
+D = Decimal
+
+
+def text_section(name: str, price: str = "0.001") -> dict[str, Any]:
+    return section(name, price, task="text-generation", unit="request")
+
+
+def echo(request: RequestModel) -> ProviderOutput:
+    assert isinstance(request, TextGeneration)
+    return ProviderOutput(text=f"echo {request.prompt}")
+
+
+def slower_first(request: RequestModel) -> float:
+    """Earlier prompts (``p0``, ``p1`` …) sleep longer, so they finish last."""
+    assert isinstance(request, TextGeneration)
+    return max(0.0, 0.08 - 0.01 * int(request.prompt.removeprefix("p")))
+
+
+def gen(prompt: str, **fields: Any) -> dict[str, Any]:
+    return {"task": "text-generation", "prompt": prompt, **fields}
+
+
+@pytest.fixture
+def echo_router(settings_factory, router_factory):
+    """A router over one provider ``a`` that echoes the prompt; ``router.a`` is the provider."""
+
+    def build(**provider_kwargs: Any) -> Any:
+        a = FakeProvider("a", output=echo, **provider_kwargs)
+        router = router_factory(settings_factory({"a": text_section("a")}), FakePlugin(a))
+        router.a = a
+        return router
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+async def test_abatch_keeps_input_order_with_errors_in_place(echo_router):
+    router = echo_router(sleep=slower_first)
+    requests: list[Any] = [gen("p0"), gen("p1"), {"task": "text-generation", "prompt": "p2", "temprature": 1},
+                           gen("p3"), TextGeneration(prompt="p4")]
+
+    outcomes = await router.abatch(requests, concurrency=8)
+
+    assert len(outcomes) == 5
+    assert isinstance(outcomes[2], InvalidRequest) and outcomes[2].field == "temprature"
+    for i in (0, 1, 3, 4):
+        assert isinstance(outcomes[i], Result)
+        assert outcomes[i].text == f"echo p{i}"
+    # the slowest first: completion order differed from input order, yet the list is in input order
+    assert [c.request.prompt for c in router.a.calls] == ["p0", "p1", "p3", "p4"]
+
+
+async def test_abatch_puts_routing_failures_in_place(settings_factory, router_factory):
+    a = FakeProvider("a", output=echo, errors=[AuthenticationFailed])
+    router = router_factory(settings_factory({"a": text_section("a")}, routing={"max_attempts": 1}), FakePlugin(a))
+
+    outcomes = await router.abatch([gen("p0"), gen("p1")], concurrency=1)
+
+    assert isinstance(outcomes[0], NoRouteAvailable)
+    assert isinstance(outcomes[1], Result) and outcomes[1].text == "echo p1"
+
+
+async def test_abatch_of_nothing_is_empty(echo_router):
+    assert await echo_router().abatch([]) == []
+
+
+def test_sync_batch(echo_router):
+    router = echo_router(sleep=slower_first)
+
+    outcomes = router.batch([gen("p0"), gen("p1"), {"task": "text-generation"}, gen("p3")], concurrency=2)
+
+    assert [o.text if isinstance(o, Result) else type(o).__name__ for o in outcomes] == [
+        "echo p0", "echo p1", "InvalidRequest", "echo p3"
+    ]
+    assert router.batch([gen("p0")])[0].cached is True
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_batch_concurrency_is_bounded(echo_router, concurrency):
+    router = echo_router(sleep=0.02)
+
+    outcomes = await router.abatch([gen(f"p{n}") for n in range(10)], concurrency=concurrency)
+
+    assert all(isinstance(o, Result) for o in outcomes)
+    assert router.a.max_active == concurrency  # never more, and the allowance was used
+
+
+async def test_batch_rejects_a_concurrency_below_one(echo_router):
+    router = echo_router()
+    with pytest.raises(InvalidRequest) as info:
+        await router.abatch([gen("p0")], concurrency=0)
+    assert info.value.field == "concurrency"
+    assert not router.a.calls
+
+
+async def test_aiter_batch_pulls_requests_lazily(echo_router):
+    router = echo_router(sleep=0.01)
+    pulled = 0
+
+    def requests() -> Iterator[dict[str, Any]]:
+        nonlocal pulled
+        for n in range(40):
+            pulled += 1
+            yield gen(f"p{n}")
+
+    seen: list[BatchItem] = []
+    async with aclosing(router.aiter_batch(requests(), concurrency=2)) as items:
+        async for item in items:
+            if not seen:
+                assert pulled <= 4  # two in flight, plus the refill after the first finished
+            seen.append(item)
+
+    assert pulled == 40
+    assert sorted(item.index for item in seen) == list(range(40))
+    assert all(item.result is not None and item.result.text == f"echo p{item.index}" for item in seen)
+
+
+async def test_aiter_batch_accepts_an_async_source(echo_router):
+    router = echo_router()
+
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        for n in range(5):
+            await asyncio.sleep(0)
+            yield gen(f"p{n}")
+
+    items = [item async for item in router.aiter_batch(requests(), concurrency=2)]
+
+    assert sorted((i.index, i.result.text) for i in items if i.result) == [(n, f"echo p{n}") for n in range(5)]
+
+
+async def test_abandoning_a_batch_cancels_work_in_flight_and_releases_reservations(echo_router):
+    router = echo_router(sleep=30)
+    started = time.monotonic()
+
+    async with aclosing(router.aiter_batch([gen(f"p{n}") for n in range(5)], concurrency=3)) as items:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await anext(items)
+
+    assert time.monotonic() - started < 5
+    assert len(router.a.calls) == 3
+    assert router.a.cancelled == 3
+    assert router.ledger.open_reservations() == []
+    assert [e.status for e in router.ledger.entries()] == ["released"] * 3
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+@pytest.fixture
+def stream_router(settings_factory, router_factory):
+    """Providers ``a`` (cheaper) and ``b`` streaming scripted pieces; ``router.a``/``router.b``."""
+
+    def build(a_kwargs: dict[str, Any] | None = None, b_kwargs: dict[str, Any] | None = None) -> Any:
+        a = FakeProvider("a", stream_pieces=["Hel", "lo, ", "world"], **(a_kwargs or {}))
+        b = FakeProvider("b", stream_pieces=["from ", "b"], **(b_kwargs or {}))
+        config = settings_factory({"a": text_section("a", "0.001"), "b": text_section("b", "0.002")})
+        router = router_factory(config, FakePlugin(a, b))
+        router.a, router.b = a, b
+        return router
+
+    return build
+
+
+async def test_astream_pieces_make_the_result_then_the_request_is_cached(stream_router):
+    router = stream_router()
+    request = TextGeneration(prompt="say hello")
+
+    stream = router.astream(request)
+    pieces = [piece async for piece in stream]
+
+    assert pieces == ["Hel", "lo, ", "world"]
+    assert stream.result is not None
+    assert stream.result.text == "".join(pieces) == "Hello, world"
+    assert (stream.result.provider, stream.result.cached, stream.result.actual_cost) == ("a", False, D("0.001"))
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "settled")]
+
+    again = router.astream(request)
+    assert "".join([piece async for piece in again]) == "Hello, world"
+    assert again.result is not None and again.result.cached is True and again.result.actual_cost == 0
+    assert (await router.arun(request)).cached is True
+    assert router.a.stream_calls == 1 and not router.b.calls
+
+
+async def test_astream_with_the_real_mock(settings_factory, router_factory):
+    config = settings_factory({"mock": mock_section()}, profiles={"offline": ["mock"]})
+    router = router_factory(config, entry_points=True)
+    request = TextGeneration(prompt="Tell me about the sea", tier="fast", max_tokens=80)
+
+    stream = router.astream(request)
+    pieces = [piece async for piece in stream]
+
+    assert len(pieces) > 3
+    assert stream.result is not None and stream.result.text == "".join(pieces)
+    assert stream.result.provider == "mock" and stream.result.actual_cost > 0
+    assert (await router.arun(request)).text == stream.result.text
+
+
+def test_sync_stream(stream_router):
+    router = stream_router()
+
+    pieces = list(router.stream(TextGeneration(prompt="say hello")))
+
+    assert pieces == ["Hel", "lo, ", "world"]
+    assert list(router.stream(TextGeneration(prompt="say hello"))) == ["Hello, world"]  # now from the store
+    assert router.a.stream_calls == 1
+
+
+async def test_a_stream_failing_before_the_first_piece_falls_back(stream_router):
+    router = stream_router(a_kwargs={"errors": [ProviderUnavailable]})
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    pieces = [piece async for piece in stream]
+
+    assert pieces == ["from ", "b"]
+    assert stream.result is not None and stream.result.provider == "b"
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released"), ("b", "settled")]
+
+
+async def test_a_stream_failing_after_the_first_piece_raises(stream_router):
+    boom = ProviderUnavailable("connection reset", provider="a")
+    router = stream_router(a_kwargs={"stream_error_after": (1, boom)})
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for piece in stream:
+            pieces.append(piece)
+
+    assert info.value is boom
+    assert pieces == ["Hel"]
+    assert stream.result is None
+    assert not router.b.calls  # no silent switch of provider mid-answer
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released")]
+    assert router.store.stats().entries == 0
+
+
+async def test_a_stream_with_no_usable_offer_raises_no_route(stream_router):
+    router = stream_router(a_kwargs={"errors": [AuthenticationFailed]}, b_kwargs={"errors": [AuthenticationFailed]})
+
+    with pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="x"))]
+
+    assert {r.provider for r in info.value.rejections} == {"a", "b"}
+
+
+async def test_only_text_generation_streams(stream_router):
+    router = stream_router()
+    with pytest.raises(InvalidRequest) as info:
+        [piece async for piece in router.astream({"task": "text-to-image", "prompt": "x"})]
+    assert info.value.field == "task"
+
+
+async def test_a_stream_past_its_deadline_raises_and_releases(stream_router):
+    router = stream_router(a_kwargs={"sleep": 30})
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        [piece async for piece in router.astream(TextGeneration(prompt="x", deadline_seconds=0.2))]
+
+    assert time.monotonic() - started < 5
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released")]
+
+
+def test_sync_stream_enforces_the_deadline_after_the_first_piece(settings_factory, router_factory):
+    a = FakeProvider("a", stream_pieces=["one ", "two ", "three ", "four"], sleep=0.15)  # 0.6 s in all
+    router = router_factory(settings_factory({"a": text_section("a")}), FakePlugin(a))
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        list(router.stream(TextGeneration(prompt="x", deadline_seconds=0.2)))
+    assert time.monotonic() - started < 5
+
+
+async def test_a_slow_consumer_gets_deadline_exceeded_not_a_cancelled_task(stream_router):
+    router = stream_router()
+
+    async def consume() -> list[str]:
+        pieces = []
+        async for piece in router.astream(TextGeneration(prompt="x", deadline_seconds=0.1)):
+            pieces.append(piece)
+            await asyncio.sleep(0.3)  # the caller's own work, e.g. sending the piece to a client
+        return pieces
+
+    task = asyncio.ensure_future(consume())
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await task
+    except asyncio.CancelledError:
+        pytest.fail("the stream's deadline cancelled the consumer's own await")
+
+
+async def test_rejected_input_in_a_stream_does_not_cool_the_provider_down(settings_factory, router_factory):
+    a = FakeProvider("a", stream_pieces=["ok"], errors=[ProviderRejectedInput])
+    config = settings_factory({"a": text_section("a")}, routing={"cooldown_after_failures": 1, "cooldown_seconds": 30})
+    router = router_factory(config, FakePlugin(a))
+
+    with pytest.raises(NoRouteAvailable):
+        [piece async for piece in router.astream(TextGeneration(prompt="too long"))]
+    pieces = [piece async for piece in router.astream(TextGeneration(prompt="fine"))]
+
+    assert pieces == ["ok"]

@@ -1,0 +1,208 @@
+"""A third-party provider package, installed only as files on sys.path, plugs in through entry points."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import FakePlugin, FakeProvider, mock_section, section
+from genroute import hookimpl
+from genroute.errors import NoRouteAvailable, PluginError
+from genroute.plugins import collect_providers, make_plugin_manager
+from genroute.router import Router
+from genroute.types import TextGeneration
+
+ECHO_PACKAGE = '''\
+"""genroute-echo: a provider that says the prompt back (a stranger's plugin)."""
+
+from genroute import hookimpl
+from genroute.provider import Provider, catalogue_offers
+from genroute.types import ProviderOutput, Usage
+
+
+class EchoProvider(Provider):
+    name = "echo"
+
+    async def run(self, request, offer, ctx):
+        return ProviderOutput(text=f"echo: {request.prompt}", usage=Usage(outputs=1), job_id=f"echo-{ctx.attempt}")
+
+
+@hookimpl
+def genroute_register_providers(register):
+    register(EchoProvider())
+
+
+@hookimpl
+def genroute_offers(request, settings):
+    if request.task_name != "text-generation":
+        return []
+    return catalogue_offers("echo", request, settings)
+'''
+
+PYPROJECT = """\
+[project]
+name = "genroute-echo"
+version = "0.1.0"
+dependencies = ["genroute"]
+
+[project.entry-points.genroute]
+echo = "genroute_echo"
+"""
+
+
+def install_dist(site: Path, dist: str, entry_points: str, version: str = "0.1.0") -> None:
+    """Write the ``*.dist-info`` an installer would: METADATA and entry_points.txt."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(entry_points, encoding="utf-8")
+    (info / "RECORD").write_text("", encoding="utf-8")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A site directory on sys.path; modules imported from it are forgotten afterwards."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    before = set(sys.modules)
+    yield site
+    for name in set(sys.modules) - before:
+        if name.startswith("genroute_echo") or name.startswith("genroute_broken"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def echo_installed(site: Path) -> Path:
+    package = site / "genroute_echo"
+    package.mkdir()
+    (package / "__init__.py").write_text(ECHO_PACKAGE, encoding="utf-8")
+    (package / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
+    install_dist(site, "genroute-echo", "[genroute]\necho = genroute_echo\n")
+    return site
+
+
+def echo_section() -> dict[str, object]:
+    return section("echo", {"fast": "0", "balanced": "0"}, task="text-generation", unit="request")
+
+
+def test_entry_points_load_the_third_party_plugin_beside_the_mock(echo_installed):
+    pm = make_plugin_manager(entry_points=True)
+
+    providers = collect_providers(pm)
+
+    assert {"mock", "echo"} <= set(providers)
+    assert type(providers["echo"]).__module__ == "genroute_echo"
+    assert pm.get_plugin("echo") is sys.modules["genroute_echo"]
+
+
+def test_without_entry_points_neither_plugin_is_loaded(echo_installed):
+    assert collect_providers(make_plugin_manager(entry_points=False)) == {}
+
+
+@pytest.mark.parametrize("how", ["profile", "pin"])
+async def test_requests_route_to_the_third_party_provider(how, echo_installed, settings_factory, router_factory):
+    providers = {"mock": mock_section(), "echo": echo_section()}
+    profiles = {"echo-only": ["echo"]} if how == "profile" else {"both": ["mock", "echo"]}
+    router = router_factory(settings_factory(providers, profiles=profiles), entry_points=True)
+    request = TextGeneration(prompt="hello there", tier="fast", provider="echo" if how == "pin" else None)
+
+    result = await router.arun(request)
+
+    assert (result.provider, result.model, result.text) == ("echo", "echo/fast", "echo: hello there")
+    assert result.job_id == "echo-1"
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("echo", "settled")]
+    assert (await router.arun(request)).cached is True
+
+
+async def test_the_mock_still_serves_what_the_plugin_does_not(echo_installed, settings_factory, router_factory):
+    providers = {"mock": mock_section(), "echo": echo_section()}
+    router = router_factory(settings_factory(providers, profiles={"both": ["echo", "mock"]}), entry_points=True)
+
+    result = await router.arun({"task": "text-to-image", "prompt": "a fox", "tier": "fast", "width": 64, "height": 64})
+
+    assert result.provider == "mock"
+    plan = await router.aplan({"task": "text-to-image", "prompt": "a fox"})
+    assert ("echo", "makes no offer for text-to-image") in {(r.provider, r.reason) for r in plan.rejections}
+
+
+async def test_a_profile_naming_an_uninstalled_plugin_says_so(settings_factory, router_factory):
+    router = router_factory(settings_factory({"echo": echo_section()}, profiles={"p": ["echo"]}), entry_points=True)
+
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(TextGeneration(prompt="hi"))
+
+    assert "echo/- [balanced]: not installed (no plugin registers it)" in str(info.value)
+
+
+def test_a_broken_plugin_package_raises_plugin_error(site):
+    install_dist(site, "genroute-broken", "[genroute]\nbroken = genroute_broken_missing.plugin\n")
+
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=True)
+
+    assert "genroute_broken_missing" in str(info.value)
+
+
+def test_a_plugin_with_a_bad_hook_signature_raises_plugin_error(site):
+    package = site / "genroute_broken"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        textwrap.dedent(
+            """\
+            from genroute import hookimpl
+
+            @hookimpl
+            def genroute_offers(request, settings, budget):
+                return []
+            """
+        ),
+        encoding="utf-8",
+    )
+    install_dist(site, "genroute-broken", "[genroute]\nbroken = genroute_broken\n")
+
+    with pytest.raises(PluginError, match="budget"):
+        make_plugin_manager(entry_points=True)
+
+
+class _RegistersTwice:
+    def __init__(self, *objects: object) -> None:
+        self.objects = objects
+
+    @hookimpl
+    def genroute_register_providers(self, register):
+        for obj in self.objects:
+            register(obj)
+
+
+def test_a_duplicate_provider_name_raises_plugin_error(settings_factory):
+    impostor = FakeProvider("mock")
+    pm = make_plugin_manager(entry_points=True, plugins=[FakePlugin(impostor)])
+
+    with pytest.raises(PluginError, match="two plugins register a provider named 'mock'"):
+        Router(settings_factory({"mock": mock_section()}), plugin_manager=pm)
+
+
+def test_a_duplicate_name_within_one_plugin_raises_plugin_error():
+    pm = make_plugin_manager(entry_points=False, plugins=[_RegistersTwice(FakeProvider("x"), FakeProvider("x"))])
+    with pytest.raises(PluginError, match="'x'"):
+        collect_providers(pm)
+
+
+@pytest.mark.parametrize("thing", [object(), "mock", FakeProvider], ids=["object", "string", "class"])
+def test_registering_a_non_provider_raises_plugin_error(thing, settings_factory):
+    pm = make_plugin_manager(entry_points=False, plugins=[_RegistersTwice(thing)])
+
+    with pytest.raises(PluginError, match=r"expects a genroute\.Provider"):
+        Router(settings_factory(), plugin_manager=pm)
+
+
+def test_a_provider_without_a_name_raises_plugin_error():
+    nameless = FakeProvider("")
+    pm = make_plugin_manager(entry_points=False, plugins=[_RegistersTwice(nameless)])
+    with pytest.raises(PluginError, match="has no name"):
+        collect_providers(pm)
