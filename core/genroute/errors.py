@@ -98,7 +98,7 @@ class Rejection:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.provider}/{self.model} [{self.tier}]: {self.reason}"
+        return f"{self.provider} · {self.model} [{self.tier}]: {self.reason}"
 
 
 class NoRouteAvailable(GenrouteError):

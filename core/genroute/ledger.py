@@ -15,8 +15,9 @@ same keys (even if the day changed in between), so the spend a limit admitted is
 On-disk records (all keys are strings; ``|`` separates parts). The hot state is one record, so a
 reservation is one read and one write inside its transaction, whatever the number of scopes and limits:
 
-* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: record},
-  "recent": {id: status}, "scopes": [...]}``; counters of past periods with nothing reserved move out to
+* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: expires_at},
+  "scopes": [...]}``; counters of past periods with nothing reserved move out to
+* ``o|<id>`` → the record of an open reservation
 * ``c|<scope>|<period>|<period_key>`` → ``(spent, reserved)`` micro-dollars (archived counters)
 * ``closed|<id>`` → ``{"status": "reclaimed", "res": record}`` for reclaimed reservations
 * ``w|<scope>|<period>|<period_key>|<limit micros>`` → warned already
@@ -79,7 +80,7 @@ CSV_HEADER: tuple[str, ...] = (
 (provider + model), ``day`` (settled spend), ``savings`` (``spent_usd`` = cost avoided by cache hits,
 ``count`` = hits) or ``usage`` (one scope in one period). Columns a group does not use are empty."""
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _STATE = "state"
 _SEP = "|"
 _RECENT_LIMIT = 4096  # finished reservation ids remembered, to name a double settle or release
@@ -210,6 +211,10 @@ def period_keys_at(now: float) -> dict[str, str]:
     return {"total": "total", "daily": moment.strftime("%Y-%m-%d"), "monthly": moment.strftime("%Y-%m")}
 
 
+def _open_key(rid: str) -> str:
+    return _SEP.join(("o", rid))
+
+
 def _counter_key(scope: str, period: str, period_key: str) -> str:
     return _SEP.join(("c", scope, period, period_key))
 
@@ -238,6 +243,7 @@ class Ledger:
         self.on_warning = on_warning
         self._clock = clock
         self._warn_share = Decimal(str(warn_share))
+        self._closed: dict[str, str] = {}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -288,7 +294,7 @@ class Ledger:
     def _load(self) -> dict[str, Any]:
         state = self._cache.get(_STATE)
         if state is None:
-            return {"counters": {}, "open": {}, "recent": {}, "scopes": []}
+            return {"counters": {}, "open": {}, "scopes": []}
         return dict(state)
 
     def _store(self, state: dict[str, Any], current: dict[str, str] | None = None) -> None:
@@ -319,16 +325,21 @@ class Ledger:
         old_spent, old_reserved = self._get_counter(state, scope, period, period_key)
         state["counters"][(scope, period, period_key)] = [old_spent + spent, old_reserved + reserved]
 
+    def _take_open(self, rid: str) -> dict[str, Any] | None:
+        """Inside a transaction: remove and return an open reservation's record."""
+        rec: dict[str, Any] | None = self._cache.pop(_open_key(rid), None)
+        return rec
+
     def _append(self, entry: LedgerEntry) -> None:
         key = _SEP.join(("e", f"{time.time_ns():020d}", uuid.uuid4().hex[:12]))
         self._cache.set(key, entry.model_dump_json())
 
-    @staticmethod
-    def _remember(state: dict[str, Any], rid: str, status: str) -> None:
-        recent: dict[str, str] = state["recent"]
-        recent[rid] = status
-        while len(recent) > _RECENT_LIMIT:
-            del recent[next(iter(recent))]
+    def _remember(self, rid: str, status: str) -> None:
+        # In memory only: a reservation is settled by the process that made it, and keeping this set
+        # out of the shared state record keeps every transaction's read and write small.
+        self._closed[rid] = status
+        while len(self._closed) > _RECENT_LIMIT:
+            del self._closed[next(iter(self._closed))]
 
     def _now(self) -> tuple[float, datetime]:
         now = float(self._clock())
@@ -398,14 +409,17 @@ class Ledger:
 
     def _reclaim(self, state: dict[str, Any], now: float, at: datetime) -> int:
         """Inside a transaction: release every expired open reservation (``state`` mutated) as "reclaimed"."""
-        open_: dict[str, dict[str, Any]] = state["open"]
-        expired = [rid for rid, rec in open_.items() if rec["expires_at"] <= now]
+        open_: dict[str, float] = state["open"]
+        expired = [rid for rid, expires_at in open_.items() if expires_at <= now]
         for rid in expired:
-            rec = open_.pop(rid)
+            del open_[rid]
+            rec = self._take_open(rid)
+            if rec is None:
+                continue
             for scope, period, key in rec["period_keys"]:
                 self._add_counter(state, scope, period, key, reserved=-rec["micros"])
             self._cache.set(f"closed{_SEP}{rid}", {"status": "reclaimed", "res": rec})
-            self._remember(state, rid, "reclaimed")
+            self._remember(rid, "reclaimed")
             self._append(self._entry(rid, rec, "reclaimed", at, note="reservation expired; its process likely died"))
             logger.warning(
                 "reclaimed expired reservation %s (%s/%s, $%s)",
@@ -473,7 +487,8 @@ class Ledger:
             if refusal is None:
                 for scope, period, key in period_keys:
                     self._add_counter(state, scope, period, key, reserved=micros)
-                state["open"][rid] = rec
+                state["open"][rid] = rec["expires_at"]
+                self._cache.set(_open_key(rid), rec)
                 seen = set(state["scopes"])
                 if not seen.issuperset(scope_list):
                     state["scopes"] = sorted(seen.union(scope_list))
@@ -502,7 +517,7 @@ class Ledger:
         rid = reservation.id
         with self._txn():
             state = self._load()
-            rec = state["open"].pop(rid, None)
+            rec = self._take_open(rid) if state["open"].pop(rid, None) is not None else None
             if rec is not None:
                 for scope, period, key in rec["period_keys"]:
                     self._add_counter(state, scope, period, key, spent=micros, reserved=-rec["micros"])
@@ -511,7 +526,7 @@ class Ledger:
                 for scope, period, key in rec["period_keys"]:
                     self._add_counter(state, scope, period, key, spent=micros)
                 note = "; ".join(part for part in ("settled after reclaim", note) if part)
-            self._remember(state, rid, "settled")
+            self._remember(rid, "settled")
             self._store(state)
             entry = self._entry(rid, rec, "settled", at, actual=micros, job_id=job_id, note=note)
             self._append(entry)
@@ -551,14 +566,14 @@ class Ledger:
         rid = reservation.id
         with self._txn():
             state = self._load()
-            rec = state["open"].pop(rid, None)
+            rec = self._take_open(rid) if state["open"].pop(rid, None) is not None else None
             if rec is not None:
                 for scope, period, key in rec["period_keys"]:
                     self._add_counter(state, scope, period, key, reserved=-rec["micros"])
             else:
                 rec = self._finished(state, rid, "release")
                 note = "; ".join(part for part in ("released after reclaim", note) if part)
-            self._remember(state, rid, "released")
+            self._remember(rid, "released")
             self._store(state)
             entry = self._entry(rid, rec, "released", at, note=note)
             self._append(entry)
@@ -567,7 +582,7 @@ class Ledger:
 
     def _finished(self, state: dict[str, Any], rid: str, verb: str) -> dict[str, Any]:
         """The record of a reservation that is no longer open, if it was reclaimed; else LedgerError."""
-        status = state["recent"].get(rid)
+        status = self._closed.get(rid)
         if status is not None and status != "reclaimed":
             raise LedgerError(
                 f"cannot {verb} reservation {rid}: it was already {status}",
@@ -660,7 +675,7 @@ class Ledger:
             return None
         with self._guard():
             state = self._load()
-            if any(rec["expires_at"] <= now for rec in state["open"].values()):
+            if any(expires_at <= now for expires_at in state["open"].values()):
                 with self._cache.transact():
                     state = self._load()
                     if self._reclaim(state, now, at):
@@ -703,8 +718,8 @@ class Ledger:
     def open_reservations(self) -> list[Reservation]:
         """Reservations neither settled, released nor reclaimed, oldest first."""
         with self._guard():
-            open_ = self._load()["open"]
-        found = [self._to_reservation(rid, rec) for rid, rec in open_.items()]
+            records = [(rid, self._cache.get(_open_key(rid))) for rid in self._load()["open"]]
+        found = [self._to_reservation(rid, rec) for rid, rec in records if rec is not None]
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     def entries(self) -> Iterator[LedgerEntry]:

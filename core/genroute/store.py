@@ -47,8 +47,8 @@ __all__ = ["ResultStore", "StoreStats"]
 
 log = logging.getLogger("genroute.store")
 
-_RESULT = "result"
-_BLOB = "blob"
+_RESULT = "r|"
+_BLOB = "b|"
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
 
@@ -100,10 +100,16 @@ class ResultStore:
         self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
         self._pending_ops = 0
         self._lock = threading.Lock()
+        self._written = 0
+        self._cull_every = max(1, max_bytes // 64)
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
             self._data = diskcache.Cache(
-                str(self._path / "data"), size_limit=max_bytes, eviction_policy="least-recently-stored"
+                str(self._path / "data"),
+                disk=_BlobDisk,
+                size_limit=max_bytes,
+                eviction_policy="least-recently-stored",
+                cull_limit=0,  # eviction runs in _maybe_cull, not inside every write
             )
             self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none")
 
@@ -121,7 +127,7 @@ class ResultStore:
         The caller marks the result as cached and records the hit or miss.
         """
         with self._guard(f"read result {key}"):
-            raw = self._data.get((_RESULT, key))
+            raw = self._data.get(_RESULT + key)
             if raw is None:
                 return None
             try:
@@ -132,7 +138,7 @@ class ResultStore:
                 return None
             artifacts: list[Artifact] = []
             for stored in record.artifacts:
-                blob = self._blob_path(stored.sha256)
+                blob = self._blob_path(stored.sha256, stored.media_type)
                 if blob is None:
                     log.info("result store %s: %s was evicted (blob %s gone); a miss", self._path, key, stored.sha256)
                     self._discard(key, raw)
@@ -163,16 +169,17 @@ class ResultStore:
             return self._with_artifacts(result, stored, spilled)
 
         raw = _Record(result=result.model_copy(update={"artifacts": []}), artifacts=stored).model_dump_json()
+        self._maybe_cull(total + len(raw))  # before writing, so this result is never its own victim
         with self._guard(f"write result {key}"), self._data.transact():
             for file, digest in zip(files, digests, strict=True):
-                blob_key = (_BLOB, digest)
-                if blob_key not in self._data:  # dedupe; add() never replaces a file a reader may hold
-                    self._data.add(blob_key, io.BytesIO(file.data), read=True)
-            self._data.set((_RESULT, key), raw)
+                # Dedupe by content: a blob's file exists exactly while its row does (see _blob_path).
+                if self._blob_path(digest, file.media_type) is None:
+                    self._data.add(_blob_key(digest, file.media_type), io.BytesIO(file.data), read=True)
+            self._data.set(_RESULT + key, raw)
             paths: list[Path] = []
             lost = False
             for file, digest in zip(files, digests, strict=True):
-                blob = self._blob_path(digest)
+                blob = self._blob_path(digest, file.media_type)
                 if blob is None:  # evicted by this very write or a concurrent one
                     lost = True
                     blob = self._scratch(file, digest)
@@ -185,6 +192,20 @@ class ResultStore:
                 )  # fmt: skip
                 self._discard(key, raw)
         return self._with_artifacts(result, stored, paths)
+
+    def _maybe_cull(self, incoming: int) -> None:
+        """Evict the oldest entries once enough was written since the last check to matter.
+
+        Checking the volume on every write costs more than the write itself, so the store may run over
+        ``max_bytes`` by a sixty-fourth of it plus the result being written.
+        """
+        with self._lock:
+            self._written += incoming
+            if self._written < self._cull_every:
+                return
+            self._written = 0
+        with self._guard("evict old results"):
+            self._data.cull()
 
     # -- counters ------------------------------------------------------------------------------------------
 
@@ -273,26 +294,21 @@ class ResultStore:
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _blob_path(self, digest: str) -> Path | None:
-        """The file holding blob ``digest``, or ``None`` when it is gone."""
-        handle = self._data.get((_BLOB, digest), read=True)
-        if handle is None:
-            return None
-        if not hasattr(handle, "close"):  # not stored as a file: not ours
-            return None
-        try:
-            return Path(handle.name)
-        finally:
-            handle.close()
+    def _blob_path(self, digest: str, media_type: str) -> Path | None:
+        """The file holding blob ``digest``, or ``None`` when it is gone (evicted)."""
+        # Blob file names are fixed by content (see _BlobDisk), so a stat answers without a query;
+        # eviction deletes the row first and the file after, so an existing file is a live blob.
+        path = self._path / "data" / _blob_filename(_blob_key(digest, media_type))
+        return path if path.is_file() else None
 
     def _discard(self, key: str, raw: Any) -> None:
         """Delete ``("result", key)`` only if it still holds ``raw`` (a concurrent put may have replaced it)."""
         with self._data.transact():
-            if self._data.get((_RESULT, key)) == raw:
-                self._data.delete((_RESULT, key))
+            if self._data.get(_RESULT + key) == raw:
+                self._data.delete(_RESULT + key)
 
     def _count_results(self) -> int:
-        return sum(1 for k in self._data.iterkeys() if isinstance(k, tuple) and k and k[0] == _RESULT)
+        return sum(1 for k in self._data.iterkeys() if isinstance(k, str) and k.startswith(_RESULT))
 
     def _scratch(self, file: OutputFile, digest: str) -> Path:
         """Write ``file`` outside the cache, content-addressed, atomically."""
@@ -326,3 +342,31 @@ class ResultStore:
                 hint=f"check that {self._path} is writable and on a local disk (not a network share); "
                 "it is only a cache, so deleting it (or `genroute cache clear`) is safe",
             ) from exc
+
+
+def _blob_key(digest: str, media_type: str) -> str:
+    return f"{_BLOB}{digest}|{MEDIA_SUFFIXES.get(media_type, '.bin')}"
+
+
+def _blob_filename(key: str) -> str:
+    digest, suffix = key[len(_BLOB) :].split("|", 1)
+    return os.path.join("blobs", digest[:2], digest + suffix)
+
+
+class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
+    """Names blob files by content (``blobs/ab/abcd….png``) instead of at random.
+
+    Fixed names give artifacts a real suffix, keep the directory count at 256 (creating a directory
+    per blob dominated the cost of a store write), and let a reader find a blob without a query.
+    """
+
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> tuple[str, str]:
+        if isinstance(key, str) and key.startswith(_BLOB):
+            name = _blob_filename(key)
+            full_path = os.path.join(self._directory, name)
+            # Only reached under the store's write transaction with no row for this key: a file already
+            # there is an orphan from a crash between writing it and committing its row.
+            if os.path.exists(full_path):
+                os.remove(full_path)
+            return name, full_path
+        return super().filename(key, value)  # type: ignore[no-any-return]
