@@ -182,7 +182,7 @@ async def test_each_passed_over_offer_is_reported_with_its_reason(case, settings
     assert set(spec["expect"]) <= got
     text = str(info.value)
     for provider, model, reason in spec["expect"]:
-        assert f"{provider}/{model}" in text and reason in text
+        assert f"{provider} · {model}" in text and reason in text
     assert all(not p.calls for p in providers)
     assert entries(router) == []  # nothing reserved, nothing spent
 
