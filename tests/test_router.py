@@ -216,7 +216,7 @@ async def test_profile_provider_not_installed_or_silent_is_reported(settings_fac
         "quiet": "makes no offer for text-to-image",
         "away": "unavailable: set AWAY_TOKEN",
     }
-    for line in ("ghost/- [balanced]: not installed", "quiet/- [balanced]: makes no offer", "AWAY_TOKEN"):
+    for line in ("ghost · - [balanced]: not installed", "quiet · - [balanced]: makes no offer", "AWAY_TOKEN"):
         assert line in str(info.value)
 
 
@@ -451,7 +451,7 @@ async def test_configured_deadline_applies_and_covers_fallbacks(settings_factory
     with pytest.raises(DeadlineExceeded) as info:
         await router.arun(image())
 
-    assert "a/a/balanced" in str(info.value)  # says what was tried before time ran out
+    assert "a · a/balanced" in str(info.value)  # says what was tried before time ran out
     assert b.cancelled == 1
     assert statuses(router) == [("a", "released"), ("b", "released")]
 

@@ -136,7 +136,7 @@ async def test_a_profile_naming_an_uninstalled_plugin_says_so(settings_factory, 
     with pytest.raises(NoRouteAvailable) as info:
         await router.arun(TextGeneration(prompt="hi"))
 
-    assert "echo/- [balanced]: not installed (no plugin registers it)" in str(info.value)
+    assert "echo · - [balanced]: not installed (no plugin registers it)" in str(info.value)
 
 
 def test_a_broken_plugin_package_raises_plugin_error(site):
