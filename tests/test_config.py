@@ -109,9 +109,13 @@ def test_model_entry_has_no_default_price() -> None:
 
 def test_shipped_limits_are_decimal(shipped: Settings) -> None:
     limits = shipped.limits()
-    assert {(lim.scope, lim.period) for lim in limits} == {("global", "daily"), ("global", "monthly")}
+    assert {(lim.scope, lim.period) for lim in limits} == {
+        ("global", "daily"),
+        ("global", "monthly"),
+        ("simulated", "daily"),
+    }
     assert all(isinstance(lim.usd, Decimal) for lim in limits)
-    assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00")]
+    assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00"), Decimal("5.00")]
 
 
 # -- profile selection -----------------------------------------------------------------------------
@@ -138,9 +142,9 @@ def test_profile_limits_join_global_limits() -> None:
     raw = raw_copy()
     raw["profiles"]["dev"]["limits"] = [{"scope": "free:huggingface", "period": "monthly", "usd": "0.10"}]
     s = settings_from_dict(raw, profile="dev", env={})
-    assert [lim.scope for lim in s.limits()] == ["global", "global", "free:huggingface"]
+    assert [lim.scope for lim in s.limits()] == ["global", "global", "simulated", "free:huggingface"]
     s = settings_from_dict(raw, profile="offline", env={})
-    assert [lim.scope for lim in s.limits()] == ["global", "global"]
+    assert [lim.scope for lim in s.limits()] == ["global", "global", "simulated"]
 
 
 @pytest.mark.parametrize("how", ["env", "argument", "default_profile"])

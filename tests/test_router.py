@@ -335,7 +335,7 @@ async def test_incurred_cost_of_a_failed_call_is_settled_not_released(settings_f
         ("a", "settled", D("0.007")),
         ("b", "settled", D("0.02")),
     ]
-    assert "billed for a failed call" in log[0].note
+    assert "billed for failed calls" in log[0].note
     spent = {(u.scope, u.period): u.spent for u in router.ledger.usage()}
     assert spent[("global", "total")] == D("0.027")
 

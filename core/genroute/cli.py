@@ -86,17 +86,28 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="plugins.toml to use (default: $GENROUTE_CONFIG, ./plugins.toml)")
-    common.add_argument("--profile", help="profile to use (default: $GENROUTE_PROFILE, then the file's default)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command name.
 
+    Sub-commands get them with suppressed defaults, so ``genroute --profile dev run`` is not undone by
+    the sub-command's own default.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    kw: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    common.add_argument("--config", type=Path, help="plugins.toml (default: $GENROUTE_CONFIG, ./plugins.toml)", **kw)
+    common.add_argument("--profile", help="profile to use (default: $GENROUTE_PROFILE, then the file's default)", **kw)
+    flag: dict[str, Any] = {"action": "store_true", **kw}
+    common.add_argument("--json", help="machine-readable output", **flag)
+    common.add_argument("--debug", help="verbose logs and tracebacks", **flag)
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common_options(defaults=False)
     parser = argparse.ArgumentParser(
         prog="genroute",
         description="Route generative-AI requests to the cheapest provider within budget.",
-        parents=[common],
+        parents=[_common_options(defaults=True)],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -29,7 +29,7 @@ ENV_HOME = "GENROUTE_HOME"
 Period = Literal["total", "daily", "monthly"]
 
 _SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_\-]?key|secret|password)$", re.IGNORECASE)
-_SCOPE = re.compile(r"^(global|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
+_SCOPE = re.compile(r"^(global|simulated|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
 
 
 class _Strict(BaseModel):
@@ -57,7 +57,7 @@ class BudgetLimit(_Strict):
     @classmethod
     def _scope_shape(cls, value: str) -> str:
         if not _SCOPE.match(value):
-            raise ValueError("scope must be 'global', 'provider:<name>' or 'free:<name>'")
+            raise ValueError("scope must be 'global', 'simulated', 'provider:<name>' or 'free:<name>'")
         return value
 
 

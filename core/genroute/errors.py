@@ -115,6 +115,13 @@ class NoRouteAvailable(GenrouteError):
         self.rejections = rejections
 
 
+class OverBudget(NoRouteAvailable):
+    """Offers that could serve the request exist, but every one of them is over budget."""
+
+    exit_code = 5
+    default_hint = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+
+
 class DeadlineExceeded(GenrouteError):
     """The request's deadline passed; remote work was cancelled where the provider allows."""
 

@@ -441,10 +441,13 @@ class Ledger:
         model: str,
         task: str,
         request_key: str = "",
+        ttl_seconds: float | None = None,
     ) -> Reservation:
         """Set ``amount`` aside in every scope, or raise :class:`BudgetExceeded` and write nothing.
 
         The amount is rounded up to the micro-dollar. Expired reservations are reclaimed first.
+        ``ttl_seconds`` (default: the ledger's) is how long before a reservation left open by a dead
+        process is reclaimed; give a call that may run long a longer one.
         """
         value = to_decimal(amount)
         if value < 0:
@@ -463,7 +466,7 @@ class Ledger:
             "task": task,
             "request_key": request_key,
             "created_at": now,
-            "expires_at": now + self.reservation_ttl_seconds,
+            "expires_at": now + (ttl_seconds if ttl_seconds is not None else self.reservation_ttl_seconds),
             "period_keys": [list(t) for t in period_keys],
         }
         refusal: BudgetExceeded | None = None

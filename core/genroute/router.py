@@ -27,6 +27,7 @@ from .errors import (
     InvalidRequest,
     NoRouteAvailable,
     OutputRejected,
+    OverBudget,
     ProviderError,
     ProviderRejectedInput,
     ProviderTimeout,
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .keys import request_key
 from .ledger import Ledger, Reservation
+from .money import quantize
 from .plugins import collect_providers, default_plugin_manager
 from .provider import Provider, RunContext
 from .retry import Backoff
@@ -84,6 +86,7 @@ class BatchItem:
 @dataclass
 class _Tries:
     count: int = 0
+    incurred: Decimal = Decimal(0)  # billed by attempts that failed and were retried
 
 
 class Router:
@@ -196,6 +199,8 @@ class Router:
     def _scopes(self, offer: Offer) -> tuple[str, ...]:
         if offer.billing == "free":
             return (f"free:{offer.provider}",)
+        if offer.billing == "simulated":
+            return ("simulated", f"provider:{offer.provider}")
         return ("global", f"provider:{offer.provider}")
 
     def _candidates(self, request: RequestModel) -> tuple[list[Offer], list[Rejection]]:
@@ -207,8 +212,13 @@ class Router:
         usable: list[Offer] = []
         rejections: list[Rejection] = []
         headroom: dict[tuple[str, ...], Decimal | None] = {}
+        unavailable = {
+            name: self.providers[name].unavailable_reason(self.settings)
+            for name in {o.provider for o in offers}
+            if name in self.providers
+        }
         for offer in offers:
-            reason = self._rejection_reason(request, offer, order, budgeted, headroom)
+            reason = self._rejection_reason(request, offer, order, budgeted, headroom, unavailable)
             if reason:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
             else:
@@ -220,7 +230,7 @@ class Router:
         usable.sort(
             key=lambda o: (
                 o.estimate is None,  # unpriced offers only after every priced one
-                o.estimate or Decimal(0),
+                Decimal(0) if o.billing == "free" else (o.estimate or Decimal(0)),  # price out of pocket
                 order[o.provider],
                 self.settings.provider(o.provider).priority,
                 o.priority,
@@ -242,9 +252,12 @@ class Router:
         order: dict[str, int],
         budgeted: bool,
         headroom: dict[tuple[str, ...], Decimal | None],
+        unavailable: dict[str, str | None],
     ) -> str | None:
         if offer.provider not in self.providers:
             return "no installed plugin registers this provider"
+        if unavailable.get(offer.provider):
+            return f"unavailable: {unavailable[offer.provider]}"
         if offer.task != request.task_name:
             return f"offer is for {offer.task}"
         if offer.provider not in order:
@@ -257,6 +270,9 @@ class Router:
             return f"not the pinned model {request.model!r}"
         if not request.model and offer.tier != request.tier:
             return f"wrong tier (asked {request.tier})"
+        limit = offer.entry.max_outputs if offer.entry else None
+        if limit is not None and billing.requested_outputs(request) > limit:
+            return f"asks {billing.requested_outputs(request)} outputs; this model makes at most {limit}"
         cooling = self.cooldowns.remaining(offer.provider)
         if cooling > 0:
             return f"cooling down for {cooling:.1f}s more after repeated failures"
@@ -322,7 +338,7 @@ class Router:
                 f"request did not finish within {deadline_seconds:g}s"
                 + (f" (after: {'; '.join(str(r) for r in rejections)})" if rejections else "")
             ) from None
-        raise NoRouteAvailable(
+        raise _no_route(
             f"no provider could serve this {request.task_name} request "
             f"(tier {request.tier}, profile {self.settings.profile!r}):",
             rejections,
@@ -332,7 +348,9 @@ class Router:
         if self.store is None or request.cache != "use":
             return None
         hit = self.store.get(key)
-        if hit is None:
+        if hit is None or hit.provider not in self.settings.active.providers:
+            # A result made by a provider outside this profile (say the mock's placeholder in prod) is
+            # not what this profile promises: run the request again; the new result replaces it.
             self.store.record_miss()
             return None
         self.ledger.record_saving(
@@ -359,7 +377,7 @@ class Router:
         rejections: list[Rejection],
     ) -> Result | None:
         try:
-            reservation = self._reserve(offer, key)
+            reservation = self._reserve(offer, key, deadline - asyncio.get_running_loop().time())
         except BudgetExceeded as exc:
             rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
             return None
@@ -368,7 +386,7 @@ class Router:
             output = await self._attempts(request, key, offer, deadline, tries)
             self._check_output(offer, output)
         except ProviderError as exc:
-            self._close_failed(reservation, exc)
+            self._close_failed(reservation, exc, tries.incurred)
             if not isinstance(exc, ProviderRejectedInput):
                 self.cooldowns.failure(offer.provider)
             reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
@@ -376,9 +394,12 @@ class Router:
             log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
             return None
         except BaseException:
-            self.ledger.release(reservation, note="cancelled or deadline passed")
+            if tries.incurred:
+                self.ledger.settle(reservation, tries.incurred, note="billed attempts before the deadline")
+            else:
+                self.ledger.release(reservation, note="cancelled or deadline passed")
             raise
-        cost = _cost(offer, request, output)
+        cost = quantize(_cost(offer, request, output) + tries.incurred)
         self.ledger.settle(reservation, cost, job_id=output.job_id)
         self.cooldowns.success(offer.provider)
         result = Result(
@@ -398,7 +419,7 @@ class Router:
         )
         return self._keep(request, key, result, output.files)
 
-    def _reserve(self, offer: Offer, key: str) -> Reservation:
+    def _reserve(self, offer: Offer, key: str, deadline_seconds: float) -> Reservation:
         return self.ledger.reserve(
             offer.estimate or Decimal(0),
             scopes=self._scopes(offer),
@@ -406,11 +427,14 @@ class Router:
             model=offer.model,
             task=offer.task,
             request_key=key,
+            # Never reclaimed while its call may still run: outlive the request's deadline.
+            ttl_seconds=max(self.settings.ledger.reservation_ttl_seconds, deadline_seconds + 60),
         )
 
-    def _close_failed(self, reservation: Reservation, exc: ProviderError) -> None:
-        if exc.incurred:
-            self.ledger.settle(reservation, exc.incurred, note=f"billed for a failed call: {redact(exc.message)}")
+    def _close_failed(self, reservation: Reservation, exc: ProviderError, earlier: Decimal = Decimal(0)) -> None:
+        billed = (exc.incurred or Decimal(0)) + earlier
+        if billed:
+            self.ledger.settle(reservation, billed, note=f"billed for failed calls: {redact(exc.message)}"[:300])
         else:
             self.ledger.release(reservation, note=redact(exc.message)[:200])
 
@@ -428,6 +452,7 @@ class Router:
             except ProviderError as exc:
                 if not exc.retryable or tries.count >= max_attempts:
                     raise
+                tries.incurred += exc.incurred or Decimal(0)
                 delay = self.backoff.delay(tries.count, exc.retry_after)
                 if loop.time() + delay >= deadline:
                     raise
@@ -490,10 +515,11 @@ class Router:
             return
         candidates, rejections = self._candidates(request)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (request.deadline_seconds or self.settings.routing.deadline_seconds)
+        deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
+        deadline = loop.time() + deadline_seconds
         for offer in candidates:
             try:
-                reservation = self._reserve(offer, key)
+                reservation = self._reserve(offer, key, deadline_seconds)
             except BudgetExceeded as exc:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
                 continue
@@ -547,7 +573,7 @@ class Router:
             stream.result = self._keep(request, key, result, [])
             return
         profile = self.settings.profile
-        raise NoRouteAvailable(f"no provider could stream this request (profile {profile!r}):", rejections)
+        raise _no_route(f"no provider could stream this request (profile {profile!r}):", rejections)
 
     def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str) -> None:
         # Tokens already generated were probably billed: settle at the estimate rather than guess low.
@@ -695,6 +721,14 @@ async def _aclose_quietly(source: AsyncIterator[str]) -> None:
             await aclose()
         except Exception:
             log.debug("closing a provider stream failed", exc_info=True)
+
+
+def _no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
+    """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer."""
+    reasons = [r.reason for r in rejections]
+    if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
+        return OverBudget(message, rejections)
+    return NoRouteAvailable(message, rejections)
 
 
 def _cost(offer: Offer, request: RequestModel, output: ProviderOutput) -> Decimal:

@@ -45,7 +45,9 @@ CacheMode = Literal["use", "refresh", "bypass"]
 AspectRatio = Literal["1:1", "16:9", "9:16", "21:9", "4:3", "3:4"]
 ASPECT_RATIOS: tuple[AspectRatio, ...] = get_args(AspectRatio)
 
-Billing = Literal["free", "paid"]
+Billing = Literal["free", "paid", "simulated"]
+"""Who pays: ``paid`` is real money (scope ``global``), ``free`` spends a provider's free credit (scope
+``free:<provider>``), ``simulated`` is the mock's pretend money (scope ``simulated``)."""
 
 MIN_SIDE, MAX_SIDE = 64, 2048
 
