@@ -213,15 +213,12 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _run_streaming(router: Router, request: RequestModel, out: Console, err: Console) -> int:
-    stream = router.astream(request)
-
-    async def pump() -> None:
-        async for piece in stream:
-            out.file.write(piece)
-            out.file.flush()
-
-    router._sync().run(pump())
+    stream = router.stream(request)
+    for piece in stream:
+        out.file.write(piece)
+        out.file.flush()
     out.file.write("\n")
+    out.file.flush()
     if stream.result is not None:
         _print_result_summary(stream.result, [], err)
     return 0
@@ -290,7 +287,7 @@ def _validated(path: Path, number: int, data: dict[str, Any] | InvalidRequest) -
 
 def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows: list[dict[str, Any]] = []
-    total = Decimal(0)
+    totals: dict[str, Decimal] = {}  # budget scope the spend would count in → estimated sum
     with _router(args) as router:
         for number, data in _jsonl(args.file):
             request = _validated(args.file, number, data)
@@ -307,19 +304,29 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
                 row.update(route="store (cached)", estimate="0")
             elif plan.chosen is not None:
                 estimate = plan.chosen.estimate or Decimal(0)
-                total += estimate
-                row.update(route=f"{plan.chosen.provider} · {plan.chosen.model}", estimate=str(estimate))
+                scope = router.budget_scopes(plan.chosen)[0]
+                totals[scope] = totals.get(scope, Decimal(0)) + estimate
+                row.update(
+                    route=f"{plan.chosen.provider} · {plan.chosen.model}",
+                    estimate=str(estimate),
+                    billing=plan.chosen.billing,
+                )
             else:
                 row["error"] = "no route: " + "; ".join(str(r) for r in plan.rejections)
             row["rejected"] = [str(r) for r in plan.rejections]
             rows.append(row)
-        left = router.ledger.headroom(("global",))
+        budgets: list[dict[str, Any]] = []
+        for scope, total in sorted(totals.items()):
+            left = router.ledger.headroom((scope,))
+            fits = left is None or total <= left
+            budgets.append(
+                {"scope": scope, "estimated": str(total), "left": None if left is None else str(left), "fits": fits}
+            )
     summary = {
         "requests": len(rows),
         "unroutable": sum(1 for r in rows if "error" in r),
-        "estimated_total": str(total),
-        "budget_left": None if left is None else str(left),
-        "fits_budget": left is None or total <= left,
+        "budgets": budgets,
+        "fits_budget": all(b["fits"] for b in budgets),
     }
     if args.json:
         out.print(json.dumps({"requests": rows, "summary": summary}, indent=2), markup=False)
@@ -332,9 +339,13 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
             else:
                 table.add_row(line, task, tier, Text(row["route"]), fmt_usd(Decimal(row["estimate"])))
         out.print(table)
-        budget = "no limit" if left is None else fmt_usd(left)
-        verdict = "fits" if summary["fits_budget"] else "DOES NOT FIT"
-        out.print(f"estimated total {fmt_usd(total)} · budget left {budget} · {verdict}", markup=False)
+        for b in budgets:
+            left_text = "no limit" if b["left"] is None else fmt_usd(Decimal(b["left"]))
+            verdict = "fits" if b["fits"] else "DOES NOT FIT"
+            out.print(
+                f"{b['scope']}: estimated {fmt_usd(Decimal(b['estimated']))} · left {left_text} · {verdict}",
+                markup=False,
+            )
     return 0 if summary["unroutable"] == 0 and summary["fits_budget"] else EXIT_PARTIAL
 
 

@@ -196,7 +196,8 @@ class Router:
         return model, request_key(model)
 
     # -- planning -----------------------------------------------------------------------------------
-    def _scopes(self, offer: Offer) -> tuple[str, ...]:
+    def budget_scopes(self, offer: Offer) -> tuple[str, ...]:
+        """The ledger scopes an offer's cost counts in: its kind of money first, then its provider."""
         if offer.billing == "free":
             return (f"free:{offer.provider}",)
         if offer.billing == "simulated":
@@ -278,7 +279,7 @@ class Router:
             return f"cooling down for {cooling:.1f}s more after repeated failures"
         if offer.estimate is None:
             return "unpriced, and a budgeted profile refuses unpriced offers" if budgeted else None
-        scopes = self._scopes(offer)
+        scopes = self.budget_scopes(offer)
         if scopes not in headroom:
             headroom[scopes] = self.ledger.headroom(scopes)
         left = headroom[scopes]
@@ -422,7 +423,7 @@ class Router:
     def _reserve(self, offer: Offer, key: str, deadline_seconds: float) -> Reservation:
         return self.ledger.reserve(
             offer.estimate or Decimal(0),
-            scopes=self._scopes(offer),
+            scopes=self.budget_scopes(offer),
             provider=offer.provider,
             model=offer.model,
             task=offer.task,
@@ -663,19 +664,9 @@ class Router:
         """Sync :meth:`abatch`."""
         return self._sync().run(self.abatch(requests, concurrency=concurrency))
 
-    def stream(self, request: RequestLike) -> Iterator[str]:
-        """Sync :meth:`astream`: yields text pieces as they arrive."""
-        runner = self._sync()
-        pieces = self.astream(request).__aiter__()
-
-        async def next_piece() -> str:
-            return await anext(pieces)
-
-        while True:
-            try:
-                yield runner.run(next_piece())
-            except StopAsyncIteration:
-                return
+    def stream(self, request: RequestLike) -> SyncTextStream:
+        """Sync :meth:`astream`: ``for piece in router.stream(req)``; then ``.result``."""
+        return SyncTextStream(self._sync(), TextStream(self, request))
 
     # -- hooks --------------------------------------------------------------------------------------
     def _notify(self, hook: str, **kwargs: Any) -> None:
@@ -700,6 +691,30 @@ class TextStream:
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._router._stream(self)
+
+
+class SyncTextStream:
+    """Iterator of generated text for sync code; ``result`` is set once the stream is complete."""
+
+    def __init__(self, runner: asyncio.Runner, stream: TextStream) -> None:
+        self._runner = runner
+        self._stream = stream
+
+    @property
+    def result(self) -> Result | None:
+        return self._stream.result
+
+    def __iter__(self) -> Iterator[str]:
+        pieces = self._stream.__aiter__()
+
+        async def next_piece() -> str:
+            return await anext(pieces)
+
+        while True:
+            try:
+                yield self._runner.run(next_piece())
+            except StopAsyncIteration:
+                return
 
 
 async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
@@ -808,4 +823,4 @@ def _task_names() -> set[str]:
     return set(TASKS)
 
 
-__all__ = ["BatchItem", "RoutePlan", "Router", "TextStream", "invalid_request_from"]
+__all__ = ["BatchItem", "RoutePlan", "Router", "SyncTextStream", "TextStream", "invalid_request_from"]
