@@ -15,9 +15,8 @@ same keys (even if the day changed in between), so the spend a limit admitted is
 On-disk records (all keys are strings; ``|`` separates parts). The hot state is one record, so a
 reservation is one read and one write inside its transaction, whatever the number of scopes and limits:
 
-* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: expires_at},
-  "scopes": [...]}``; counters of past periods with nothing reserved move out to
-* ``o|<id>`` → the record of an open reservation
+* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: packed
+  reservation}, "scopes": [...]}``; counters of past periods with nothing reserved move out to
 * ``c|<scope>|<period>|<period_key>`` → ``(spent, reserved)`` micro-dollars (archived counters)
 * ``closed|<id>`` → ``{"status": "reclaimed", "res": record}`` for reclaimed reservations
 * ``w|<scope>|<period>|<period_key>|<limit micros>`` → warned already
@@ -80,7 +79,7 @@ CSV_HEADER: tuple[str, ...] = (
 (provider + model), ``day`` (settled spend), ``savings`` (``spent_usd`` = cost avoided by cache hits,
 ``count`` = hits) or ``usage`` (one scope in one period). Columns a group does not use are empty."""
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _STATE = "state"
 _SEP = "|"
 _RECENT_LIMIT = 4096  # finished reservation ids remembered, to name a double settle or release
@@ -211,8 +210,34 @@ def period_keys_at(now: float) -> dict[str, str]:
     return {"total": "total", "daily": moment.strftime("%Y-%m-%d"), "monthly": moment.strftime("%Y-%m")}
 
 
-def _open_key(rid: str) -> str:
-    return _SEP.join(("o", rid))
+def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """An open reservation as a compact tuple: the state record holds every open one."""
+    return (
+        rec["micros"],
+        rec["expires_at"],
+        rec["created_at"],
+        tuple(rec["scopes"]),
+        rec["provider"],
+        rec["model"],
+        rec["task"],
+        rec["request_key"],
+    )
+
+
+def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
+    micros, expires_at, created_at, scopes, provider, model, task, request_key = packed
+    keys = period_keys_at(created_at)
+    return {
+        "micros": micros,
+        "expires_at": expires_at,
+        "created_at": created_at,
+        "scopes": list(scopes),
+        "provider": provider,
+        "model": model,
+        "task": task,
+        "request_key": request_key,
+        "period_keys": [[scope, period, keys[period]] for scope in scopes for period in PERIODS],
+    }
 
 
 def _counter_key(scope: str, period: str, period_key: str) -> str:
@@ -325,10 +350,11 @@ class Ledger:
         old_spent, old_reserved = self._get_counter(state, scope, period, period_key)
         state["counters"][(scope, period, period_key)] = [old_spent + spent, old_reserved + reserved]
 
-    def _take_open(self, rid: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _take_open(state: dict[str, Any], rid: str) -> dict[str, Any] | None:
         """Inside a transaction: remove and return an open reservation's record."""
-        rec: dict[str, Any] | None = self._cache.pop(_open_key(rid), None)
-        return rec
+        packed = state["open"].pop(rid, None)
+        return None if packed is None else _unpack(packed)
 
     def _append(self, entry: LedgerEntry) -> None:
         key = _SEP.join(("e", f"{time.time_ns():020d}", uuid.uuid4().hex[:12]))
@@ -409,11 +435,9 @@ class Ledger:
 
     def _reclaim(self, state: dict[str, Any], now: float, at: datetime) -> int:
         """Inside a transaction: release every expired open reservation (``state`` mutated) as "reclaimed"."""
-        open_: dict[str, float] = state["open"]
-        expired = [rid for rid, expires_at in open_.items() if expires_at <= now]
+        expired = [rid for rid, packed in state["open"].items() if packed[1] <= now]
         for rid in expired:
-            del open_[rid]
-            rec = self._take_open(rid)
+            rec = self._take_open(state, rid)
             if rec is None:
                 continue
             for scope, period, key in rec["period_keys"]:
@@ -490,8 +514,7 @@ class Ledger:
             if refusal is None:
                 for scope, period, key in period_keys:
                     self._add_counter(state, scope, period, key, reserved=micros)
-                state["open"][rid] = rec["expires_at"]
-                self._cache.set(_open_key(rid), rec)
+                state["open"][rid] = _pack(rec)
                 seen = set(state["scopes"])
                 if not seen.issuperset(scope_list):
                     state["scopes"] = sorted(seen.union(scope_list))
@@ -520,7 +543,7 @@ class Ledger:
         rid = reservation.id
         with self._txn():
             state = self._load()
-            rec = self._take_open(rid) if state["open"].pop(rid, None) is not None else None
+            rec = self._take_open(state, rid)
             if rec is not None:
                 for scope, period, key in rec["period_keys"]:
                     self._add_counter(state, scope, period, key, spent=micros, reserved=-rec["micros"])
@@ -569,7 +592,7 @@ class Ledger:
         rid = reservation.id
         with self._txn():
             state = self._load()
-            rec = self._take_open(rid) if state["open"].pop(rid, None) is not None else None
+            rec = self._take_open(state, rid)
             if rec is not None:
                 for scope, period, key in rec["period_keys"]:
                     self._add_counter(state, scope, period, key, reserved=-rec["micros"])
@@ -678,7 +701,7 @@ class Ledger:
             return None
         with self._guard():
             state = self._load()
-            if any(expires_at <= now for expires_at in state["open"].values()):
+            if any(packed[1] <= now for packed in state["open"].values()):
                 with self._cache.transact():
                     state = self._load()
                     if self._reclaim(state, now, at):
@@ -721,8 +744,8 @@ class Ledger:
     def open_reservations(self) -> list[Reservation]:
         """Reservations neither settled, released nor reclaimed, oldest first."""
         with self._guard():
-            records = [(rid, self._cache.get(_open_key(rid))) for rid in self._load()["open"]]
-        found = [self._to_reservation(rid, rec) for rid, rec in records if rec is not None]
+            records = [(rid, _unpack(packed)) for rid, packed in self._load()["open"].items()]
+        found = [self._to_reservation(rid, rec) for rid, rec in records]
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     def entries(self) -> Iterator[LedgerEntry]:
