@@ -1,0 +1,65 @@
+"""Backoff and cooldown: the two timing policies behind retries and fallback."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from genroute.cooldown import Cooldowns
+from genroute.retry import Backoff
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    backoff = Backoff(initial=0.5, maximum=4.0)
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        delays = [backoff.delay(attempt, rng=rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # full jitter reaches near the ceiling
+
+
+def test_backoff_never_waits_less_than_retry_after() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0)
+    assert all(backoff.delay(1, retry_after=3.0) >= 3.0 for _ in range(50))
+    assert backoff.delay(5, retry_after=0) <= 1.0
+
+
+def test_provider_cools_down_after_consecutive_failures_then_returns() -> None:
+    clock = Clock()
+    cooldowns = Cooldowns(after_failures=3, seconds=30, clock=clock)
+    assert not cooldowns.failure("p")
+    assert not cooldowns.failure("p")
+    assert cooldowns.failure("p")  # the third in a row starts the cooldown
+    assert cooldowns.remaining("p") == pytest.approx(30)
+    clock.now += 29
+    assert cooldowns.remaining("p") == pytest.approx(1)
+    clock.now += 2
+    assert cooldowns.remaining("p") == 0  # back in rotation
+    # on probation: one more failure cools it down again at once
+    assert cooldowns.failure("p")
+    assert cooldowns.remaining("p") == pytest.approx(30)
+
+
+def test_success_resets_the_count_and_providers_are_independent() -> None:
+    clock = Clock()
+    cooldowns = Cooldowns(after_failures=2, seconds=10, clock=clock)
+    cooldowns.failure("a")
+    cooldowns.success("a")
+    assert not cooldowns.failure("a")  # the count restarted
+    assert cooldowns.failure("a")
+    assert cooldowns.remaining("b") == 0
+
+
+def test_zero_cooldown_never_takes_a_provider_out() -> None:
+    cooldowns = Cooldowns(after_failures=1, seconds=0, clock=Clock())
+    assert not cooldowns.failure("p")
+    assert cooldowns.remaining("p") == 0

@@ -1,0 +1,61 @@
+"""URL inputs are fetched by the router over real HTTP; the key holds their content hash, not the URL."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from pytest_httpserver import HTTPServer
+
+from conftest import mock_section
+from genroute.errors import InvalidRequest
+from genroute.keys import request_key
+from genroute.types import Upscale
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 60), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def router(settings_factory, router_factory):  # type: ignore[no-untyped-def]
+    settings = settings_factory({"mock": mock_section()}, routing={"max_input_bytes": 64 * 1024})
+    return router_factory(settings, entry_points=True)
+
+
+async def test_url_input_is_fetched_and_keyed_by_content(router, httpserver: HTTPServer) -> None:  # type: ignore[no-untyped-def]
+    red = _png((255, 0, 0))
+    httpserver.expect_request("/red.png").respond_with_data(red, content_type="image/png")
+    httpserver.expect_request("/same.png").respond_with_data(red, content_type="image/png")
+
+    first = await router.arun({"task": "upscale", "image": httpserver.url_for("/red.png"), "scale": 2})
+    with Image.open(first.artifacts[0].path) as image:
+        assert image.size == (160, 120)
+    assert first.request_key == request_key(Upscale(image=red, scale=2))
+
+    # Another URL serving the same bytes is the same request: a hit, nothing charged.
+    again = await router.arun({"task": "upscale", "image": httpserver.url_for("/same.png"), "scale": 2})
+    assert again.cached and again.actual_cost == 0
+
+
+async def test_same_url_with_new_bytes_is_a_new_request(router, httpserver: HTTPServer) -> None:  # type: ignore[no-untyped-def]
+    httpserver.expect_ordered_request("/img.png").respond_with_data(_png((0, 0, 255)), content_type="image/png")
+    httpserver.expect_ordered_request("/img.png").respond_with_data(_png((0, 255, 0)), content_type="image/png")
+    first = await router.arun({"task": "upscale", "image": httpserver.url_for("/img.png")})
+    second = await router.arun({"task": "upscale", "image": httpserver.url_for("/img.png")})
+    assert first.request_key != second.request_key
+    assert not second.cached
+
+
+async def test_unreachable_or_oversized_url_names_the_field_and_spends_nothing(router, httpserver: HTTPServer) -> None:  # type: ignore[no-untyped-def]
+    httpserver.expect_request("/missing.png").respond_with_data("nope", status=404)
+    httpserver.expect_request("/huge.png").respond_with_data(b"\x89PNG" + b"0" * (200 * 1024))
+    for path, words in (("/missing.png", "HTTP 404"), ("/huge.png", "larger than")):
+        with pytest.raises(InvalidRequest) as info:
+            await router.arun({"task": "remove-background", "image": httpserver.url_for(path)})
+        assert info.value.field == "image" and words in str(info.value)
+    assert list(router.ledger.entries()) == []
+    assert router.store is not None and router.store.stats().entries == 0

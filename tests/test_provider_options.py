@@ -1,0 +1,69 @@
+"""Provider options from plugins.toml are checked by the provider's own model, naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from genroute.config import ProviderSettings
+from genroute.errors import ConfigError
+from genroute.provider import Provider, catalogue_tasks
+from genroute_mock import MockOptions, MockProvider
+
+
+class _Bare(Provider):
+    name = "bare"
+
+    async def run(self, request, offer, ctx):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+class _Opts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region: str = "eu"
+
+
+class _WithOptions(_Bare):
+    name = "opts"
+    options_model = _Opts
+
+
+def test_mock_options_are_validated_with_the_key_path() -> None:
+    provider = MockProvider()
+    checked = provider.check_options(ProviderSettings(options={"latency_seconds": 0.2}))
+    assert isinstance(checked, MockOptions) and checked.latency_seconds == 0.2
+    with pytest.raises(ConfigError) as info:
+        provider.check_options(ProviderSettings(options={"failure_rate": 2}), "my.toml")
+    assert "my.toml" in str(info.value) and "providers.mock.options.failure_rate" in str(info.value)
+    with pytest.raises(ConfigError, match=r"providers\.mock\.options\.latency"):
+        provider.check_options(ProviderSettings(options={"latency": 1}))
+
+
+def test_a_provider_without_options_refuses_any() -> None:
+    assert _Bare().check_options(ProviderSettings()) is None
+    with pytest.raises(ConfigError, match=r"providers\.bare\.options"):
+        _Bare().check_options(ProviderSettings(options={"x": 1}))
+
+
+def test_custom_options_model_defaults_apply() -> None:
+    checked = _WithOptions().check_options(ProviderSettings())
+    assert isinstance(checked, _Opts) and checked.region == "eu"
+
+
+def test_catalogue_rows_come_in_task_then_tier_order() -> None:
+    section = ProviderSettings.model_validate(
+        {
+            "models": {
+                "text-generation": {"quality": {"model": "q", "unit": "request", "price": "1"}},
+                "text-to-image": {
+                    "quality": {"model": "c", "unit": "output", "price": "1"},
+                    "fast": {"model": "a", "unit": "output", "price": "1"},
+                },
+            }
+        }
+    )
+    assert catalogue_tasks(section) == [
+        ("text-to-image", "fast", "a"),
+        ("text-to-image", "quality", "c"),
+        ("text-generation", "quality", "q"),
+    ]
