@@ -292,12 +292,12 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
         for number, data in _jsonl(args.file):
             request = _validated(args.file, number, data)
             if isinstance(request, InvalidRequest):
-                rows.append({"line": number, "error": request.message})
+                rows.append({"line": number, "error": redact(request.message)})
                 continue
             try:
                 plan = router.plan(request)
             except GenrouteError as exc:
-                rows.append({"line": number, "error": exc.message})
+                rows.append({"line": number, "error": redact(f"{args.file}:{number}: {exc.message}")})
                 continue
             row: dict[str, Any] = {"line": number, "task": request.task_name, "tier": request.tier}
             if plan.cached:

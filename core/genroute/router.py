@@ -299,7 +299,8 @@ class Router:
     async def aplan(self, request: RequestLike) -> RoutePlan:
         """Where ``request`` would go, at what estimated price; spends and records nothing."""
         model, key = await self._prepare(request)
-        cached = bool(self.store and model.cache == "use" and self.store.get(key) is not None)
+        hit = self.store.get(key) if self.store is not None and model.cache == "use" else None
+        cached = hit is not None and hit.provider in self.settings.active.providers
         candidates, rejections = self._candidates(model)
         return RoutePlan(request_key=key, cached=cached, candidates=candidates, rejections=rejections)
 
@@ -453,10 +454,10 @@ class Router:
             except ProviderError as exc:
                 if not exc.retryable or tries.count >= max_attempts:
                     raise
-                tries.incurred += exc.incurred or Decimal(0)
                 delay = self.backoff.delay(tries.count, exc.retry_after)
                 if loop.time() + delay >= deadline:
                     raise
+                tries.incurred += exc.incurred or Decimal(0)  # only once it is certain the error is not raised
                 log.info("%s: %s; retry %d in %.2fs", offer.provider, redact(exc.message), tries.count + 1, delay)
                 await asyncio.sleep(delay)
 

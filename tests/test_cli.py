@@ -1,0 +1,470 @@
+"""The ``genroute`` command end to end, through a subprocess per invocation.
+
+Every test runs the CLI as ``python -m genroute.cli`` in its own ``tmp_path`` (the working directory and
+``GENROUTE_HOME``) against the repository's ``plugins.toml`` (offline profile: the built-in mock), so the
+ledger, the store and ``out/`` are fresh for each test and nothing outside ``tmp_path`` is touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import wave
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = REPO_ROOT / "plugins.toml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOKEN_VARIABLES = ("REPLICATE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SIMULATED_DAILY = '{ scope = "simulated", period = "daily", usd = "5.00" }'
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """``cli(*args, env=None, rc=None)``: run genroute in ``tmp_path``; ``rc`` asserts the exit code."""
+
+    def run(*args: str | Path, env: Mapping[str, str] | None = None, rc: int | None = None):
+        environ = dict(os.environ)
+        for name in ("GENROUTE_PROFILE", "FORCE_COLOR", *TOKEN_VARIABLES):
+            environ.pop(name, None)
+        environ.update({"GENROUTE_CONFIG": str(CONFIG), "GENROUTE_HOME": str(tmp_path), "NO_COLOR": "1"})
+        environ.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "genroute.cli", *map(str, args)],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if rc is not None:
+            assert proc.returncode == rc, f"exit {proc.returncode}, expected {rc}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("genroute: error:")]
+
+
+def budget_state(cli: Cli) -> dict[str, Any]:
+    """``budget --json`` without its timestamp: what a command must leave unchanged to have spent nothing."""
+    report = json.loads(cli("budget", "--json", rc=0).stdout)
+    report.pop("generated_at")
+    return report
+
+
+def usage_spent(report: Mapping[str, Any], scope: str, period: str = "total") -> Decimal:
+    for row in report["usage"]:
+        if row["scope"] == scope and row["period"] == period:
+            return Decimal(row["spent"])
+    return Decimal(0)
+
+
+def config_copy(directory: Path, old: str, new: str, name: str = "plugins.toml") -> Path:
+    """The repository's plugins.toml with one exact text replaced, written to ``directory/name``."""
+    text = CONFIG.read_text(encoding="utf-8")
+    assert old in text, f"plugins.toml no longer contains {old!r}; update the test"
+    target = directory / name
+    target.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return target
+
+
+def write_jsonl(path: Path, lines: list[str | dict[str, Any]]) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def write_wav(path: Path, seconds: float = 2.0, rate: int = 16_000) -> Path:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        frames = bytearray()
+        for i in range(int(seconds * rate)):
+            frames += (8000 if (i // 40) % 2 else -8000).to_bytes(2, "little", signed=True)
+        handle.writeframes(bytes(frames))
+    return path
+
+
+# Line numbers as a reader counts them: 2 is a comment, 3 is blank.
+MIXED = [
+    {"task": "text-to-image", "prompt": "a lighthouse", "tier": "fast"},
+    "# a comment",
+    "",
+    '{"task": "text-to-image", "prompt": ',
+    {"task": "text-to-video", "prompt": "waves", "duration_seconds": 99},
+    {"task": "text-generation", "prompt": "Once upon a time", "tier": "fast", "max_tokens": 64},
+    {"task": "upscale", "image": "in.png", "provider": "replicate"},
+]
+GOOD = [
+    {"task": "text-to-image", "prompt": "a red kite", "tier": "fast"},
+    {"task": "text-to-speech", "text": "Your order has shipped.", "tier": "fast"},
+    {"task": "text-generation", "prompt": "Summarise this", "tier": "fast", "max_tokens": 32},
+]
+
+
+def png_input(tmp_path: Path) -> Path:
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(tmp_path / "in.png")
+    return tmp_path / "in.png"
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def test_run_writes_a_png_and_a_repeat_is_served_from_the_store(cli, tmp_path):
+    first = cli("run", "a lighthouse", "--task", "text-to-image", "--tier", "fast", "--output-dir", "pics", rc=0)
+
+    files = sorted((tmp_path / "pics").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".png"
+    data = files[0].read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+    assert "mock · mock/flux-schnell · fast" in first.stderr
+    assert "cost $0.003" in first.stderr
+    assert f"wrote {Path('pics') / files[0].name}" in first.stderr
+    assert first.stdout.strip() == ""  # an image result prints nothing on stdout
+    spent = usage_spent(budget_state(cli), "provider:mock")
+    assert spent == Decimal("0.003")
+
+    second = cli("run", "a lighthouse", "--task", "text-to-image", "--tier", "fast", "--output-dir", "pics", rc=0)
+
+    assert "cached" in second.stderr
+    assert "cost $0.00" in second.stderr and "attempts 0" in second.stderr
+    assert files[0].read_bytes() == data
+    report = budget_state(cli)
+    assert usage_spent(report, "provider:mock") == spent  # no new spend
+    assert Decimal(report["savings"]) == Decimal("0.003")
+    assert report["saved_requests"] == 1
+
+
+def test_run_json_prints_the_result_and_the_saved_paths(cli, tmp_path):
+    proc = cli("run", "a red kite", "--tier", "fast", "--json", rc=0)
+
+    payload = json.loads(proc.stdout)
+    assert payload["provider"] == "mock"
+    assert payload["model"] == "mock/flux-schnell"
+    assert Decimal(payload["actual_cost"]) == Decimal("0.003")
+    assert payload["cached"] is False
+    assert len(payload["saved"]) == 1
+    saved = tmp_path / payload["saved"][0]
+    assert saved.is_file() and saved.read_bytes().startswith(PNG_MAGIC)
+    assert Path(payload["artifacts"][0]["path"]).is_file()  # the store's copy
+
+
+def test_text_generation_streams_text_to_stdout(cli):
+    proc = cli("run", "Once upon a time", "--task", "text-generation", "--tier", "fast", rc=0)
+
+    text = proc.stdout.strip()
+    assert len(text.split()) >= 3
+    assert "genroute:" not in proc.stdout
+    assert "mock · mock/llama-8b · fast" in proc.stderr
+    assert text not in proc.stderr  # the text goes to stdout, the summary to stderr
+
+
+def test_speech_to_text_writes_srt_and_vtt_subtitles(cli, tmp_path):
+    write_wav(tmp_path / "call.wav")
+
+    proc = cli("run", "--task", "speech-to-text", "--input", "call.wav", rc=0)
+
+    out = tmp_path / "out"
+    (srt,) = out.glob("*.srt")
+    (vtt,) = out.glob("*.vtt")
+    assert srt.stem == vtt.stem and srt.stem.startswith("speech-to-text-")
+    assert "-->" in srt.read_text(encoding="utf-8")
+    assert vtt.read_text(encoding="utf-8").startswith("WEBVTT")
+    assert proc.stdout.strip()  # the transcript
+    assert f"wrote {Path('out') / srt.name}" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+def test_a_bad_field_exits_4_with_a_one_line_message_and_no_traceback(cli, tmp_path):
+    proc = cli("run", "a fox", "--param", "num_outputs=9", rc=4)
+
+    (line,) = error_lines(proc.stderr)
+    assert "num_outputs" in line
+    assert "what to do:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("task", ["upscale", "speech-to-text"])
+def test_a_task_that_needs_an_input_file_without_one_exits_4(cli, task):
+    proc = cli("run", "--task", task, rc=4)
+
+    (line,) = error_lines(proc.stderr)
+    assert "--input" in line and task in line
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["before the command", "after the command"])
+def test_an_unknown_profile_exits_3_and_names_the_known_ones(cli, where):
+    args = ["--profile", "nope", "run", "x"] if where == "before the command" else ["run", "x", "--profile", "nope"]
+
+    proc = cli(*args, rc=3)
+
+    (line,) = error_lines(proc.stderr)
+    assert "'nope'" in line
+    for known in ("offline", "dev", "prod"):
+        assert known in line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ('default_profile = "offline"', 'default_profile = "offline"\ncolour = "blue"', "colour"),
+        ("[store]\n", "[store]\nmax_size = 1\n", "store.max_size"),
+    ],
+)
+def test_an_invalid_config_file_exits_3_naming_file_and_key(cli, tmp_path, old, new, key):
+    bad = config_copy(tmp_path, old, new, name="bad.toml")
+
+    proc = cli("providers", "--config", bad, rc=3)
+
+    (line,) = error_lines(proc.stderr)
+    assert str(bad) in line
+    assert key in line and "unknown key" in line
+
+
+def test_a_config_file_holding_a_token_is_refused(cli, tmp_path):
+    bad = config_copy(tmp_path, "[providers.replicate]\n", '[providers.replicate]\napi_token = "r8_not_real"\n')
+
+    proc = cli("run", "x", env={"GENROUTE_CONFIG": str(bad)}, rc=3)
+
+    (line,) = error_lines(proc.stderr)
+    assert "providers.replicate.api_token" in line and str(bad) in line
+    assert "r8_not_real" not in proc.stderr + proc.stdout
+
+
+def test_a_budget_stop_exits_5_and_says_over_budget(cli, tmp_path):
+    tiny = config_copy(tmp_path, SIMULATED_DAILY, SIMULATED_DAILY.replace("5.00", "0.001"), name="tiny.toml")
+
+    proc = cli("run", "a lighthouse", "--tier", "fast", "--config", tiny, rc=5)
+
+    (line,) = error_lines(proc.stderr)
+    assert "no provider could serve" in line
+    assert "over budget" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    report = json.loads(cli("budget", "--json", "--config", tiny, rc=0).stdout)
+    assert usage_spent(report, "simulated") == 0
+    assert all(Decimal(row["reserved"]) == 0 for row in report["usage"])
+
+
+def test_debug_shows_a_traceback_only_when_asked(cli):
+    quiet = cli("run", "x", "--param", "num_outputs=9", rc=4)
+    loud = cli("run", "x", "--param", "num_outputs=9", "--debug", rc=4)
+
+    assert "Traceback" not in quiet.stderr
+    assert "Traceback (most recent call last)" in loud.stderr
+    assert "InvalidRequest" in loud.stderr
+    assert error_lines(quiet.stderr) == error_lines(loud.stderr)
+
+
+# --------------------------------------------------------------------------------------------------- plan
+
+
+def test_plan_reports_each_line_and_spends_nothing(cli, tmp_path):
+    png_input(tmp_path)
+    write_jsonl(tmp_path / "reqs.jsonl", MIXED)
+    before = budget_state(cli)
+
+    proc = cli("plan", "reqs.jsonl", "--json", rc=10)
+    table = cli("plan", "reqs.jsonl", rc=10)
+
+    assert budget_state(cli) == before
+    assert not (tmp_path / "out").exists()
+    rows = {row["line"]: row for row in json.loads(proc.stdout)["requests"]}
+    assert sorted(rows) == [1, 4, 5, 6, 7]
+    assert rows[1]["route"] == "mock · mock/flux-schnell" and Decimal(rows[1]["estimate"]) == Decimal("0.003")
+    assert rows[6]["route"] == "mock · mock/llama-8b"
+    assert "reqs.jsonl:4" in rows[4]["error"] and "not valid JSON" in rows[4]["error"]
+    assert "reqs.jsonl:5" in rows[5]["error"] and "duration_seconds" in rows[5]["error"]
+    assert "replicate" in rows[7]["error"]
+    summary = json.loads(proc.stdout)["summary"]
+    assert (summary["requests"], summary["unroutable"]) == (5, 3)
+    assert "reqs.jsonl:4" in table.stdout and "reqs.jsonl:5" in table.stdout
+
+
+# --------------------------------------------------------------------------------------------------- batch
+
+
+def test_batch_reports_every_line_with_its_status_and_exits_10_when_some_fail(cli, tmp_path):
+    png_input(tmp_path)
+    write_jsonl(tmp_path / "mixed.jsonl", MIXED)
+
+    proc = cli("batch", "mixed.jsonl", "--results", "out.jsonl", "--no-progress", rc=10)
+
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    by_line = {r["line"]: r for r in records}
+    assert len(records) == len(by_line) == 5
+    assert sorted(by_line) == [1, 4, 5, 6, 7]
+    assert {n for n, r in by_line.items() if r["status"] == "ok"} == {1, 6}
+    assert by_line[1]["provider"] == "mock" and Path(by_line[1]["files"][0]).is_file()
+    assert by_line[6]["text"]
+    assert (by_line[4]["kind"], by_line[5]["kind"], by_line[7]["kind"]) == (
+        "InvalidRequest",
+        "InvalidRequest",
+        "NoRouteAvailable",
+    )
+    assert "mixed.jsonl:4" in by_line[4]["error"] and "mixed.jsonl:5" in by_line[5]["error"]
+    assert proc.stdout.strip() == ""  # results went to the file
+    assert "3 failed" in proc.stderr
+
+
+def test_batch_of_good_lines_exits_0_and_a_rerun_is_all_cached_with_no_new_spend(cli, tmp_path):
+    write_jsonl(tmp_path / "good.jsonl", GOOD)
+
+    cli("batch", "good.jsonl", "--results", "first.jsonl", "--no-progress", rc=0)
+    first = [json.loads(line) for line in (tmp_path / "first.jsonl").read_text().splitlines()]
+    spent = budget_state(cli)
+    second_proc = cli("batch", "good.jsonl", "--results", "second.jsonl", "--no-progress", rc=0)
+    second = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
+    after = budget_state(cli)
+
+    assert sorted(r["line"] for r in first) == sorted(r["line"] for r in second) == [1, 2, 3]
+    assert all(r["status"] == "ok" and r["cached"] is False for r in first)
+    assert all(r["status"] == "ok" and r["cached"] is True and Decimal(r["cost"]) == 0 for r in second)
+    assert after["usage"] == spent["usage"]
+    assert after["by_provider"] == spent["by_provider"]
+    assert after["saved_requests"] == spent["saved_requests"] + 3
+    assert "3 from the store" in second_proc.stderr
+
+
+def test_batch_results_file_is_appended_to(cli, tmp_path):
+    write_jsonl(tmp_path / "one.jsonl", GOOD[:1])
+
+    cli("batch", "one.jsonl", "--results", "res.jsonl", "--no-progress", rc=0)
+    cli("batch", "one.jsonl", "--results", "res.jsonl", "--no-progress", rc=0)
+
+    records = [json.loads(line) for line in (tmp_path / "res.jsonl").read_text().splitlines()]
+    assert [r["cached"] for r in records] == [False, True]
+
+
+# --------------------------------------------------------------------------------------------------- inspection
+
+
+def test_providers_json_lists_the_mock_available_and_real_providers_not_installed(cli):
+    payload = json.loads(cli("providers", "--json", rc=0).stdout)
+
+    assert payload["profile"] == "offline"
+    status = {p["provider"]: p for p in payload["providers"]}
+    assert status["mock"]["status"] == "available" and status["mock"]["in_profile"] is True
+    assert {m["task"] for m in status["mock"]["models"]} >= {"text-to-image", "speech-to-text", "text-generation"}
+    for name in ("replicate", "huggingface"):
+        assert status[name]["status"] == "not installed"
+        assert status[name]["in_profile"] is False
+
+
+def test_budget_json_and_exports_are_parseable(cli, tmp_path):
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+
+    proc = cli("budget", "--json", "--export-csv", "rep/report.csv", "--export-json", "rep/report.json", rc=0)
+
+    report = json.loads(proc.stdout)
+    assert usage_spent(report, "simulated") == Decimal("0.003")
+    assert usage_spent(report, "global") == 0  # the mock's money is simulated
+    rows = list(csv.DictReader((tmp_path / "rep" / "report.csv").read_text(encoding="utf-8").splitlines()))
+    assert list(rows[0]) == [
+        "group", "provider", "model", "day", "scope", "period", "period_key",
+        "limit_usd", "spent_usd", "reserved_usd", "left_usd", "count",
+    ]  # fmt: skip
+    (mock_row,) = [r for r in rows if r["group"] == "provider"]
+    assert mock_row["provider"] == "mock" and Decimal(mock_row["spent_usd"]) == Decimal("0.003")
+    exported = json.loads((tmp_path / "rep" / "report.json").read_text(encoding="utf-8"))
+    assert exported["usage"] == report["usage"]
+    assert "wrote rep/report.csv" in proc.stderr and "wrote rep/report.json" in proc.stderr
+
+
+def test_cache_stats_and_clear(cli, tmp_path):
+    empty = json.loads(cli("cache", "stats", "--json", rc=0).stdout)
+    assert (empty["entries"], empty["hits"], empty["misses"]) == (0, 0, 0)
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+
+    stats = json.loads(cli("cache", "stats", "--json", rc=0).stdout)
+    cleared = cli("cache", "clear", rc=0)
+
+    assert stats["entries"] == 1 and stats["bytes"] > 0 and stats["hits"] == 1
+    assert Decimal(stats["saved_usd"]) == Decimal("0.003")
+    assert "removed 1 result(s)" in cleared.stdout
+    assert json.loads(cli("cache", "clear", "--json", rc=0).stdout) == {"removed": 0}
+    after = json.loads(cli("cache", "stats", "--json", rc=0).stdout)
+    assert (after["entries"], after["hits"], after["misses"], Decimal(after["saved_usd"])) == (0, 0, 0, 0)
+    assert after["bytes"] < stats["bytes"]  # what is left is the databases' own pages
+    assert not [p for p in (tmp_path / ".genroute" / "store").rglob("*.png")]
+    rerun = cli("run", "a lighthouse", "--tier", "fast", rc=0)
+    assert "cached" not in rerun.stderr
+
+
+# --------------------------------------------------------------------------------------------------- secrets
+
+CANARIES = {"REPLICATE_API_TOKEN": "r8_CanaryReplicate7f3a9c", "HF_TOKEN": "hf_CanaryHugging2b8d41"}
+
+
+def test_token_values_never_appear_in_output_or_in_files(cli, tmp_path, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    token_config = config_copy(
+        elsewhere,
+        "[providers.replicate]\n",
+        f'[providers.replicate]\napi_token = "{CANARIES["REPLICATE_API_TOKEN"]}"\n',
+    )
+    write_wav(tmp_path / "call.wav", seconds=1)
+    write_jsonl(tmp_path / "reqs.jsonl", [*GOOD, '{"task": ', {"task": "upscale", "image": "missing.png"}])
+    missing_config = elsewhere / f"{CANARIES['HF_TOKEN']}.toml"  # an error message naming this path must mask it
+    commands: list[tuple[list[str | Path], int]] = [
+        (["run", "a lighthouse", "--tier", "fast", "--debug"], 0),
+        (["run", "a lighthouse", "--tier", "fast", "--json", "--debug"], 0),
+        (["run", "Once upon a time", "--task", "text-generation", "--debug"], 0),
+        (["run", "--task", "speech-to-text", "--input", "call.wav", "--debug"], 0),
+        (["plan", "reqs.jsonl", "--json", "--debug"], 10),
+        (["batch", "reqs.jsonl", "--no-progress", "--debug"], 10),
+        (["providers", "--json", "--profile", "prod", "--debug"], 0),
+        (["budget", "--export-csv", "b.csv", "--export-json", "b.json", "--debug"], 0),
+        (["cache", "stats", "--debug"], 0),
+        (["run", "x", "--profile", "prod", "--debug"], 6),
+        (["run", "x", "--param", "num_outputs=9", "--debug"], 4),
+        (["run", "x", "--profile", "nope", "--debug"], 3),
+        (["run", "x", "--config", token_config, "--debug"], 3),
+        (["run", "x", "--config", missing_config, "--debug"], 3),
+    ]
+    printed = []
+    for args, rc in commands:
+        proc = cli(*args, env=CANARIES, rc=rc)
+        printed.append(proc.stdout + proc.stderr)
+
+    everything = "\n".join(printed)
+    assert "Traceback" in everything  # the error paths did run with --debug
+    assert "***" in everything  # the missing config's path was masked, not dropped
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 5  # ledger, store, outputs, exports
+    for canary in CANARIES.values():
+        assert canary not in everything
+        leaks = [p for p in written if canary.encode() in p.read_bytes()]
+        assert not leaks, f"{canary} written to {leaks}"
+
+
+def test_plan_masks_tokens_in_its_per_line_errors(cli, tmp_path):
+    canary = CANARIES["HF_TOKEN"]
+    write_jsonl(tmp_path / "reqs.jsonl", [{"task": "upscale", "image": f"/nonexistent/{canary}.png"}])
+
+    plan = cli("plan", "reqs.jsonl", "--json", env=CANARIES, rc=10)
+    batch = cli("batch", "reqs.jsonl", "--no-progress", env=CANARIES, rc=10)
+
+    assert canary not in batch.stdout + batch.stderr and "***" in batch.stdout  # batch masks it
+    assert canary not in plan.stdout + plan.stderr
