@@ -242,6 +242,7 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
             "budget": {"limits": list(limits or [])},
             "ledger": {"path": str(tmp_path / "ledger")},
             "store": {"path": str(tmp_path / "store"), **(store or {})},
+            "jobs": {"path": str(tmp_path / "jobs")},
             "routing": {**FAST_ROUTING, **(routing or {})},
             **top,
         }

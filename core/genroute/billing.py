@@ -18,17 +18,18 @@ from .types import (
     TextGeneration,
     TextToSpeech,
     TextToVideo,
+    Usage,
 )
 
 _WORDS_PER_SECOND = Decimal("2.5")  # ~150 spoken words per minute
 _FALLBACK_AUDIO_BYTES_PER_SECOND = 16_000  # 128 kbit/s when the container's header cannot be read
 
 
-def requested_outputs(request: RequestModel) -> int:
+def requested_outputs(request: RequestModel | None) -> int:
     return int(getattr(request, "num_outputs", 1))
 
 
-def _media_seconds(request: RequestModel) -> Decimal:
+def _media_seconds(request: RequestModel | None) -> Decimal:
     if isinstance(request, TextToVideo | ImageToVideo):
         return Decimal(str(request.duration_seconds))
     if isinstance(request, TextToSpeech):
@@ -36,7 +37,7 @@ def _media_seconds(request: RequestModel) -> Decimal:
     return Decimal(0)
 
 
-def input_audio_seconds(request: RequestModel) -> Decimal:
+def input_audio_seconds(request: RequestModel | None) -> Decimal:
     """Length of a speech-to-text input: exact for WAV, from the byte size otherwise."""
     if not isinstance(request, SpeechToText):
         return Decimal(0)
@@ -65,7 +66,7 @@ def wav_seconds(data: bytes) -> float | None:
     return None
 
 
-def quantity(entry: ModelEntry, request: RequestModel, output: ProviderOutput | None = None) -> Decimal:
+def quantity(entry: ModelEntry, request: RequestModel | None, output: ProviderOutput | None = None) -> Decimal:
     """How many units of ``entry.unit`` the request uses: estimated, or measured from ``output``."""
     usage = output.usage if output is not None else None
     outputs = Decimal(usage.outputs if usage and usage.outputs is not None else requested_outputs(request))
@@ -102,7 +103,16 @@ def estimate(entry: ModelEntry, request: RequestModel) -> Decimal:
     return entry.price * quantity(entry, request)
 
 
-def actual(entry: ModelEntry, request: RequestModel, output: ProviderOutput) -> Decimal:
+def usage_hint(entry: ModelEntry, request: RequestModel) -> Usage:
+    """What is known of a request's billable quantities before it runs (kept with a job for settling)."""
+    return Usage(
+        outputs=requested_outputs(request),
+        media_seconds=float(_media_seconds(request) * requested_outputs(request)) or None,
+        input_seconds=float(input_audio_seconds(request)) or None,
+    )
+
+
+def actual(entry: ModelEntry, request: RequestModel | None, output: ProviderOutput) -> Decimal:
     """The cost after the call: provider-reported when given, else unit price × measured quantity."""
     if output.actual_cost is not None:
         return output.actual_cost

@@ -24,6 +24,7 @@ from rich.text import Text
 from .config import load_settings
 from .errors import GenrouteError, InvalidRequest
 from .money import fmt_usd
+from .plugins import default_plugin_manager
 from .provider import catalogue_tasks
 from .router import BatchItem, Router, invalid_request_from
 from .secrets import redact
@@ -149,11 +150,22 @@ def _parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", parents=[common], help="result store: stats | clear")
     cache.add_argument("action", choices=["stats", "clear"])
     cache.set_defaults(handler=cmd_cache)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="requests waiting for (or done by) a webhook")
+    jobs.add_argument("--status", choices=["pending", "succeeded", "failed", "canceled"])
+    jobs.set_defaults(handler=cmd_jobs)
+
+    # Plugins add their own commands (say, a webhook receiver) through the same hook mechanism.
+    default_plugin_manager().hook.genroute_register_commands(subparsers=sub, common=common)
     return parser
 
 
-def _router(args: argparse.Namespace) -> Router:
+def router_from_args(args: argparse.Namespace) -> Router:
+    """The Router a command's ``--config`` and ``--profile`` ask for (for plugin commands too)."""
     return Router(load_settings(args.config, profile=args.profile))
+
+
+_router = router_from_args
 
 
 # -- run ------------------------------------------------------------------------------------------------
@@ -516,6 +528,21 @@ def cmd_cache(args: argparse.Namespace, out: Console, err: Console) -> int:
             f"{stats.hits} hit(s), {stats.misses} miss(es); saved {fmt_usd(stats.saved_usd)}",
             markup=False,
         )
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with router_from_args(args) as router:
+        jobs = router.jobs.list(args.status)
+    if args.json:
+        out.print(json.dumps([json.loads(job.model_dump_json()) for job in jobs], indent=2), markup=False)
+        return 0
+    table = Table("job", "status", "provider", "model", "remote id", "created", "cost")
+    for job in jobs:
+        cost = "—" if job.cost is None else fmt_usd(job.cost)
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(job.id[:12], job.status, job.provider, job.model, job.remote_id or "—", created, cost)
+    out.print(table)
     return 0
 
 

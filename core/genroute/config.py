@@ -79,6 +79,10 @@ class StoreSettings(_Strict):
     max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
 
 
+class JobsSettings(_Strict):
+    path: Path = Path(".genroute/jobs")
+
+
 class RoutingSettings(_Strict):
     max_attempts: int = Field(default=3, ge=1, le=20, description="tries per offer before falling back")
     backoff_initial_seconds: float = Field(default=0.5, ge=0)
@@ -108,6 +112,7 @@ class Settings(_Strict):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     source: str = Field(default="<defaults>", description="where these settings came from")
 
@@ -264,5 +269,6 @@ def _resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
         update={
             "store": settings.store.model_copy(update={"path": absolute(settings.store.path)}),
             "ledger": settings.ledger.model_copy(update={"path": absolute(settings.ledger.path)}),
+            "jobs": settings.jobs.model_copy(update={"path": absolute(settings.jobs.path)}),
         }
     )

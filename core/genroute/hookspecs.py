@@ -55,5 +55,13 @@ def genroute_request_finished(
 
 
 @hookspec
+def genroute_register_commands(subparsers: Any, common: Any) -> None:
+    """Add ``genroute`` sub-commands: ``subparsers.add_parser(name, parents=[common], ...)`` then
+    ``set_defaults(handler=fn)`` with ``fn(args, out, err) -> int`` (rich consoles for stdout and stderr);
+    :func:`genroute.cli.router_from_args` gives the Router the command's options ask for.
+    """
+
+
+@hookspec
 def genroute_budget_warning(warning: Any) -> None:
     """Observer: a budget scope crossed its warning share (a ``genroute.ledger.BudgetWarning``)."""

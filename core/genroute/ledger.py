@@ -281,7 +281,11 @@ class Ledger:
             self._cache.add("version", _SCHEMA_VERSION)
             version = self._cache.get("version")
         if version != _SCHEMA_VERSION:
-            raise LedgerError(f"the ledger at {self.path} has schema version {version}, expected {_SCHEMA_VERSION}")
+            raise LedgerError(
+                f"the ledger at {self.path} has schema version {version}, this genroute reads {_SCHEMA_VERSION}",
+                hint="it was written by another genroute version: export it with that version "
+                "(genroute budget --export-json), then move the directory aside",
+            )
 
     # ---------------------------------------------------------------- plumbing
 
@@ -740,6 +744,12 @@ class Ledger:
                         )
                     )
         return rows
+
+    def reservation(self, rid: str) -> Reservation | None:
+        """The open reservation ``rid``, from any process; None when it is no longer open."""
+        with self._guard():
+            packed = self._load()["open"].get(rid)
+        return None if packed is None else self._to_reservation(rid, _unpack(packed))
 
     def open_reservations(self) -> list[Reservation]:
         """Reservations neither settled, released nor reclaimed, oldest first."""

@@ -6,15 +6,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from . import billing
 from .config import ProviderSettings, Settings
-from .errors import ConfigError
+from .errors import ConfigError, ProviderError
 from .types import TASKS, TIERS, Billing, Offer, ProviderOutput, RequestModel, Task, Tier
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 
 @dataclass
@@ -79,6 +82,17 @@ class Provider(ABC):
         ctx.extra["output"] = output
         if output.text:
             yield output.text
+
+    supports_webhooks: ClassVar[bool] = False
+    """True when :meth:`submit` and :meth:`complete` are implemented (completion by webhook)."""
+
+    async def submit(self, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str) -> str:
+        """Start ``request`` remotely, asking the provider to call ``webhook_url`` when done; return its id."""
+        raise ProviderError("does not complete by webhook", provider=self.name, retryable=False)
+
+    async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
+        """Turn a verified completion ``payload`` for ``job`` into output bytes (downloading them)."""
+        raise ProviderError("does not complete by webhook", provider=self.name, retryable=False)
 
     async def aclose(self) -> None:  # noqa: B027 - optional, most providers hold nothing
         """Release clients and connections."""

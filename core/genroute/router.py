@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from .errors import (
     ProviderTimeout,
     Rejection,
 )
+from .jobs import Job, JobStore, now_utc
 from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
@@ -51,6 +53,7 @@ from .types import (
     RequestModel,
     Result,
     TextGeneration,
+    Usage,
     parse_request,
 )
 
@@ -131,6 +134,7 @@ class Router:
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Runner | None = None
+        self._jobs: JobStore | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -142,6 +146,8 @@ class Router:
         self.ledger.close()
         if self.store is not None:
             self.store.close()
+        if self._jobs is not None:
+            self._jobs.close()
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
@@ -164,6 +170,8 @@ class Router:
         self.ledger.close()
         if self.store is not None:
             self.store.close()
+        if self._jobs is not None:
+            self._jobs.close()
 
     def _http_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -577,6 +585,161 @@ class Router:
         profile = self.settings.profile
         raise _no_route(f"no provider could stream this request (profile {profile!r}):", rejections)
 
+    # -- completion by webhook ----------------------------------------------------------------------
+    @property
+    def jobs(self) -> JobStore:
+        """The job records shared with webhook receivers (opened on first use)."""
+        if self._jobs is None:
+            self._jobs = JobStore(self.settings.jobs.path)
+        return self._jobs
+
+    async def asubmit(self, request: RequestLike, *, webhook_url: str) -> Job:
+        """Start ``request`` on a provider that answers by webhook; return the pending :class:`Job`.
+
+        A store hit comes back as a finished job at once. The estimate is reserved now and settled when
+        the completion arrives (:meth:`acomplete`, called by the webhook receiver, in any process).
+        """
+        started = time.perf_counter()
+        model, key = await self._prepare(request)
+        hit = self._lookup(model, key, started)
+        if hit is not None:
+            job = Job(
+                id=uuid.uuid4().hex,
+                request_key=key,
+                task=model.task_name,
+                tier=hit.tier,
+                provider=hit.provider,
+                model=hit.model,
+                offer=Offer(provider=hit.provider, model=hit.model, task=hit.task, tier=hit.tier, estimate=Decimal(0)),
+                reservation_id=None,
+                status="succeeded",
+                created_at=now_utc(),
+                finished_at=now_utc(),
+                result=hit,
+                cost=Decimal(0),
+            )
+            self.jobs.add(job)
+            return job
+        candidates, rejections = self._candidates(model)
+        deadline_seconds = model.deadline_seconds or self.settings.routing.deadline_seconds
+        deadline = asyncio.get_running_loop().time() + deadline_seconds
+        for offer in candidates:
+            provider = self.providers[offer.provider]
+            if not provider.supports_webhooks:
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, "does not complete by webhook"))
+                continue
+            try:
+                reservation = self._reserve(offer, key, deadline_seconds)
+            except BudgetExceeded as exc:
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
+                continue
+            ctx = self._context(offer, key, 1, deadline)
+            try:
+                remote_id = await _call_submit(provider, model, offer, ctx, webhook_url)
+            except ProviderError as exc:
+                self._close_failed(reservation, exc)
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+                continue
+            except BaseException:
+                self.ledger.release(reservation, note="submission cancelled")
+                raise
+            job = Job(
+                id=uuid.uuid4().hex,
+                request_key=key,
+                task=model.task_name,
+                tier=offer.tier,
+                provider=offer.provider,
+                model=offer.model,
+                offer=offer,
+                reservation_id=reservation.id,
+                remote_id=remote_id,
+                usage_hint=billing.usage_hint(offer.entry, model) if offer.entry else Usage(),
+                created_at=now_utc(),
+            )
+            self.jobs.add(job)
+            return job
+        raise _no_route(
+            f"no provider could take this request by webhook (profile {self.settings.profile!r}):", rejections
+        )
+
+    async def acomplete(self, provider: str, remote_id: str, payload: Any) -> Job:
+        """Finish the job ``provider`` knows as ``remote_id`` from a verified completion ``payload``.
+
+        Settles the reservation with the actual cost and stores the result's bytes. Idempotent: a job
+        already finished is returned unchanged, so a redelivered webhook never charges twice.
+        """
+        job = self.jobs.find(provider, remote_id)
+        if job is None:
+            raise InvalidRequest(f"no job for {provider} id {remote_id}", hint="was it submitted by this genroute?")
+        if job.status != "pending":
+            return job
+        if provider not in self.providers:
+            raise InvalidRequest(f"provider {provider!r} is not installed", hint="install its plugin")
+        reservation = self.ledger.reservation(job.reservation_id) if job.reservation_id else None
+        ctx = self._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + 600)
+        try:
+            output = await self.providers[provider].complete(job, payload, ctx)
+            self._check_output(job.offer, output)
+        except ProviderError as exc:
+            if reservation is not None:
+                self._close_failed(reservation, exc)
+            failed = job.model_copy(
+                update={
+                    "status": "failed",
+                    "error": redact(exc.message),
+                    "finished_at": now_utc(),
+                    "cost": exc.incurred,
+                }
+            )
+            self.jobs.update(failed)
+            return failed
+        merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
+        cost = quantize(_cost(job.offer, None, merged))
+        if reservation is not None:
+            self.ledger.settle(reservation, cost, job_id=output.job_id or remote_id)
+        else:  # reclaimed meanwhile (completion later than the reservation's lifetime): still record the spend
+            log.warning("job %s completed after its reservation was reclaimed; recording the spend", job.id)
+            late = self.ledger.reserve(
+                Decimal(0),
+                scopes=self.budget_scopes(job.offer),
+                provider=job.provider,
+                model=job.model,
+                task=job.task,
+                request_key=job.request_key,
+            )
+            self.ledger.settle(late, cost, job_id=remote_id, note="completion after the reservation expired")
+        result = Result(
+            request_key=job.request_key,
+            task=job.task,
+            provider=job.provider,
+            model=job.model,
+            tier=job.tier,
+            text=output.text,
+            segments=output.segments,
+            estimated_cost=job.offer.estimate or Decimal(0),
+            actual_cost=cost,
+            latency_seconds=(now_utc() - job.created_at).total_seconds(),
+            job_id=output.job_id or remote_id,
+            created_at=now_utc(),
+        )
+        if self.store is not None:
+            result = self.store.put(job.request_key, result, output.files)
+        else:
+            result = result.model_copy(
+                update={"artifacts": _scratch_artifacts(self.settings.store.path / "scratch", output.files)}
+            )
+        done = job.model_copy(update={"status": "succeeded", "result": result, "cost": cost, "finished_at": now_utc()})
+        self.jobs.update(done)
+        return done
+
+    def submit(self, request: RequestLike, *, webhook_url: str) -> Job:
+        """Sync :meth:`asubmit`."""
+        return self._sync().run(self.asubmit(request, webhook_url=webhook_url))
+
+    def complete(self, provider: str, remote_id: str, payload: Any) -> Job:
+        """Sync :meth:`acomplete`."""
+        return self._sync().run(self.acomplete(provider, remote_id, payload))
+
     def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str) -> None:
         # Tokens already generated were probably billed: settle at the estimate rather than guess low.
         if pieces:
@@ -718,6 +881,28 @@ class SyncTextStream:
                 return
 
 
+async def _call_submit(
+    provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str
+) -> str:
+    try:
+        return await provider.submit(request, offer, ctx, webhook_url)
+    except (GenrouteError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        log.warning("provider %s submit raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+def _merge_usage(measured: Usage, hint: Usage) -> Usage:
+    """Measured quantities win; what the provider did not report comes from what was known at submit."""
+    return Usage(
+        **{
+            name: getattr(measured, name) if getattr(measured, name) is not None else getattr(hint, name)
+            for name in Usage.model_fields
+        }
+    )
+
+
 async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
     try:
         return await anext(source)
@@ -747,7 +932,7 @@ def _no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
     return NoRouteAvailable(message, rejections)
 
 
-def _cost(offer: Offer, request: RequestModel, output: ProviderOutput) -> Decimal:
+def _cost(offer: Offer, request: RequestModel | None, output: ProviderOutput) -> Decimal:
     """What the call cost: provider-reported, else measured against the catalogue entry, else the estimate."""
     if offer.entry is not None:
         return billing.actual(offer.entry, request, output)

@@ -1,0 +1,124 @@
+"""Jobs: requests handed to a provider that answers later, by webhook, instead of while the caller waits.
+
+A job is recorded before the provider is asked, so a completion arriving in another process (the
+webhook receiver) finds the reservation to settle and the request key to store the result under.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import diskcache
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import StoreError
+from .types import Offer, Result, Task, Tier, Usage
+
+log = logging.getLogger("genroute.jobs")
+
+JobStatus = Literal["pending", "succeeded", "failed", "canceled"]
+
+_JOB = "j|"
+_REMOTE = "r|"
+_SEEN = "w|"
+
+
+class Job(BaseModel):
+    """One request waiting for (or done with) a provider's asynchronous answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    request_key: str
+    task: Task
+    tier: Tier
+    provider: str
+    model: str
+    offer: Offer
+    reservation_id: str | None = Field(description="the ledger reservation to settle; None for a store hit")
+    remote_id: str | None = Field(default=None, description="the provider's id for the job (a prediction id)")
+    usage_hint: Usage = Field(default_factory=Usage, description="quantities known at submit time, for billing")
+    status: JobStatus = "pending"
+    created_at: datetime
+    finished_at: datetime | None = None
+    result: Result | None = None
+    error: str | None = None
+    cost: Decimal | None = None
+
+
+class JobStore:
+    """Jobs by id and by (provider, remote id), in a diskcache directory shared by every process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with self._guard("open"):
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._cache: Any = diskcache.Cache(str(self.path), eviction_policy="none", cull_limit=0)
+
+    def add(self, job: Job) -> None:
+        with self._guard(f"record job {job.id}"), self._cache.transact():
+            self._cache.set(_JOB + job.id, job.model_dump_json())
+            if job.remote_id:
+                self._cache.set(f"{_REMOTE}{job.provider}|{job.remote_id}", job.id)
+
+    def update(self, job: Job) -> None:
+        self.add(job)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._guard(f"read job {job_id}"):
+            raw = self._cache.get(_JOB + job_id)
+        return None if raw is None else Job.model_validate_json(raw)
+
+    def find(self, provider: str, remote_id: str) -> Job | None:
+        """The job a provider knows as ``remote_id``."""
+        with self._guard(f"find job {provider}/{remote_id}"):
+            job_id = self._cache.get(f"{_REMOTE}{provider}|{remote_id}")
+        return None if job_id is None else self.get(job_id)
+
+    def list(self, status: JobStatus | None = None) -> list[Job]:
+        """Every job (or those with ``status``), oldest first."""
+        with self._guard("list jobs"):
+            keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(_JOB)]
+            raws = [self._cache.get(k) for k in keys]
+        jobs = [Job.model_validate_json(raw) for raw in raws if raw is not None]
+        return sorted((j for j in jobs if status is None or j.status == status), key=lambda j: j.created_at)
+
+    def first_sighting(self, delivery_id: str, *, keep_seconds: float) -> bool:
+        """True the first time a webhook delivery id is seen; False for a replay (atomic across processes)."""
+        with self._guard("record a webhook delivery"):
+            return bool(self._cache.add(_SEEN + delivery_id, time.time(), expire=keep_seconds))
+
+    def close(self) -> None:
+        with self._guard("close"):
+            self._cache.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise StoreError(
+                f"job store at {self.path}: could not {action}: {exc}",
+                hint=f"check that {self.path} is writable and on a local disk",
+            ) from exc
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

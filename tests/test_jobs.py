@@ -1,0 +1,133 @@
+"""Completion by webhook: a job is reserved and recorded at submit, settled and stored at completion."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+
+from conftest import FakePlugin, section
+from genroute.errors import NoRouteAvailable, ProviderError
+from genroute.jobs import Job
+from genroute.provider import Provider, RunContext
+from genroute.router import Router
+from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, TextToImage, Usage
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+class Hooked(Provider):
+    """Answers by webhook: submit returns an id; complete turns the posted payload into files."""
+
+    name = "hooked"
+    supports_webhooks = True
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, str]] = []
+
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        raise AssertionError("run() must not be called for a submitted job")
+
+    async def submit(self, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str) -> str:
+        remote = f"pred-{len(self.submitted) + 1}"
+        self.submitted.append((remote, webhook_url))
+        return remote
+
+    async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
+        if payload["status"] == "failed":
+            raise ProviderError(payload["error"], provider=self.name, incurred=D(payload.get("billed", "0")))
+        files = [OutputFile(data=PNG + bytes([i]), media_type="image/png") for i in range(payload["outputs"])]
+        return ProviderOutput(files=files, usage=Usage(outputs=len(files)), job_id=job.remote_id)
+
+
+class Plain(Provider):
+    name = "plain"
+
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        return ProviderOutput(files=[OutputFile(data=PNG, media_type="image/png")])
+
+
+@pytest.fixture
+def setup(settings_factory, router_factory):  # type: ignore[no-untyped-def]
+    settings = settings_factory({"hooked": section("hooked", "0.02")})
+    provider = Hooked()
+
+    def another_router() -> Router:  # a second process's view: same directories, fresh objects
+        return router_factory(settings, FakePlugin(Hooked()))
+
+    return router_factory(settings, FakePlugin(provider)), provider, another_router
+
+
+def _request(n: int = 2) -> TextToImage:
+    return TextToImage(prompt="a harbour", num_outputs=n)
+
+
+async def test_submit_reserves_and_records_a_pending_job(setup) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = setup
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    assert job.status == "pending" and job.remote_id == "pred-1"
+    assert provider.submitted == [("pred-1", "https://example.test/hook")]
+    [reservation] = router.ledger.open_reservations()
+    assert reservation.id == job.reservation_id and reservation.amount == D("0.04")
+    assert [j.id for j in router.jobs.list("pending")] == [job.id]
+
+
+async def test_completion_in_another_process_settles_stores_and_ignores_redelivery(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, another_router = setup
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+
+    receiver = another_router()
+    done = await receiver.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})
+    assert done.status == "succeeded" and done.cost == D("0.04")
+    assert done.result is not None and [a.read_bytes()[-1] for a in done.result.artifacts] == [0, 1]
+    assert receiver.ledger.open_reservations() == []
+
+    again = await receiver.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})
+    assert again == done  # a replayed webhook changes nothing
+    settled = [e for e in receiver.ledger.entries() if e.status == "settled"]
+    assert len(settled) == 1 and settled[0].actual == D("0.04") and settled[0].job_id == "pred-1"
+
+    hit = await router.arun(_request())  # the stored bytes now serve the same request
+    assert hit.cached and hit.actual_cost == 0
+    assert router.jobs.get(job.id) == done
+
+
+async def test_fewer_outputs_than_asked_settle_what_was_returned(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, _ = setup
+    await router.asubmit(_request(3), webhook_url="https://example.test/hook")
+    done = await router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 1})
+    assert done.cost == D("0.02")
+
+
+async def test_failed_completion_releases_or_settles_what_was_billed(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, _ = setup
+    await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    await router.asubmit(TextToImage(prompt="another"), webhook_url="https://example.test/hook")
+    failed = await router.acomplete("hooked", "pred-1", {"status": "failed", "error": "NSFW"})
+    billed = await router.acomplete("hooked", "pred-2", {"status": "failed", "error": "OOM", "billed": "0.005"})
+    assert failed.status == billed.status == "failed" and "NSFW" in (failed.error or "")
+    statuses = sorted((e.status, e.actual) for e in router.ledger.entries())
+    assert statuses == [("released", D(0)), ("settled", D("0.005"))]
+
+
+async def test_a_store_hit_is_a_finished_job_and_costs_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = setup
+    await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    await router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    assert job.status == "succeeded" and job.cost == 0 and job.result is not None and job.result.cached
+    assert len(provider.submitted) == 1
+
+
+async def test_unknown_completion_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, _ = setup
+    with pytest.raises(Exception, match="no job for hooked id nope"):
+        await router.acomplete("hooked", "nope", {"status": "succeeded", "outputs": 1})
+
+
+async def test_providers_without_webhooks_are_passed_over(settings_factory, router_factory) -> None:  # type: ignore[no-untyped-def]
+    router = router_factory(settings_factory({"plain": section("plain", "0.01")}), FakePlugin(Plain()))
+    with pytest.raises(NoRouteAvailable, match="does not complete by webhook"):
+        await router.asubmit(_request(1), webhook_url="https://example.test/hook")
+    assert list(router.ledger.entries()) == []
