@@ -412,21 +412,7 @@ class Router:
         cost = quantize(_cost(offer, request, output) + tries.incurred)
         self.ledger.settle(reservation, cost, job_id=output.job_id)
         self.cooldowns.success(offer.provider)
-        result = Result(
-            request_key=key,
-            task=request.task_name,
-            provider=offer.provider,
-            model=offer.model,
-            tier=offer.tier,
-            text=output.text,
-            segments=output.segments,
-            estimated_cost=offer.estimate or Decimal(0),
-            actual_cost=cost,
-            latency_seconds=time.perf_counter() - started,
-            attempts=tries.count,
-            job_id=output.job_id,
-            created_at=datetime.now(UTC),
-        )
+        result = _result(key, offer, output, cost, time.perf_counter() - started, attempts=tries.count)
         return self._keep(request, key, result, output.files)
 
     def _reserve(self, offer: Offer, key: str, deadline_seconds: float) -> Reservation:
@@ -564,22 +550,12 @@ class Router:
                 await _aclose_quietly(source)
             produced = ctx.extra.get("output")
             output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
-            cost = _cost(offer, request, output)
+            if not output.text:
+                output = output.model_copy(update={"text": "".join(pieces)})
+            cost = quantize(_cost(offer, request, output))
             self.ledger.settle(reservation, cost, job_id=output.job_id)
             self.cooldowns.success(offer.provider)
-            result = Result(
-                request_key=key,
-                task=request.task_name,
-                provider=offer.provider,
-                model=offer.model,
-                tier=offer.tier,
-                text=output.text or "".join(pieces),
-                estimated_cost=offer.estimate or Decimal(0),
-                actual_cost=cost,
-                latency_seconds=time.perf_counter() - started,
-                job_id=output.job_id,
-                created_at=datetime.now(UTC),
-            )
+            result = _result(key, offer, output, cost, time.perf_counter() - started)
             stream.result = self._keep(request, key, result, [])
             return
         profile = self.settings.profile
@@ -708,19 +684,9 @@ class Router:
                 request_key=job.request_key,
             )
             self.ledger.settle(late, cost, job_id=remote_id, note="completion after the reservation expired")
-        result = Result(
-            request_key=job.request_key,
-            task=job.task,
-            provider=job.provider,
-            model=job.model,
-            tier=job.tier,
-            text=output.text,
-            segments=output.segments,
-            estimated_cost=job.offer.estimate or Decimal(0),
-            actual_cost=cost,
-            latency_seconds=(now_utc() - job.created_at).total_seconds(),
-            job_id=output.job_id or remote_id,
-            created_at=now_utc(),
+        latency = (now_utc() - job.created_at).total_seconds()
+        result = _result(
+            job.request_key, job.offer, output.model_copy(update={"job_id": output.job_id or remote_id}), cost, latency
         )
         if self.store is not None:
             result = self.store.put(job.request_key, result, output.files)
@@ -930,6 +896,25 @@ def _no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
     if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
         return OverBudget(message, rejections)
     return NoRouteAvailable(message, rejections)
+
+
+def _result(key: str, offer: Offer, output: ProviderOutput, cost: Decimal, latency: float, attempts: int = 1) -> Result:
+    """The Result of a provider's output, before its files are kept."""
+    return Result(
+        request_key=key,
+        task=offer.task,
+        provider=offer.provider,
+        model=offer.model,
+        tier=offer.tier,
+        text=output.text,
+        segments=output.segments,
+        estimated_cost=offer.estimate or Decimal(0),
+        actual_cost=cost,
+        latency_seconds=latency,
+        attempts=attempts,
+        job_id=output.job_id,
+        created_at=datetime.now(UTC),
+    )
 
 
 def _cost(offer: Offer, request: RequestModel | None, output: ProviderOutput) -> Decimal:
