@@ -348,6 +348,9 @@ class Ledger:
         for scope, period, key in stale:
             spent, _reserved = counters.pop((scope, period, key))
             self._cache.set(_counter_key(scope, period, key), (spent, 0))
+        exhausted: dict[tuple[str, str, str], str] = state.get("exhausted", {})
+        for mark in [m for m in exhausted if m[2] != current[m[1]]]:
+            del exhausted[mark]
 
     def _get_counter(self, state: dict[str, Any], scope: str, period: str, period_key: str) -> tuple[int, int]:
         value = state["counters"].get((scope, period, period_key))
@@ -510,7 +513,8 @@ class Ledger:
         with self._txn():
             state = self._load()
             reclaimed = self._reclaim(state, now, at)
-            for limit in self.limits:
+            refusal = self._exhausted_refusal(state, scope_list, keys, micros)
+            for limit in self.limits if refusal is None else ():
                 if limit.scope not in scope_list:
                     continue
                 spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
@@ -702,6 +706,43 @@ class Ledger:
                 for key, raw in pending:
                     self._cache.set(key, raw)
 
+    def exhaust(self, scope: str, *, period: str = "monthly", note: str = "") -> None:
+        """Refuse every reservation in ``scope`` until ``period`` ends (UTC), whatever its limit says.
+
+        For a provider that reports its free credit used up (HTTP 402) before the ledger's own count
+        reaches the limit: the router calls this so every process stops offering that free work.
+        """
+        if period not in PERIODS:
+            raise ValueError(f"unknown period {period!r}")
+        (scope,) = self._check_scopes([scope])
+        now, _at = self._now()
+        key = period_keys_at(now)[period]
+        with self._txn():
+            state = self._load()
+            state.setdefault("exhausted", {})[(scope, period, key)] = note or "exhausted"
+            self._store(state)
+        logger.warning("budget scope %s refused until the %s period %s ends: %s", scope, period, key, note)
+
+    def _exhausted_refusal(
+        self, state: dict[str, Any], scopes: Sequence[str], keys: dict[str, str], micros: int
+    ) -> BudgetExceeded | None:
+        exhausted: dict[tuple[str, str, str], str] = state.get("exhausted", {})
+        for scope in scopes:
+            for period in PERIODS:
+                note = exhausted.get((scope, period, keys[period]))
+                if note is not None:
+                    spent, reserved = self._get_counter(state, scope, period, keys[period])
+                    return BudgetExceeded(
+                        scope=scope,
+                        period=period,
+                        limit=micros_to_usd(spent),
+                        spent=micros_to_usd(spent),
+                        reserved=micros_to_usd(reserved),
+                        asked=micros_to_usd(micros),
+                        hint=f"the provider reported this credit used up ({note}); it returns next {period} period",
+                    )
+        return None
+
     def reclaim_expired(self) -> int:
         """Release, as "reclaimed", every reservation past its expiry; return how many."""
         now, at = self._now()
@@ -724,10 +765,12 @@ class Ledger:
         now, at = self._now()
         keys = period_keys_at(now)
         applicable = [limit for limit in self.limits if limit.scope in scope_list]
-        if not applicable:
-            return None
         with self._guard():
             state = self._load()
+            if self._exhausted_refusal(state, scope_list, keys, 0) is not None:
+                return Decimal(0)
+            if not applicable:
+                return None
             if any(packed[1] <= now for packed in state["open"].values()):
                 with self._cache.transact():
                     state = self._load()

@@ -27,6 +27,7 @@ from .errors import (
     GenrouteError,
     InvalidRequest,
     NoRouteAvailable,
+    OutOfCredit,
     OutputRejected,
     OverBudget,
     ProviderError,
@@ -397,8 +398,7 @@ class Router:
             self._check_output(offer, output)
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred)
-            if not isinstance(exc, ProviderRejectedInput):
-                self.cooldowns.failure(offer.provider)
+            self._count_failure(offer, exc)
             reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
             rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
             log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
@@ -414,6 +414,14 @@ class Router:
         self.cooldowns.success(offer.provider)
         result = _result(key, offer, output, cost, time.perf_counter() - started, attempts=tries.count)
         return self._keep(request, key, result, output.files)
+
+    def _count_failure(self, offer: Offer, exc: ProviderError) -> None:
+        """What a failed offer means for later requests: a cooldown, or a free credit marked used up."""
+        if isinstance(exc, OutOfCredit) and offer.billing == "free":
+            # The provider's own count says the free credit is gone: stop every process offering it.
+            self.ledger.exhaust(self.budget_scopes(offer)[0], note=exc.message)
+        elif not isinstance(exc, ProviderRejectedInput):
+            self.cooldowns.failure(offer.provider)
 
     def _reserve(self, offer: Offer, key: str, deadline_seconds: float) -> Reservation:
         return self.ledger.reserve(
@@ -534,8 +542,7 @@ class Router:
                     yield piece
             except ProviderError as exc:
                 self._close_failed(reservation, exc)
-                if not isinstance(exc, ProviderRejectedInput):
-                    self.cooldowns.failure(offer.provider)
+                self._count_failure(offer, exc)
                 if pieces:  # the caller already holds part of this answer: no silent switch of provider
                     raise
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
