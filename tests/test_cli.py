@@ -199,7 +199,8 @@ def test_a_bad_field_exits_4_with_a_one_line_message_and_no_traceback(cli, tmp_p
 
     (line,) = error_lines(proc.stderr)
     assert "num_outputs" in line
-    assert "what to do:" in proc.stderr
+    assert "correct the named field" in line  # what happened and what to do, on that one line
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 

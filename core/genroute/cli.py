@@ -63,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, out, err))
     except GenrouteError as exc:
-        err.print(f"genroute: error: {redact(exc.message)}", markup=False)
-        err.print(f"  what to do: {redact(exc.hint)}", markup=False)
+        # One line says what happened and what to do; details (say, each rejected offer) follow it.
+        first, _, details = redact(exc.message).partition("\n")
+        err.print(f"genroute: error: {first} — {redact(exc.hint)}", markup=False)
+        if details:
+            err.print(details, markup=False)
         if args.debug:
             err.print(redact(traceback.format_exc()), markup=False)
         return exc.exit_code
@@ -468,14 +471,23 @@ def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
                 for entry in [section.models[task][tier]]
             ]
             in_profile = name in settings.active.providers
-            rows.append({"provider": name, "status": status, "in_profile": in_profile, "models": models})
+            rows.append(
+                {
+                    "provider": name,
+                    "plugin": router.plugin_of.get(name),
+                    "status": status,
+                    "in_profile": in_profile,
+                    "models": models,
+                }
+            )
     if args.json:
         out.print(json.dumps({"profile": settings.profile, "providers": rows}, indent=2), markup=False)
         return 0
     out.print(f"profile {settings.profile}: {', '.join(settings.active.providers)}", markup=False)
     for row in rows:
         note = "" if row["in_profile"] else " (not in profile)"
-        out.print(Text.assemble("\n", (row["provider"], "bold"), f" — {row['status']}{note}"))
+        plugin = f" [plugin {row['plugin']}]" if row["plugin"] else ""
+        out.print(Text.assemble("\n", (row["provider"], "bold"), f" — {row['status']}{note}{plugin}"))
         table = Table("task", "tier", "model", "price")
         for m in row["models"]:
             table.add_row(m["task"], m["tier"], m["model"], f"{fmt_usd(Decimal(m['price']))}/{m['unit']}")

@@ -43,7 +43,7 @@ class ConfigError(GenrouteError):
 class PluginError(GenrouteError):
     """A plugin misbehaved: bad registration, wrong return type, duplicate name."""
 
-    exit_code = 3
+    exit_code = 11
     default_hint = "fix or uninstall the plugin named in the message"
 
 
@@ -139,7 +139,7 @@ class StoreError(GenrouteError):
 class LedgerError(GenrouteError):
     """The budget ledger could not be read or written."""
 
-    exit_code = 9
+    exit_code = 12
     default_hint = "check the ledger directory (ledger.path in plugins.toml) is writable and on a local disk"
 
 

@@ -40,17 +40,32 @@ def default_plugin_manager() -> pluggy.PluginManager:
 
 def collect_providers(pm: pluggy.PluginManager) -> dict[str, Provider]:
     """Ask every plugin for its providers; names must be unique."""
-    providers: dict[str, Provider] = {}
+    return {name: provider for name, (provider, _plugin) in collect_providers_by_plugin(pm).items()}
 
-    def register(provider: Provider) -> None:
-        if not isinstance(provider, Provider):
-            raise PluginError(f"register() expects a genroute.Provider, got {type(provider).__name__}")
-        name = getattr(provider, "name", "")
-        if not name:
-            raise PluginError(f"{type(provider).__name__} has no name")
-        if name in providers:
-            raise PluginError(f"two plugins register a provider named {name!r}")
-        providers[name] = provider
 
-    pm.hook.genroute_register_providers(register=register)
+def collect_providers_by_plugin(pm: pluggy.PluginManager) -> dict[str, tuple[Provider, str]]:
+    """Every provider with the plugin that registered it (its distribution name when installed)."""
+    providers: dict[str, tuple[Provider, str]] = {}
+    distributions = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
+    for impl in pm.hook.genroute_register_providers.get_hookimpls():
+        module = getattr(impl.plugin, "__name__", impl.plugin_name)
+        dist = distributions.get(id(impl.plugin))
+        source = f"{module} ({dist})" if dist else str(module)
+
+        def register(provider: Provider, source: str = source) -> None:
+            if not isinstance(provider, Provider):
+                raise PluginError(f"{source}: register() expects a genroute.Provider, got {type(provider).__name__}")
+            name = getattr(provider, "name", "")
+            if not name:
+                raise PluginError(f"{source}: {type(provider).__name__} has no name")
+            if name in providers:
+                raise PluginError(f"two plugins register a provider named {name!r} ({providers[name][1]}, {source})")
+            providers[name] = (provider, source)
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{source}: genroute_register_providers failed: {exc!r}") from exc
     return providers

@@ -39,7 +39,7 @@ from .jobs import Job, JobStore, now_utc
 from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
-from .plugins import collect_providers, default_plugin_manager
+from .plugins import collect_providers_by_plugin, default_plugin_manager
 from .provider import Provider, RunContext
 from .retry import Backoff
 from .secrets import redact
@@ -114,7 +114,9 @@ class Router:
             settings = Settings.model_validate({**settings.model_dump(), "profile": profile})
         self.settings = settings
         self.pm = plugin_manager or default_plugin_manager()
-        self.providers: dict[str, Provider] = collect_providers(self.pm)
+        registered = collect_providers_by_plugin(self.pm)
+        self.providers: dict[str, Provider] = {name: provider for name, (provider, _) in registered.items()}
+        self.plugin_of: dict[str, str] = {name: plugin for name, (_, plugin) in registered.items()}
         self.provider_options: dict[str, BaseModel | None] = {
             name: provider.check_options(settings.provider(name), settings.source)
             for name, provider in self.providers.items()
