@@ -322,6 +322,7 @@ MEDIA_SUFFIXES: dict[str, str] = {
     "audio/wav": ".wav",
     "audio/mpeg": ".mp3",
     "audio/flac": ".flac",
+    "audio/ogg": ".ogg",
     "text/plain": ".txt",
 }
 
