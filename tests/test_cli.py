@@ -367,9 +367,11 @@ def test_providers_json_lists_the_mock_available_and_real_providers_not_installe
     status = {p["provider"]: p for p in payload["providers"]}
     assert status["mock"]["status"] == "available" and status["mock"]["in_profile"] is True
     assert {m["task"] for m in status["mock"]["models"]} >= {"text-to-image", "speech-to-text", "text-generation"}
-    for name in ("replicate", "huggingface"):
-        assert status[name]["status"] == "not installed"
-        assert status[name]["in_profile"] is False
+    assert status["replicate"]["status"] == "unavailable: REPLICATE_API_TOKEN is not set"
+    assert status["replicate"]["in_profile"] is False
+    # Hugging Face is installed (built-in plugin) but this environment has no token.
+    assert status["huggingface"]["status"] == "unavailable: HF_TOKEN is not set"
+    assert status["huggingface"]["in_profile"] is False
 
 
 def test_budget_json_and_exports_are_parseable(cli, tmp_path):

@@ -97,6 +97,11 @@ class JobStore:
         with self._guard("record a webhook delivery"):
             return bool(self._cache.add(_SEEN + delivery_id, time.time(), expire=keep_seconds))
 
+    def forget_sighting(self, delivery_id: str) -> None:
+        """Undo :meth:`first_sighting` when handling the delivery failed, so the sender's retry is served."""
+        with self._guard("forget a webhook delivery"):
+            self._cache.delete(_SEEN + delivery_id)
+
     def close(self) -> None:
         with self._guard("close"):
             self._cache.close()

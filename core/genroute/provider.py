@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunContext:
-    """What the router hands a provider for one attempt."""
+    """What the router hands a provider for one attempt.
+
+    ``extra`` carries what a provider reports back outside its return value: ``extra["output"]`` (the
+    final ProviderOutput of a stream) and ``extra["incurred"]`` (a Decimal billed by work that was
+    cancelled, say the seconds a remote job ran before the deadline; settled instead of released).
+    """
 
     settings: Settings
     provider_settings: ProviderSettings

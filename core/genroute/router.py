@@ -91,6 +91,12 @@ class BatchItem:
 class _Tries:
     count: int = 0
     incurred: Decimal = Decimal(0)  # billed by attempts that failed and were retried
+    ctx: RunContext | None = None  # the current attempt's context
+
+    def cancelled_cost(self) -> Decimal:
+        """Money already billed when the call was cancelled: earlier attempts plus what the provider
+        reported for the cancelled one in ``ctx.extra["incurred"]`` (say, seconds a model already ran)."""
+        return self.incurred + (_extra_incurred(self.ctx) if self.ctx is not None else Decimal(0))
 
 
 class Router:
@@ -406,8 +412,9 @@ class Router:
             log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
             return None
         except BaseException:
-            if tries.incurred:
-                self.ledger.settle(reservation, tries.incurred, note="billed attempts before the deadline")
+            billed = tries.cancelled_cost()
+            if billed:
+                self.ledger.settle(reservation, quantize(billed), note="billed before it was cancelled")
             else:
                 self.ledger.release(reservation, note="cancelled or deadline passed")
             raise
@@ -453,6 +460,7 @@ class Router:
         while True:
             tries.count += 1
             ctx = self._context(offer, key, tries.count, deadline)
+            tries.ctx = ctx
             try:
                 return await _call_provider(provider, request, offer, ctx)
             except ProviderError as exc:
@@ -550,10 +558,10 @@ class Router:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
                 continue
             except TimeoutError:
-                self._close_abandoned(reservation, pieces, "deadline passed while streaming")
+                self._close_abandoned(reservation, pieces, "deadline passed while streaming", ctx)
                 raise DeadlineExceeded("stream did not finish before the deadline") from None
             except BaseException:
-                self._close_abandoned(reservation, pieces, "stream abandoned by the caller")
+                self._close_abandoned(reservation, pieces, "stream abandoned by the caller", ctx)
                 raise
             finally:
                 await _aclose_quietly(source)
@@ -715,9 +723,12 @@ class Router:
         """Sync :meth:`acomplete`."""
         return self._sync().run(self.acomplete(provider, remote_id, payload))
 
-    def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str) -> None:
-        # Tokens already generated were probably billed: settle at the estimate rather than guess low.
-        if pieces:
+    def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str, ctx: RunContext) -> None:
+        reported = _extra_incurred(ctx)
+        if reported:
+            self.ledger.settle(reservation, quantize(reported), note=f"{why}; billed as the provider reported")
+        elif pieces:
+            # Tokens already generated were probably billed: settle at the estimate rather than guess low.
             self.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
         else:
             self.ledger.release(reservation, note=why)
@@ -866,6 +877,11 @@ async def _call_submit(
     except Exception as exc:
         log.warning("provider %s submit raised %s", offer.provider, type(exc).__name__, exc_info=True)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+def _extra_incurred(ctx: RunContext) -> Decimal:
+    value = ctx.extra.get("incurred")
+    return value if isinstance(value, Decimal) and value > 0 else Decimal(0)
 
 
 def _merge_usage(measured: Usage, hint: Usage) -> Usage:

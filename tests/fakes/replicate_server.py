@@ -2428,7 +2428,9 @@ def default_catalogue(server: FakeReplicate, plugins_toml: Path | str | None = N
     """Register every model named under ``[providers.replicate.models]`` in genroute's ``plugins.toml``.
 
     Known names get an approximation of the real schema (inputs, ranges, enums, defaults, output shape,
-    official vs community); an unknown name gets a generic schema for its task. Returns the names added.
+    official vs community); an unknown name gets a generic schema for its task. Every other model the fake
+    knows (say ``stability-ai/stable-diffusion``, which has no image input) is registered too, so tests can
+    use it whatever the catalogue names today. Returns the names added.
     """
     path = Path(plugins_toml) if plugins_toml is not None else REPO_ROOT / "plugins.toml"
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -2454,4 +2456,15 @@ def default_catalogue(server: FakeReplicate, plugins_toml: Path | str | None = N
             kind = _TASK_KINDS.get(task, "images")
             transform = {"upscale": "upscale", "remove-background": "remove-background"}.get(task)
             server.add_model(name, output=kind, official=False, transform=transform)
+    for name, spec in known.items():
+        if name not in names:
+            server.add_model(
+                name,
+                input_schema=spec["properties"],
+                output=spec["output"],
+                official=spec["official"],
+                file_format=spec.get("file_format", "png"),
+                transform=spec.get("transform"),
+            )
+            names[name] = ""
     return list(names)

@@ -1,0 +1,160 @@
+"""The ``AsyncInferenceClient``: the token, where calls go, one client per event loop, and compute-time metering.
+
+- The token comes from ``HF_TOKEN`` only and is handed to the client explicitly, so the client never falls back
+  to a token file. It is never logged, put in a message or kept anywhere else.
+- With ``base_url`` set, a model ``org/name`` is called as the URL ``<base_url>/models/org/name`` (provider
+  hf-inference at that URL, no Hub look-ups); without it the client's own routing is used with provider
+  ``hf-inference`` (never ``auto``, which may pick a paid third-party provider).
+- The service reports billed compute in an ``x-compute-time`` header the client does not surface. A response hook
+  on the client's ``httpx2`` session records it into the :class:`ComputeMeter` of the running call. The session is
+  reached through the client's private ``_get_async_client``; if that ever disappears, nothing is measured and the
+  cost settles on the catalogue's ``est_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Final
+
+import httpx2
+from huggingface_hub import AsyncInferenceClient
+
+from .options import HuggingFaceOptions
+
+log = logging.getLogger("genroute_huggingface")
+
+TOKEN_VARIABLE = "HF_TOKEN"
+HF_INFERENCE: Final = "hf-inference"
+
+
+def token_from_env() -> str | None:
+    """``HF_TOKEN``, or None when unset or blank."""
+    return (os.environ.get(TOKEN_VARIABLE) or "").strip() or None
+
+
+def model_target(options: HuggingFaceOptions, model: str) -> str:
+    """What to pass as the client's ``model=``: a URL under ``base_url``, or the model id for the client's routing."""
+    if options.base_url is None or model.startswith(("http://", "https://")):
+        return model
+    return f"{options.base_url}/models/{model}"
+
+
+@dataclass
+class ComputeMeter:
+    """Compute seconds the service billed for the successful answers of one run."""
+
+    answers: int = 0
+    measured: int = 0
+    seconds: float = 0.0
+
+    def record(self, response: httpx2.Response) -> None:
+        if not 200 <= response.status_code < 300:
+            return  # loading 503s, 429s and errors are not billed
+        self.answers += 1
+        value = response.headers.get("x-compute-time")
+        try:
+            seconds = float(value) if value is not None else None
+        except ValueError:
+            seconds = None
+        if seconds is not None and seconds >= 0:
+            self.measured += 1
+            self.seconds += seconds
+
+    @property
+    def total(self) -> float | None:
+        """Billed seconds when every answer reported them, else None (settle on the estimate)."""
+        return round(self.seconds, 6) if self.answers and self.measured == self.answers else None
+
+
+_METER: ContextVar[ComputeMeter | None] = ContextVar("genroute_huggingface_meter", default=None)
+
+
+@contextlib.contextmanager
+def metering(meter: ComputeMeter) -> Iterator[ComputeMeter]:
+    """Record the compute time of responses received in this context (this task) into ``meter``."""
+    token = _METER.set(meter)
+    try:
+        yield meter
+    finally:
+        _METER.reset(token)
+
+
+async def _record_compute_time(response: httpx2.Response) -> None:
+    meter = _METER.get()
+    if meter is not None:
+        meter.record(response)
+
+
+def new_client(options: HuggingFaceOptions, token: str) -> AsyncInferenceClient:
+    timeout = options.request_timeout_seconds
+    if options.base_url is not None:  # a URL model means hf-inference at that URL
+        return AsyncInferenceClient(token=token, timeout=timeout)
+    return AsyncInferenceClient(provider=HF_INFERENCE, token=token, timeout=timeout)
+
+
+async def close_client(client: AsyncInferenceClient) -> None:
+    await client.close()  # type: ignore[no-untyped-call]  # untyped in huggingface_hub 2.4.0
+
+
+async def install_meter(client: AsyncInferenceClient) -> bool:
+    """Add the compute-time hook to the client's ``httpx2`` session; False when that session is out of reach."""
+    get_session = getattr(client, "_get_async_client", None)
+    if get_session is None:
+        return False
+    try:
+        session = await get_session()
+        hooks = session.event_hooks
+        if _record_compute_time not in hooks.get("response", []):
+            session.event_hooks = {
+                "request": list(hooks.get("request", [])),
+                "response": [*hooks.get("response", []), _record_compute_time],
+            }
+    except Exception:  # a future client without this seam: settle on the estimate instead
+        log.debug("cannot reach the AsyncInferenceClient's httpx2 session; compute time is not measured", exc_info=True)
+        return False
+    return True
+
+
+class ClientPool:
+    """One shared client per event loop (and token/options), for the calls that do not stream.
+
+    A stream takes a client of its own (:meth:`dedicated`): the client keeps each streamed response open in its
+    exit stack until it is closed, and a stream dies with its client, so the stream holds it to the end.
+    """
+
+    def __init__(self) -> None:
+        self._shared: tuple[tuple[object, ...], AsyncInferenceClient] | None = None
+
+    async def shared(self, options: HuggingFaceOptions, token: str) -> AsyncInferenceClient:
+        loop = asyncio.get_running_loop()
+        key: tuple[object, ...] = (loop, options.base_url, options.request_timeout_seconds)
+        if self._shared is not None and self._shared[0] == key and self._shared[1].token == token:
+            return self._shared[1]
+        await self._close_shared(loop)
+        client = new_client(options, token)
+        self._shared = (key, client)  # before any await: concurrent first calls share this one
+        await install_meter(client)
+        return client
+
+    async def dedicated(self, options: HuggingFaceOptions, token: str) -> AsyncInferenceClient:
+        client = new_client(options, token)
+        await install_meter(client)
+        return client
+
+    async def _close_shared(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._shared is None:
+            return
+        key, client = self._shared
+        self._shared = None
+        if key[0] is loop:  # a client of another (finished) loop cannot be closed from here; it is dropped
+            with contextlib.suppress(Exception):
+                await close_client(client)
+
+    async def aclose(self) -> None:
+        await self._close_shared(asyncio.get_running_loop())

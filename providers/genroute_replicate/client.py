@@ -1,0 +1,208 @@
+"""The real ``replicate.Client`` (and a plain httpx client for downloads), one pair per event loop.
+
+httpx clients belong to the event loop they were first used on, and one provider object serves every
+loop a Router runs (``asyncio.Runner`` for the sync API, the caller's loop for the async one), so the
+clients are kept per loop. The token is read from ``REPLICATE_API_TOKEN`` when a client is built and
+lives only in that client's headers: it is never logged, stored or put in a message.
+
+The client turns every 4xx/5xx into ``ReplicateError`` and drops the response, ``Retry-After`` and the
+``invalid_fields`` list with it; an httpx response hook raises :class:`ApiStatusError` first, which keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import re
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from replicate.client import Client
+
+from .options import TOKEN_VARIABLE, ReplicateOptions
+
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+
+_THROTTLE_DETAIL = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
+
+
+class ApiStatusError(Exception):
+    """An HTTP error answer from the Replicate API, with what the client would have dropped."""
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        method: str,
+        path: str,
+        title: str | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+        invalid_fields: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.status = status
+        self.method = method
+        self.path = path
+        self.title = title
+        self.detail = detail
+        self.retry_after = retry_after
+        self.invalid_fields = invalid_fields or []
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        text = " — ".join(part.strip() for part in (self.title, self.detail) if part and part.strip())
+        return f"HTTP {self.status} on {self.method} {self.path}" + (f": {text}" if text else "")
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiStatusError:
+        title: str | None = None
+        detail: str | None = None
+        fields: list[dict[str, Any]] = []
+        try:
+            data = json.loads(response.content or b"null")
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            title = _text(data.get("title"))
+            detail = _text(data.get("detail"))
+            raw_fields = data.get("invalid_fields")
+            if isinstance(raw_fields, list):
+                fields = [f for f in raw_fields if isinstance(f, dict)]
+        elif response.content:
+            # Not a problem document (an HTML error page from a proxy): keep a short, plain excerpt.
+            detail = re.sub(r"\s+", " ", response.text)[:200]
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is None and response.status_code == 429 and detail:
+            match = _THROTTLE_DETAIL.search(detail)
+            retry_after = float(match.group(1)) if match else None
+        return cls(
+            response.status_code,
+            method=response.request.method,
+            path=response.request.url.path,
+            title=title,
+            detail=detail,
+            retry_after=retry_after,
+            invalid_fields=fields,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` value: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if seconds == seconds else None  # NaN guard
+
+
+async def _raise_api_errors(response: httpx.Response) -> None:
+    """httpx response hook: raise ApiStatusError (with Retry-After) before the client drops it."""
+    if response.status_code >= 400:
+        await response.aread()
+        raise ApiStatusError.from_response(response)
+
+
+class _AsyncOnly(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """``replicate.Client`` hands one transport to its sync and its async httpx client; we only use async."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("genroute's Replicate provider uses only the async client")
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def read_token() -> str | None:
+    """``REPLICATE_API_TOKEN``, or None when unset or blank. The only place the token is read."""
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    return token or None
+
+
+@dataclass
+class Session:
+    """One loop's clients: the authenticated Replicate client and an unauthenticated downloader."""
+
+    client: Client
+    http: httpx.AsyncClient
+    options: ReplicateOptions
+    account: str  # a short hash of the token: tells accounts apart without keeping the token anywhere else
+
+    async def aclose(self) -> None:
+        await self.client._async_client.aclose()
+        await self.http.aclose()
+
+
+class Sessions:
+    """Sessions per (event loop, token, options); closed with :meth:`aclose` on their own loop."""
+
+    def __init__(self, transport_factory: TransportFactory | None = None) -> None:
+        self._factory = transport_factory
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, int], Session]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _transport(self) -> httpx.AsyncBaseTransport:
+        inner = self._factory() if self._factory is not None else httpx.AsyncHTTPTransport()
+        if isinstance(inner, httpx.BaseTransport):  # already serves both interfaces (a test's rewriting transport)
+            return inner
+        return _AsyncOnly(inner)
+
+    def get(self, token: str, options: ReplicateOptions) -> Session:
+        loop = asyncio.get_running_loop()
+        sessions = self._by_loop.setdefault(loop, {})
+        key = (hash(token), hash(options.model_dump_json()))
+        session = sessions.get(key)
+        if session is None:
+            timeout = httpx.Timeout(
+                options.read_timeout_seconds,
+                connect=options.connect_timeout_seconds,
+                pool=options.connect_timeout_seconds,
+            )
+            client = Client(
+                api_token=token,
+                base_url=options.base_url,
+                timeout=timeout,
+                transport=self._transport(),
+                event_hooks={"response": [_raise_api_errors]},
+            )
+            client.poll_interval = options.poll_initial_seconds
+            http = httpx.AsyncClient(
+                transport=self._transport(), timeout=timeout, follow_redirects=False, trust_env=False
+            )
+            account = hashlib.sha256(token.encode()).hexdigest()[:16]
+            session = Session(client=client, http=http, options=options, account=account)
+            sessions[key] = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close this loop's sessions (other loops' clients cannot be closed from here)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for session in self._by_loop.pop(loop, {}).values():
+            await session.aclose()

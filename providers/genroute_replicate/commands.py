@@ -1,0 +1,77 @@
+"""``genroute webhooks serve``: the webhook receiver under uvicorn (added through genroute_register_commands)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from genroute.errors import ConfigError, GenrouteError
+
+NAME = "replicate"
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    hooks = subparsers.add_parser(
+        "webhooks", parents=[common], help="receive Replicate webhooks that complete submitted jobs"
+    )
+    actions = hooks.add_subparsers(dest="webhooks_action", required=True, metavar="ACTION")
+    serve = actions.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the receiver (secret from $REPLICATE_WEBHOOK_SECRET or the Replicate API)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787)")
+    serve.add_argument(
+        "--tolerance", type=int, default=None, help="oldest webhook timestamp accepted, in seconds (default: 300)"
+    )
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from genroute.cli import router_from_args
+
+    from .options import options_for
+    from .webhooks import create_app
+
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - a dependency of genroute
+        raise GenrouteError("uvicorn is not installed", hint="pip install uvicorn") from exc
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port")
+    router = router_from_args(args)
+    try:
+        if NAME not in router.providers:
+            raise GenrouteError("the replicate provider is not installed", hint="install genroute's Replicate plugin")
+        options = options_for(router.settings, router.provider_options.get(NAME))
+        tolerance = args.tolerance if args.tolerance is not None else options.webhook_tolerance_seconds
+        if tolerance <= 0:
+            raise ConfigError("--tolerance must be a positive number of seconds")
+        app = create_app(router, tolerance=tolerance, close_router_on_shutdown=True)
+        err.print(
+            f"receiving Replicate webhooks on http://{args.host}:{args.port}/ "
+            f"(profile {router.settings.profile}, timestamp tolerance {tolerance}s); Ctrl-C stops",
+            markup=False,
+        )
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except KeyboardInterrupt:  # Ctrl-C is how a receiver is stopped: uvicorn re-raises it after shutting down
+            pass
+        except SystemExit:  # uvicorn exits on a failed startup (no secret, port in use)
+            if server.started:
+                raise
+        if not server.started:
+            raise GenrouteError(
+                "the webhook receiver did not start",
+                hint=f"set {options.webhook_secret_env} (or REPLICATE_API_TOKEN to fetch the secret from the API), "
+                "and check that the port is free",
+            )
+    finally:
+        router.close()
+    return 0

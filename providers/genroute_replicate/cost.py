@@ -1,0 +1,77 @@
+"""What a prediction used, in the quantities genroute's billing units settle on.
+
+The API returns no price. Per-output models settle on the files returned (``Usage.outputs``),
+per-second models on ``metrics.predict_time`` (``Usage.compute_seconds``) times the catalogue's hardware
+rate, whisper on the input audio's length (``Usage.input_seconds``), language models on
+``metrics.output_token_count``. A failed prediction of a per-second model still cost its compute time:
+that is the ``incurred`` of the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from genroute import billing
+from genroute.types import ModelEntry, OutputFile, RequestModel, Task, Usage
+
+from .outputs import gif_seconds
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def predict_time(prediction: Mapping[str, Any]) -> float | None:
+    metrics = prediction.get("metrics")
+    return _number(metrics.get("predict_time")) if isinstance(metrics, Mapping) else None
+
+
+def usage(
+    task: Task,
+    prediction: Mapping[str, Any],
+    files: Sequence[OutputFile],
+    request: RequestModel | None,
+) -> Usage:
+    """Measured quantities of a succeeded prediction (None where unknown: billing then uses the estimate)."""
+    metrics = prediction.get("metrics") if isinstance(prediction.get("metrics"), Mapping) else {}
+    assert isinstance(metrics, Mapping)
+    tokens = metrics.get("output_token_count")
+    input_seconds: float | None = None
+    media_seconds: float | None = None
+    if task == "speech-to-text":
+        measured = billing.input_audio_seconds(request) if request is not None else Decimal(0)
+        input_seconds = float(measured) if measured else _number(metrics.get("audio_seconds"))
+    elif task == "text-to-speech":
+        lengths = [billing.wav_seconds(f.data) for f in files]
+        if files and all(length is not None for length in lengths):
+            media_seconds = sum(length or 0.0 for length in lengths)
+        else:
+            media_seconds = _number(metrics.get("audio_seconds"))
+    elif task in ("text-to-video", "image-to-video"):
+        lengths = [gif_seconds(f.data) if f.media_type == "image/gif" else None for f in files]
+        if files and all(length is not None for length in lengths):
+            media_seconds = sum(length or 0.0 for length in lengths)
+        else:
+            per_video = _number(metrics.get("video_seconds"))
+            media_seconds = per_video * len(files) if per_video is not None else None
+    return Usage(
+        outputs=len(files) if files else 1,
+        compute_seconds=predict_time(prediction),
+        media_seconds=media_seconds,
+        input_seconds=input_seconds,
+        output_tokens=int(tokens) if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+    )
+
+
+def incurred(entry: ModelEntry | None, prediction: Mapping[str, Any]) -> Decimal | None:
+    """What a failed or canceled prediction cost: its compute time, for per-second models; else None."""
+    if entry is None or entry.unit != "compute_second":
+        return None
+    seconds = predict_time(prediction)
+    if not seconds:
+        return None
+    return entry.price * Decimal(str(seconds))

@@ -1,0 +1,413 @@
+"""The Replicate provider: every genroute task on Replicate's models, through the real ``replicate`` client.
+
+One run: the target's input schema (disk-cached) → the request mapped onto the model's inputs and
+checked against the schema (nothing is spent on an input the model would refuse) → one create with
+``Prefer: wait`` (reconciled, never repeated, when its outcome is unknown) → polls with backoff until
+the prediction ends → outputs downloaded and checked → usage measured for settling. When the router's
+deadline cancels the run, the prediction is cancelled remotely before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+from replicate.exceptions import ReplicateError
+from replicate.prediction import Prediction
+from replicate.stream import ServerSentEvent
+from replicate.version import Versions
+
+from genroute import billing, errors
+from genroute.config import Settings
+from genroute.jobs import Job
+from genroute.media import MediaInput
+from genroute.provider import Provider, RunContext
+from genroute.types import ModelEntry, Offer, ProviderOutput, RequestModel, Task, TextGeneration
+
+from . import cost, inputs, outputs
+from . import errors as mapping
+from .client import ApiStatusError, Session, Sessions, TransportFactory, read_token
+from .creates import TERMINAL, Predictions, Target
+from .options import TOKEN_VARIABLE, ReplicateOptions, options_for
+from .schema import ModelSchema, RunsBy, SchemaCache, parse_openapi, validate_inputs
+
+log = logging.getLogger("genroute.replicate")
+
+NAME = "replicate"
+_API_ERRORS = (ApiStatusError, ReplicateError, httpx.HTTPError, ValueError)
+_CREDIT_FILE = "out-of-credit.json"
+
+
+class ReplicateProvider(Provider):
+    """Runs genroute requests on Replicate. ``transport_factory`` is for tests (a fake's rewriting transport)."""
+
+    name = NAME
+    options_model = ReplicateOptions
+    supports_webhooks = True
+
+    def __init__(self, *, transport_factory: TransportFactory | None = None) -> None:
+        self._sessions = Sessions(transport_factory)
+        self._predictions = Predictions()
+        self._schema_caches: dict[tuple[Path, float], SchemaCache] = {}
+        self._credit_until: dict[Path, float] = {}
+        self._uploads: dict[tuple[str, str | None, str], tuple[str, float]] = {}
+
+    # -- availability ---------------------------------------------------------------------------------
+    def unavailable_reason(self, settings: Settings) -> str | None:
+        if read_token() is None:
+            return f"{TOKEN_VARIABLE} is not set"
+        until = self._withdrawn_until(options_for(settings).state_path(settings))
+        if until:
+            stamp = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            return f"out of credit (HTTP 402); withdrawn until {stamp} — add credit at replicate.com/account/billing"
+        return None
+
+    def _withdrawn_until(self, state: Path) -> float | None:
+        until = self._credit_until.get(state)
+        if until is None:
+            try:
+                until = float(json.loads((state / _CREDIT_FILE).read_text(encoding="utf-8"))["until"])
+            except (OSError, ValueError, KeyError, TypeError):
+                until = 0.0
+            self._credit_until[state] = until
+        return until if until > time.time() else None
+
+    def _withdraw(self, options: ReplicateOptions, settings: Settings) -> None:
+        """After a 402: make no offers for ``credit_cooldown_seconds`` (shared with other processes on disk)."""
+        if not options.credit_cooldown_seconds:
+            return
+        state = options.state_path(settings)
+        until = time.time() + options.credit_cooldown_seconds
+        self._credit_until[state] = until
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            tmp = state / f"{_CREDIT_FILE}.tmp"
+            tmp.write_text(json.dumps({"until": until}), encoding="utf-8")
+            tmp.replace(state / _CREDIT_FILE)
+        except OSError as exc:
+            log.warning("could not record the out-of-credit cooldown in %s: %s", state, exc.strerror)
+
+    # -- running ----------------------------------------------------------------------------------------
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        options = options_for(ctx.settings, ctx.options)
+        with self._guard(options, ctx.settings):
+            session = self._session(options)
+            target, values = await self._prepare(session, request, offer, ctx.settings)
+            key = (ctx.request_key, target.schema.ref, "run")
+            async with self._predictions.exclusive(key):
+                cache = self._schema_cache(options, ctx.settings)
+                prediction = await self._predictions.obtain(
+                    session, target, values, key, schemas=cache, wait=_wait_seconds(options, ctx)
+                )
+                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                return await self._finish(session, request.task_name, request, offer.entry, prediction, key)
+
+    async def _await_end(
+        self,
+        session: Session,
+        prediction: dict[str, Any],
+        key: tuple[str, str, str],
+        ctx: RunContext,
+        entry: ModelEntry | None,
+    ) -> dict[str, Any]:
+        try:
+            return await self._predictions.wait(session, prediction)
+        except asyncio.CancelledError:
+            # The router's deadline (or the caller) gave up: stop the prediction so it stops billing.
+            await self._stop(session, prediction, key, ctx, entry)
+            raise
+
+    async def _stop(
+        self,
+        session: Session,
+        prediction: dict[str, Any],
+        key: tuple[str, str, str],
+        ctx: RunContext,
+        entry: ModelEntry | None,
+    ) -> None:
+        """Cancel remotely; what the canceled prediction billed goes to ``ctx.extra["incurred"]``."""
+        canceled = await self._predictions.cancel(session, str(prediction["id"]))
+        self._predictions.forget(key)
+        spent = cost.incurred(entry, canceled) if canceled is not None else None
+        if spent:
+            # The router does not read this yet (a cancelled run settles nothing): kept for when it does.
+            ctx.extra["incurred"] = spent
+
+    async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
+        if not isinstance(request, TextGeneration):
+            async for piece in super().stream(request, offer, ctx):
+                yield piece
+            return
+        options = options_for(ctx.settings, ctx.options)
+        with self._guard(options, ctx.settings):
+            session = self._session(options)
+            target, values = await self._prepare(session, request, offer, ctx.settings)
+            key = (ctx.request_key, target.schema.ref, "stream")
+            async with self._predictions.exclusive(key):
+                cache = self._schema_cache(options, ctx.settings)
+                prediction = await self._predictions.obtain(
+                    session, target, values, key, schemas=cache, wait=None, stream=True
+                )
+                url = (prediction.get("urls") or {}).get("stream")
+                if not url or prediction.get("status") in TERMINAL:  # nothing to stream: the whole text at once
+                    prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                    output = await self._finish(session, request.task_name, request, offer.entry, prediction, key)
+                    ctx.extra["output"] = output
+                    if output.text:
+                        yield output.text
+                    return
+                pieces: list[str] = []
+                finished = False
+                try:
+                    async for piece in self._sse(session, prediction):
+                        pieces.append(piece)
+                        yield piece
+                    finished = True
+                except (asyncio.CancelledError, GeneratorExit):
+                    if not finished:  # deadline, or the caller stopped reading: stop the billing too
+                        await self._stop(session, prediction, key, ctx, offer.entry)
+                    raise
+                except (RuntimeError, *_API_ERRORS) as exc:  # an SSE `error` event, or the stream broke off
+                    log.info(
+                        "the stream of %s ended early (%s); reading the prediction instead",
+                        prediction.get("id"),
+                        type(exc).__name__,
+                    )
+                running = {**prediction, "status": "processing"}
+                final = await self._await_end(session, running, key, ctx, offer.entry)
+                output = await self._finish(session, request.task_name, request, offer.entry, final, key)
+                sent, full = "".join(pieces), output.text or ""
+                if len(full) > len(sent) and full.startswith(sent):  # what the broken stream did not carry
+                    pieces.append(full[len(sent) :])
+                    yield pieces[-1]
+                ctx.extra["output"] = output.model_copy(update={"text": "".join(pieces)})
+
+    async def _sse(self, session: Session, prediction: dict[str, Any]) -> AsyncIterator[str]:
+        """Text pieces from the prediction's ``urls.stream`` (the client's own SSE decoder)."""
+        remote = Prediction(**prediction)
+        remote._client = session.client
+        events = cast(AsyncGenerator[ServerSentEvent, None], remote.async_stream())
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event.event == ServerSentEvent.EventType.OUTPUT:
+                    piece = str(event.data)
+                    if piece:
+                        yield piece
+
+    async def submit(self, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str) -> str:
+        options = options_for(ctx.settings, ctx.options)
+        with self._guard(options, ctx.settings):
+            session = self._session(options)
+            target, values = await self._prepare(session, request, offer, ctx.settings)
+            key = (ctx.request_key, target.schema.ref, "submit")
+            async with self._predictions.exclusive(key):
+                cache = self._schema_cache(options, ctx.settings)
+                prediction = await self._predictions.obtain(
+                    session, target, values, key, schemas=cache, wait=None, webhook=webhook_url
+                )
+                self._predictions.forget(key)  # the job record owns it from here
+                return str(prediction["id"])
+
+    async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
+        """A verified webhook's prediction JSON as output (files downloaded); failed → ModelFailed."""
+        if not isinstance(payload, dict) or "status" not in payload:
+            raise errors.ProviderError("webhook payload is not a prediction", provider=NAME)
+        if payload.get("status") not in TERMINAL:
+            raise errors.ProviderError(
+                f"prediction {payload.get('id')} has not finished", provider=NAME, retryable=True
+            )
+        options = options_for(ctx.settings, ctx.options)
+        session = self._sessions.get(read_token() or "", options)  # downloads need no token
+        return await self._finish(session, job.task, None, job.offer.entry, payload, None)
+
+    async def webhook_secret(self, settings: Settings, validated: ReplicateOptions | None = None) -> str:
+        """The webhook signing secret: from the environment variable ``webhook_secret_env``, else the API."""
+        options = options_for(settings, validated)
+        from_env = os.environ.get(options.webhook_secret_env, "").strip()
+        if from_env:
+            return from_env
+        with self._guard(options, settings):
+            session = self._session(options)
+            secret = await session.client.webhooks.default.async_secret()
+        return str(secret.key)
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _guard(self, options: ReplicateOptions, settings: Settings) -> Any:
+        """Client and httpx errors as genroute errors; a 402 also withdraws the provider for a while."""
+        try:
+            yield
+        except errors.OutOfCredit:
+            self._withdraw(options, settings)
+            raise
+        except errors.ProviderError:
+            raise
+        except _API_ERRORS as exc:
+            mapped = mapping.from_exception(exc)
+            if isinstance(mapped, errors.OutOfCredit):
+                self._withdraw(options, settings)
+            raise mapped from exc
+
+    def _session(self, options: ReplicateOptions) -> Session:
+        token = read_token()
+        if token is None:
+            raise errors.AuthenticationFailed(
+                f"{TOKEN_VARIABLE} is not set",
+                provider=NAME,
+                hint=f"export {TOKEN_VARIABLE}=<token from replicate.com/account/api-tokens>",
+            )
+        return self._sessions.get(token, options)
+
+    def _schema_cache(self, options: ReplicateOptions, settings: Settings) -> SchemaCache:
+        key = (options.schema_path(settings), options.schema_cache_ttl_seconds)
+        cache = self._schema_caches.get(key)
+        if cache is None:
+            cache = self._schema_caches[key] = SchemaCache(*key)
+        return cache
+
+    async def _prepare(
+        self, session: Session, request: RequestModel, offer: Offer, settings: Settings
+    ) -> tuple[Target, dict[str, Any]]:
+        """The target (schema fetched or cached) and the checked, encoded inputs. Spends nothing."""
+        entry = offer.entry
+        cache = self._schema_cache(session.options, settings)
+        ref = f"deployment:{entry.deployment}" if entry is not None and entry.deployment else offer.model
+        schema = cache.get(ref)
+        if schema is None:
+            schema = await self._fetch_schema(session, ref)
+            cache.put(schema)
+        # Official models are billed per output; a per-second model is a community one: try it by version.
+        guess: RunsBy | None = "version" if entry is not None and entry.unit == "compute_second" else None
+        target = Target(schema, deployment=entry.deployment if entry is not None else None, guess=guess)
+        mapped = inputs.map_request(request, schema, entry, inline_max=session.options.inline_media_max_bytes)
+        validate_inputs(schema, mapped.values, mapped.origins, provider=NAME)
+        values = dict(mapped.values)
+        for name, media in mapped.uploads.items():
+            values[name] = await self._upload(session, media)
+        return target, values
+
+    async def _upload(self, session: Session, media: MediaInput) -> str:
+        """``POST /v1/files`` once per content: a retry reuses the URL, so its create input is identical."""
+        key = (session.account, session.options.base_url, media.sha256)
+        known = self._uploads.get(key)
+        if known is not None and known[1] > time.time():
+            return known[0]
+        stream, filename = inputs.upload_stream(media)
+        # files.create passes timeout=None to httpx (no timeout at all): bound it here.
+        async with asyncio.timeout(session.options.create_timeout_seconds + len(media.data) / 100_000):
+            uploaded = await session.client.files.async_create(stream, filename=filename, content_type=media.media_type)
+        url = str(uploaded.urls["get"])
+        self._uploads[key] = (url, time.time() + 3600)  # uploads live a day; reuse them for an hour
+        return url
+
+    async def _fetch_schema(self, session: Session, ref: str) -> ModelSchema:
+        client = session.client
+        what = f"reading the input schema of {ref}"
+        try:
+            if ref.startswith("deployment:"):
+                deployment = await client.deployments.async_get(ref.removeprefix("deployment:"))
+                release = deployment.current_release
+                if release is None:
+                    raise errors.ModelNotFound(f"deployment {deployment.id} has no release", provider=NAME)
+                version = await Versions(client, release.model).async_get(release.version)
+                props, required, out = parse_openapi(version.openapi_schema)
+                return ModelSchema(
+                    ref=ref,
+                    model=release.model,
+                    version=release.version,
+                    properties=props,
+                    required=required,
+                    output=out,
+                    runs_by="deployment",
+                    fetched_at=time.time(),
+                )
+            model_name, _, pinned = ref.partition(":")
+            if pinned:
+                version = await Versions(client, model_name).async_get(pinned)
+                props, required, out = parse_openapi(version.openapi_schema)
+                return ModelSchema(
+                    ref=ref,
+                    model=model_name,
+                    version=pinned,
+                    properties=props,
+                    required=required,
+                    output=out,
+                    runs_by="version",
+                    fetched_at=time.time(),
+                )
+            model = await client.models.async_get(model_name)
+            latest = model.latest_version
+            props, required, out = parse_openapi(latest.openapi_schema if latest is not None else None)
+            return ModelSchema(
+                ref=ref,
+                model=model_name,
+                version=latest.id if latest is not None else None,
+                properties=props,
+                required=required,
+                output=out,
+                fetched_at=time.time(),
+            )
+        except errors.ProviderError:
+            raise
+        except _API_ERRORS as exc:
+            raise mapping.from_exception(exc, what=what) from exc
+
+    async def _finish(
+        self,
+        session: Session,
+        task: Task,
+        request: RequestModel | None,
+        entry: ModelEntry | None,
+        prediction: dict[str, Any],
+        key: tuple[str, str, str] | None,
+    ) -> ProviderOutput:
+        """A finished prediction as ProviderOutput, or the error it ended with (with what it cost)."""
+        options = session.options
+        status = prediction.get("status")
+        pid = str(prediction.get("id"))
+        if status == "failed":
+            self._forget(key)
+            raise mapping.model_failed(
+                prediction, incurred=cost.incurred(entry, prediction), logs_chars=options.logs_tail_chars
+            )
+        if status == "canceled":
+            self._forget(key)
+            raise errors.ProviderError(
+                f"prediction {pid} was canceled", provider=NAME, incurred=cost.incurred(entry, prediction)
+            )
+        try:
+            parsed = await outputs.parse(task, prediction, session.http, options)
+        except errors.ProviderError as exc:
+            if not exc.retryable:  # a retry would adopt the same prediction and download again
+                self._forget(key)
+                if exc.incurred is None and entry is not None:
+                    used = cost.usage(task, prediction, [], request)
+                    exc.incurred = billing.actual(entry, request, ProviderOutput(usage=used))
+            raise
+        usage = cost.usage(task, prediction, parsed.files, request)
+        self._forget(key)
+        return ProviderOutput(files=parsed.files, text=parsed.text, segments=parsed.segments, usage=usage, job_id=pid)
+
+    def _forget(self, key: tuple[str, str, str] | None) -> None:
+        if key is not None:
+            self._predictions.forget(key)
+
+    async def aclose(self) -> None:
+        await self._sessions.aclose()
+
+
+def _wait_seconds(options: ReplicateOptions, ctx: RunContext) -> int:
+    """``Prefer: wait`` seconds: the option, but never past the deadline (the API allows 1-60)."""
+    return max(1, min(options.wait_seconds, int(ctx.remaining())))
+
+
+__all__ = ["ReplicateProvider"]

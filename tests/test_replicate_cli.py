@@ -1,0 +1,155 @@
+"""``genroute`` end to end with the Replicate plugin: subprocesses against a fake started by the test.
+
+The CLI reads a temporary copy of the repository's ``plugins.toml`` (``GENROUTE_CONFIG``) whose
+``[providers.replicate.options]`` point at the fake; the token comes from ``REPLICATE_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from fakes import FakeReplicate, sign_webhook
+from test_replicate_helpers import REPO_ROOT, TOKEN
+
+TOKEN_VARIABLES = ("REPLICATE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "REPLICATE_WEBHOOK_SECRET")
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def server() -> Iterator[FakeReplicate]:
+    with FakeReplicate(prediction_seconds=0.02, token=TOKEN, catalogue=True) as fake:
+        yield fake
+    assert fake.errors == []
+
+
+def _config(tmp_path: Path, server: FakeReplicate) -> Path:
+    text = (REPO_ROOT / "plugins.toml").read_text(encoding="utf-8")
+    header = "[providers.replicate.options]\n"
+    before, found, rest = text.partition(header)
+    assert found, "plugins.toml has no [providers.replicate.options] section"
+    section, next_table, after = rest.partition("\n[")
+    options = {"base_url": f'"{server.base_url}"', "poll_initial_seconds": "0.01", "poll_max_seconds": "0.05"}
+    kept = [line for line in section.splitlines() if line.split("=", 1)[0].strip() not in options]
+    lines = [f"{key} = {value}" for key, value in options.items()] + kept
+    text = before + header + "\n".join(lines) + "\n" + next_table + after
+    path = tmp_path / "plugins.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _environ(tmp_path: Path, config: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in (*TOKEN_VARIABLES, "GENROUTE_PROFILE")}
+    environ.update({"GENROUTE_CONFIG": str(config), "GENROUTE_HOME": str(tmp_path), "NO_COLOR": "1"})
+    environ.update(extra or {})
+    return environ
+
+
+@pytest.fixture
+def cli(tmp_path: Path, server: FakeReplicate) -> Cli:
+    config = _config(tmp_path, server)
+
+    def run(*args: str, token: bool = True, rc: int | None = None) -> subprocess.CompletedProcess[str]:
+        environ = _environ(tmp_path, config, {"REPLICATE_API_TOKEN": TOKEN} if token else None)
+        proc = subprocess.run([sys.executable, "-m", "genroute.cli", *args], cwd=tmp_path, env=environ,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        if rc is not None:
+            assert proc.returncode == rc, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert TOKEN not in proc.stdout + proc.stderr
+        return proc
+
+    return run
+
+
+def test_prod_profile_run_end_to_end(cli: Cli, server: FakeReplicate, tmp_path: Path) -> None:
+    proc = cli("run", "a red fox", "--task", "text-to-image", "--tier", "fast", "--num-outputs", "2",
+               "--profile", "prod", "--json", rc=0)  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert result["provider"] == "replicate" and result["model"] == "black-forest-labs/flux-schnell"
+    assert result["actual_cost"] == "0.006000" and result["job_id"] == server.predictions[0].id
+    assert len(result["saved"]) == 2
+    for saved in result["saved"]:
+        with Image.open(tmp_path / saved) as image:
+            assert saved.endswith(".webp") and image.size == (1024, 1024)
+    budget = json.loads(cli("budget", "--json", "--profile", "prod", rc=0).stdout)
+    spent = {(row["scope"], row["period"]): row["spent"] for row in budget["usage"]}
+    assert spent[("provider:replicate", "total")] == "0.006000"
+    streamed = cli("run", "Say hello", "--task", "text-generation", "--tier", "fast", "--profile", "prod", rc=0)
+    assert streamed.stdout.startswith("Here is a reply about Say hello") and "replicate" in streamed.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_without_a_token_providers_say_why_and_a_pinned_run_fails_naming_it(cli: Cli, server: FakeReplicate) -> None:
+    listing = json.loads(cli("providers", "--profile", "prod", "--json", token=False, rc=0).stdout)
+    replicate = next(row for row in listing["providers"] if row["provider"] == "replicate")
+    assert replicate["status"] == "unavailable: REPLICATE_API_TOKEN is not set" and replicate["in_profile"]
+    assert len(replicate["models"]) == 30
+    text = cli("providers", "--profile", "prod", token=False, rc=0).stdout
+    assert "replicate — unavailable: REPLICATE_API_TOKEN is not set" in text
+    failed = cli("run", "a fox", "--tier", "fast", "--profile", "prod", "--provider", "replicate", token=False, rc=6)
+    assert "replicate" in failed.stderr and "unavailable: REPLICATE_API_TOKEN is not set" in failed.stderr
+    unpinned = cli("run", "a fox", "--tier", "fast", "--profile", "prod", token=False, rc=6)
+    assert "unavailable: REPLICATE_API_TOKEN is not set" in unpinned.stderr
+    assert server.count() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_webhooks_serve_command(tmp_path: Path, server: FakeReplicate) -> None:
+    config = _config(tmp_path, server)
+    port = _free_port()
+    secret = server.webhook_secret
+    environ = _environ(tmp_path, config, {"REPLICATE_WEBHOOK_SECRET": secret})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genroute.cli", "webhooks", "serve", "--port", str(port), "--profile", "prod"],
+        cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        body = json.dumps({"id": "p1", "status": "processing"})
+        stamp = str(int(time.time()))
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": stamp,
+                   "webhook-signature": sign_webhook(secret, "msg_1", stamp, body)}  # fmt: skip
+        ok = httpx.post(f"http://127.0.0.1:{port}/hooks", content=body, headers=headers, timeout=5)
+        assert ok.status_code == 200 and "intermediate" in ok.json()["ignored"]
+        forged = {**headers, "webhook-signature": sign_webhook(secret + "x", "msg_1", stamp, body)}
+        assert httpx.post(f"http://127.0.0.1:{port}/hooks", content=body, headers=forged, timeout=5).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/hooks", timeout=5).status_code == 405
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"receiving Replicate webhooks on http://127.0.0.1:{port}/" in err and secret not in out + err
+
+
+def test_webhooks_serve_without_any_secret_fails_clearly(tmp_path: Path, server: FakeReplicate) -> None:
+    config = _config(tmp_path, server)
+    proc = subprocess.run(
+        [sys.executable, "-m", "genroute.cli", "webhooks", "serve", "--port", str(_free_port())],
+        cwd=tmp_path, env=_environ(tmp_path, config), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "did not start" in proc.stderr and "REPLICATE_WEBHOOK_SECRET" in proc.stderr

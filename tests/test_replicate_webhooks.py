@@ -1,0 +1,205 @@
+"""Completion by webhook: submit → the fake delivers a signed webhook → the receiver settles once.
+
+The receiver (:func:`genroute_replicate.webhooks.create_app`) runs under uvicorn on 127.0.0.1 for the
+end-to-end path, and is driven through ``httpx.ASGITransport`` with the fake's own recorded deliveries
+(or hand-signed ones) for the refusals. A refused or replayed delivery must leave the ledger unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from fakes import FakeReplicate, sign_webhook
+from genroute.jobs import Job
+from genroute.money import quantize
+from genroute.router import Router
+from genroute.types import TextToImage, Upscale
+from genroute_replicate.webhooks import create_app
+from test_replicate_helpers import build_settings, png
+
+UNREACHABLE = "http://127.0.0.1:9/hooks"  # the discard port: the fake's delivery fails; tests replay it by hand
+OTHER_SECRET = "whsec_" + base64.b64encode(b"not the account's signing secret").decode()
+
+pytest_plugins = ["test_replicate_helpers"]  # its fixtures: fake, token, router, make_router
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on 127.0.0.1; yield its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _wait_for(check: Callable[[], Job | None], timeout: float = 10) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = check()
+        if job is not None:
+            return job
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _ledger(router: Router) -> list[tuple[str, str, Decimal, str | None]]:
+    return sorted((e.id, e.status, e.actual, e.job_id) for e in router.ledger.entries())
+
+
+@pytest.fixture
+def routers(
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> tuple[Router, Router]:
+    """(submitter, receiver): two Routers over the same directories, as two processes would be."""
+    settings = build_settings(tmp_path, fake)
+    return make_router(settings), make_router(settings)
+
+
+def test_submit_then_signed_webhook_settles_once_and_stores(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, receiver = routers
+    app = create_app(receiver, tolerance=300, close_router_on_shutdown=True)
+    with serving(app) as url:
+        request = TextToImage(prompt="hooked fox", tier="fast", num_outputs=2)
+        job = submitter.submit(request, webhook_url=f"{url}/hooks/replicate")
+        assert job.status == "pending" and job.remote_id and job.provider == "replicate"
+        done = _wait_for(lambda: j if (j := submitter.jobs.get(job.id)) and j.status != "pending" else None)
+        assert fake.wait_until_idle(5)
+        ok = [d for d in fake.deliveries if d.ok]
+        assert len(ok) == 1 and ok[0].event == "completed"
+        before = _ledger(submitter)
+        replay = fake.redeliver(ok[0].webhook_id)  # the same message again: acknowledged, nothing changes
+        assert replay.status_code == 200 and _ledger(submitter) == before
+    prediction = fake.prediction(job.remote_id)
+    assert prediction.webhook_events_filter == frozenset({"completed"})
+    assert done.status == "succeeded" and done.cost == Decimal("0.006")
+    assert done.result is not None and len(done.result.artifacts) == 2 and done.result.job_id == job.remote_id
+    assert all(a.media_type == "image/webp" for a in done.result.artifacts)
+    settled = [e for e in submitter.ledger.entries() if e.status == "settled"]
+    assert len(settled) == 1 and settled[0].actual == Decimal("0.006") == settled[0].estimate
+    assert settled[0].job_id == job.remote_id and submitter.ledger.open_reservations() == []
+    stored = submitter.store.get(job.request_key) if submitter.store else None
+    assert stored is not None and stored.job_id == job.remote_id
+    assert fake.count("GET", "/v1/webhooks/default/secret") == 1  # the secret came from the API, once
+    assert submitter.run(request).cached  # the stored bytes now serve the same request
+
+
+async def _post(app: Any, body: str, headers: dict[str, str], method: str = "POST") -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://receiver") as client:
+        return await client.request(method, "/hooks", content=body.encode(), headers=headers)
+
+
+def _replay(app: Any, fake: FakeReplicate, prediction_id: str) -> httpx.Response:
+    assert fake.wait_until_idle(5)
+    delivery = next(d for d in fake.deliveries if d.prediction_id == prediction_id and d.event == "completed")
+    return asyncio.run(_post(app, delivery.body, delivery.headers))
+
+
+def test_bad_signature_and_stale_timestamp_are_refused_without_touching_the_ledger(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, receiver = routers
+    app = create_app(receiver, secret=fake.webhook_secret, tolerance=300)
+    fake.sign_with = OTHER_SECRET  # the fake signs (and dates) each delivery when it sends it
+    forged = submitter.submit(TextToImage(prompt="forged", tier="fast"), webhook_url=UNREACHABLE)
+    assert fake.wait_until_idle(5)
+    fake.sign_with, fake.timestamp_offset = None, -3600
+    stale = submitter.submit(TextToImage(prompt="stale", tier="fast"), webhook_url=UNREACHABLE)
+    assert fake.wait_until_idle(5)
+    fake.timestamp_offset = 0
+    before = _ledger(submitter)
+    for job, error in ((forged, "invalid signature"), (stale, "stale or invalid timestamp")):
+        answer = _replay(app, fake, job.remote_id or "")
+        assert answer.status_code == 401 and answer.json() == {"error": error}
+    assert _ledger(submitter) == before and len(submitter.ledger.open_reservations()) == 2
+    assert all(j.status == "pending" for j in submitter.jobs.list())
+    # Properly signed now (the sender's retry): accepted and settled once.
+    good = fake.redeliver(next(d.webhook_id for d in fake.deliveries if d.prediction_id == forged.remote_id))
+    answer = asyncio.run(_post(app, good.body, good.headers))
+    assert answer.status_code == 200 and answer.json()["status"] == "succeeded"
+    assert len([e for e in submitter.ledger.entries() if e.status == "settled"]) == 1
+
+
+def test_replayed_intermediate_and_unknown_deliveries(fake: FakeReplicate, routers: tuple[Router, Router]) -> None:
+    submitter, receiver = routers
+    secret = fake.webhook_secret
+    app = create_app(receiver, secret=secret, tolerance=300)
+    job = submitter.submit(TextToImage(prompt="replayed", tier="fast"), webhook_url=UNREACHABLE)
+    assert fake.wait_until_idle(5)
+    delivery = next(d for d in fake.deliveries if d.prediction_id == job.remote_id)
+    now = str(int(time.time()))
+
+    def signed(body: str, webhook_id: str) -> dict[str, str]:
+        return {"webhook-id": webhook_id, "webhook-timestamp": now, "content-type": "application/json",
+                "webhook-signature": sign_webhook(secret, webhook_id, now, body)}  # fmt: skip
+
+    running = json.dumps({**json.loads(delivery.body), "status": "processing", "output": None})
+    answer = asyncio.run(_post(app, running, signed(running, "msg_intermediate")))
+    assert answer.status_code == 200 and "intermediate" in answer.json()["ignored"]
+    before = _ledger(submitter)
+    unknown = json.dumps({**json.loads(delivery.body), "id": "not-ours"})
+    assert asyncio.run(_post(app, unknown, signed(unknown, "msg_unknown"))).status_code == 404
+    assert asyncio.run(_post(app, "{}", {}, method="GET")).status_code == 405
+    assert asyncio.run(_post(app, delivery.body, {"content-type": "application/json"})).status_code == 401
+    assert _ledger(submitter) == before
+
+    first = asyncio.run(_post(app, delivery.body, delivery.headers))
+    assert first.status_code == 200 and first.json()["status"] == "succeeded"
+    after = _ledger(submitter)
+    assert after != before
+    for headers in (delivery.headers, signed(delivery.body, "msg_new_id_same_prediction")):
+        again = asyncio.run(_post(app, delivery.body, headers))
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert _ledger(submitter) == after
+    assert [e.status for e in submitter.ledger.entries()].count("settled") == 1
+
+
+def test_a_failed_prediction_by_webhook_settles_its_compute(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, receiver = routers
+    app = create_app(receiver, secret=fake.webhook_secret, tolerance=300)
+    fake.set_predict_time("nightmareai/real-esrgan", 0.1)
+    fake.fail_model("nightmareai/real-esrgan", "weights corrupted", logs="loading\nweights corrupted\n")
+    job = submitter.submit(Upscale(image=png(), tier="fast"), webhook_url=UNREACHABLE)
+    answer = _replay(app, fake, job.remote_id or "")
+    assert answer.status_code == 200 and answer.json()["status"] == "failed"
+    failed = submitter.jobs.get(job.id)
+    assert failed is not None and failed.status == "failed" and "weights corrupted" in (failed.error or "")
+    (entry,) = list(submitter.ledger.entries())
+    assert entry.status == "settled" and entry.actual == quantize(Decimal("0.000225") * Decimal("0.1"))
+
+
+def test_tolerance_is_required() -> None:
+    with pytest.raises(ValueError, match="tolerance"):
+        create_app(object(), tolerance=None)  # type: ignore[arg-type]
