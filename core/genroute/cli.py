@@ -84,9 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _RedactingFilter(logging.Filter):
+    """Mask tokens in every log line, tracebacks included (they quote exception messages)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        if record.exc_info:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+            record.exc_info = None
         return True
 
 
@@ -269,12 +274,16 @@ def _print_result_summary(result: Result, files: list[Path], err: Console) -> No
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidRequest]]:
     """(line number, request dict or the error that line has); blank lines and # comments skipped."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise InvalidRequest(f"cannot read {path}: {exc.strerror}", field="FILE", hint="check the path") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                yield number, InvalidRequest(f"{path}:{number}: not UTF-8 text", hint="save the file as UTF-8")
+                continue
             if not text or text.startswith("#"):
                 continue
             try:
@@ -371,7 +380,10 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
     failures = 0
     cost = Decimal(0)
     cached = 0
-    sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
+    try:
+        sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
     numbers: list[int] = []
     invalid: list[tuple[int, InvalidRequest]] = []
 

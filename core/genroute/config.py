@@ -76,7 +76,7 @@ class LedgerSettings(_Strict):
 class StoreSettings(_Strict):
     enabled: bool = True
     path: Path = Path(".genroute/store")
-    max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024**2, le=2**62)
 
 
 class JobsSettings(_Strict):
@@ -148,7 +148,7 @@ def find_config_file(env: Mapping[str, str] | None = None) -> Path:
     """``$GENROUTE_CONFIG``, else ``./plugins.toml``, else the copy shipped with genroute."""
     env = os.environ if env is None else env
     if env.get(ENV_CONFIG):
-        path = Path(env[ENV_CONFIG]).expanduser()
+        path = _expand(Path(env[ENV_CONFIG]), ENV_CONFIG, "environment")
         if not path.is_file():
             raise ConfigError(f"{ENV_CONFIG} points at {path}, which does not exist", hint="fix the path or unset it")
         return path
@@ -259,16 +259,23 @@ def _refuse_secrets(raw: Any, source: str, prefix: str = "") -> None:
 
 
 def _resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
-    base = Path(env[ENV_HOME]).expanduser() if env.get(ENV_HOME) else Path.cwd()
+    base = _expand(Path(env[ENV_HOME]), ENV_HOME, settings.source) if env.get(ENV_HOME) else Path.cwd()
 
-    def absolute(path: Path) -> Path:
-        path = path.expanduser()
+    def absolute(path: Path, key: str) -> Path:
+        path = _expand(path, key, settings.source)
         return path if path.is_absolute() else base / path
 
     return settings.model_copy(
         update={
-            "store": settings.store.model_copy(update={"path": absolute(settings.store.path)}),
-            "ledger": settings.ledger.model_copy(update={"path": absolute(settings.ledger.path)}),
-            "jobs": settings.jobs.model_copy(update={"path": absolute(settings.jobs.path)}),
+            "store": settings.store.model_copy(update={"path": absolute(settings.store.path, "store.path")}),
+            "ledger": settings.ledger.model_copy(update={"path": absolute(settings.ledger.path, "ledger.path")}),
+            "jobs": settings.jobs.model_copy(update={"path": absolute(settings.jobs.path, "jobs.path")}),
         }
     )
+
+
+def _expand(path: Path, key: str, source: str) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # "~unknown-user/…"
+        raise ConfigError(f"cannot expand {str(path)!r}: {exc}", file=source, key=key) from None

@@ -30,6 +30,7 @@ JobStatus = Literal["pending", "succeeded", "failed", "canceled"]
 _JOB = "j|"
 _REMOTE = "r|"
 _SEEN = "w|"
+_CLAIM = "c|"
 
 
 class Job(BaseModel):
@@ -96,6 +97,16 @@ class JobStore:
         """True the first time a webhook delivery id is seen; False for a replay (atomic across processes)."""
         with self._guard("record a webhook delivery"):
             return bool(self._cache.add(_SEEN + delivery_id, time.time(), expire=keep_seconds))
+
+    def claim(self, job_id: str, *, keep_seconds: float = 3600) -> bool:
+        """True for the one caller allowed to complete ``job_id`` (atomic across processes)."""
+        with self._guard(f"claim job {job_id}"):
+            return bool(self._cache.add(_CLAIM + job_id, time.time(), expire=keep_seconds))
+
+    def unclaim(self, job_id: str) -> None:
+        """Give a claim back when completing failed before anything was recorded."""
+        with self._guard(f"unclaim job {job_id}"):
+            self._cache.delete(_CLAIM + job_id)
 
     def forget_sighting(self, delivery_id: str) -> None:
         """Undo :meth:`first_sighting` when handling the delivery failed, so the sender's retry is served."""

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict
 from .config import BudgetLimit
 from .errors import BudgetExceeded, LedgerError
 from .money import micros_to_usd, to_decimal, usd_to_micros
+from .secrets import redact
 
 __all__ = [
     "BudgetReport",
@@ -595,8 +596,8 @@ class Ledger:
             if self.on_warning is not None:
                 try:
                     self.on_warning(warning)
-                except Exception:
-                    logger.exception("the budget warning callback failed")
+                except Exception as exc:
+                    logger.warning("the budget warning callback failed: %s", redact(f"{type(exc).__name__}: {exc}"))
         return entry
 
     def release(self, reservation: Reservation, *, note: str = "") -> LedgerEntry:

@@ -70,17 +70,29 @@ class MediaInput:
             return cls._from_path(value)
         if isinstance(value, str):
             if value.startswith(("http://", "https://")):
+                try:
+                    httpx.URL(value)
+                except (httpx.InvalidURL, ValueError) as exc:
+                    raise ValueError(f"not a valid URL: {exc}") from exc
                 return cls(url=value)
             if value.startswith("data:"):
                 return cls(data=_decode_data_uri(value))
             if not value.strip():
                 raise ValueError("media path is empty; give a file path, bytes, or an http(s) URL")
-            return cls._from_path(Path(value).expanduser())
+            try:
+                path = Path(value).expanduser()
+            except RuntimeError as exc:  # "~unknown-user/…"
+                raise ValueError(f"cannot expand {value!r}: {exc}") from exc
+            return cls._from_path(path)
         raise ValueError(f"expected a file path, bytes or an http(s) URL, got {type(value).__name__}")
 
     @classmethod
     def _from_path(cls, path: Path) -> MediaInput:
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a name the file system refuses (too long, …)
+            raise ValueError(f"cannot use path {str(path)[:80]!r}: {exc.strerror}") from exc
+        if not exists:
             raise ValueError(f"file not found: {path} (give an existing file, bytes, or an http(s) URL)")
         try:
             data = path.read_bytes()
@@ -135,7 +147,7 @@ class MediaInput:
                             hint="download, shrink and pass the file instead",
                         )
                     chunks.append(chunk)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise InvalidRequest(
                 f"cannot fetch {self.url}: {type(exc).__name__}", field=field, hint="check the URL"
             ) from exc

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from .errors import (
     DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
+    LedgerError,
     NoRouteAvailable,
     OutOfCredit,
     OutputRejected,
@@ -403,7 +406,7 @@ class Router:
         tries = _Tries()
         try:
             output = await self._attempts(request, key, offer, deadline, tries)
-            self._check_output(offer, output)
+            self._check_output(offer, output, billed=quantize(_cost(offer, request, output)))
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred)
             self._count_failure(offer, exc)
@@ -485,11 +488,15 @@ class Router:
             http_factory=self._http_client,
         )
 
-    def _check_output(self, offer: Offer, output: ProviderOutput) -> None:
+    def _check_output(self, offer: Offer, output: ProviderOutput, *, billed: Decimal) -> None:
+        """Refuse output over the size cap; the call was billed all the same, so the refusal carries it."""
         total = sum(len(f.data) for f in output.files)
         if total > self.settings.routing.max_output_bytes:
             raise OutputRejected(
-                f"output is {total} bytes, over routing.max_output_bytes", provider=offer.provider, retryable=False
+                f"output is {total} bytes, over routing.max_output_bytes",
+                provider=offer.provider,
+                retryable=False,
+                incurred=billed,
             )
 
     def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
@@ -668,14 +675,25 @@ class Router:
             return job
         if provider not in self.providers:
             raise InvalidRequest(f"provider {provider!r} is not installed", hint="install its plugin")
+        if not self.jobs.claim(job.id):  # a concurrent delivery of the same completion is handling it
+            return self.jobs.get(job.id) or job
+        try:
+            return await self._complete(job, payload)
+        except BaseException:
+            self.jobs.unclaim(job.id)  # nothing recorded: let a redelivery try again
+            raise
+
+    async def _complete(self, job: Job, payload: Any) -> Job:
         reservation = self.ledger.reservation(job.reservation_id) if job.reservation_id else None
         ctx = self._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + 600)
+        remote_id = job.remote_id or ""
         try:
-            output = await self.providers[provider].complete(job, payload, ctx)
-            self._check_output(job.offer, output)
+            output = await self.providers[job.provider].complete(job, payload, ctx)
+            merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
+            cost = quantize(_cost(job.offer, None, merged))
+            self._check_output(job.offer, output, billed=cost)
         except ProviderError as exc:
-            if reservation is not None:
-                self._close_failed(reservation, exc)
+            self._settle_job(job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
             failed = job.model_copy(
                 update={
                     "status": "failed",
@@ -686,21 +704,7 @@ class Router:
             )
             self.jobs.update(failed)
             return failed
-        merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
-        cost = quantize(_cost(job.offer, None, merged))
-        if reservation is not None:
-            self.ledger.settle(reservation, cost, job_id=output.job_id or remote_id)
-        else:  # reclaimed meanwhile (completion later than the reservation's lifetime): still record the spend
-            log.warning("job %s completed after its reservation was reclaimed; recording the spend", job.id)
-            late = self.ledger.reserve(
-                Decimal(0),
-                scopes=self.budget_scopes(job.offer),
-                provider=job.provider,
-                model=job.model,
-                task=job.task,
-                request_key=job.request_key,
-            )
-            self.ledger.settle(late, cost, job_id=remote_id, note="completion after the reservation expired")
+        self._settle_job(job, reservation, cost, job_id=output.job_id or remote_id)
         latency = (now_utc() - job.created_at).total_seconds()
         result = _result(
             job.request_key, job.offer, output.model_copy(update={"job_id": output.job_id or remote_id}), cost, latency
@@ -714,6 +718,35 @@ class Router:
         done = job.model_copy(update={"status": "succeeded", "result": result, "cost": cost, "finished_at": now_utc()})
         self.jobs.update(done)
         return done
+
+    def _settle_job(
+        self, job: Job, reservation: Reservation | None, cost: Decimal, *, job_id: str | None = None, note: str = ""
+    ) -> None:
+        if reservation is not None:
+            if cost:
+                self.ledger.settle(reservation, cost, job_id=job_id, note=note)
+            else:
+                self.ledger.release(reservation, note=note)
+            return
+        if job.reservation_id is None or not cost:
+            return
+        # The reservation was reclaimed while the job ran: the ledger kept its record and settles it once.
+        stub = Reservation(
+            id=job.reservation_id,
+            amount=Decimal(0),
+            scopes=(),
+            provider=job.provider,
+            model=job.model,
+            task=job.task,
+            request_key=job.request_key,
+            created_at=0.0,
+            expires_at=0.0,
+            period_keys=(),
+        )
+        try:
+            self.ledger.settle(stub, cost, job_id=job_id, note="completion after the reservation expired")
+        except LedgerError:
+            log.warning("job %s: its reservation %s was already settled; not charged again", job.id, stub.id)
 
     def submit(self, request: RequestLike, *, webhook_url: str) -> Job:
         """Sync :meth:`asubmit`."""
@@ -825,7 +858,13 @@ class Router:
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
             except Exception:
-                log.warning("observer hook %s raised (plugin %s); ignored", hook, impl.plugin_name, exc_info=True)
+                log.warning(
+                    "observer hook %s raised (plugin %s); ignored: %s",
+                    hook,
+                    impl.plugin_name,
+                    redact(f"{type(sys.exc_info()[1]).__name__}: {sys.exc_info()[1]}"),
+                )
+                log.debug("%s", redact(traceback.format_exc()))
 
     def _on_budget_warning(self, warning: Any) -> None:
         self._notify("genroute_budget_warning", warning=warning)
@@ -875,8 +914,15 @@ async def _call_submit(
     except (GenrouteError, asyncio.CancelledError):
         raise
     except Exception as exc:
-        log.warning("provider %s submit raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        _log_provider_bug(offer.provider, "submit", exc)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+def _log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
+    """A provider raised something unexpected: say so, with its traceback at DEBUG — tokens masked, since
+    exception messages may quote them."""
+    log.warning("provider %s %s raised %s", provider, method, redact(f"{type(exc).__name__}: {exc}"))
+    log.debug("%s", redact("".join(traceback.format_exception(exc))))
 
 
 def _extra_incurred(ctx: RunContext) -> Decimal:
@@ -902,7 +948,7 @@ async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
     except TimeoutError as exc:
         raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
-        log.warning("provider %s stream raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        _log_provider_bug(offer.provider, "stream", exc)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
 
 
@@ -912,7 +958,7 @@ async def _aclose_quietly(source: AsyncIterator[str]) -> None:
         try:
             await aclose()
         except Exception:
-            log.debug("closing a provider stream failed", exc_info=True)
+            log.debug("closing a provider stream failed: %s", redact(traceback.format_exc()))
 
 
 def _no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
@@ -963,7 +1009,7 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
     except TimeoutError as exc:  # the provider's own timeout, not the router's deadline (that cancels instead)
         raise ProviderTimeout("timed out", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug: fall back rather than fail the whole request
-        log.warning("provider %s raised %s", offer.provider, type(exc).__name__, exc_info=True)
+        _log_provider_bug(offer.provider, "run", exc)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
     if not isinstance(output, ProviderOutput):
         raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
