@@ -148,6 +148,10 @@ def main() -> int:
             figures += asyncio.run(overhead(router, args.requests))
         with make_router(Path(home) / "batch") as router:
             figures.append(asyncio.run(throughput(router, args.requests, 16)))
+    from ledger_bench import figures as ledger_figures  # bench/ledger_bench.py, also runnable alone
+    from memory_bench import figures as memory_figures  # bench/memory_bench.py, also runnable alone
+
+    figures += ledger_figures(scratch=scratch) + memory_figures(scratch=scratch)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
     if args.markdown:
         print("| figure | measured | goal | verdict |\n|---|---|---|---|")

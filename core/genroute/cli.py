@@ -47,7 +47,11 @@ _TEXT_FIELD = {"text-to-speech": "text"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    parser = _parser()
+    try:
+        parser = _parser()  # loads plugins, which may fail: that is a plugin error, said in one line
+    except GenrouteError as exc:
+        print(f"genroute: error: {redact(exc.message)} — {redact(exc.hint)}", file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     out = Console(highlight=False, soft_wrap=True)
     if not out.is_terminal:  # pipes and files get whole lines, not an 80-column wrap
@@ -65,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GenrouteError as exc:
         # One line says what happened and what to do; details (say, each rejected offer) follow it.
         first, _, details = redact(exc.message).partition("\n")
-        err.print(f"genroute: error: {first} — {redact(exc.hint)}", markup=False)
+        err.print(f"genroute: error: {first.rstrip(':')} — {redact(exc.hint)}", markup=False)
         if details:
             err.print(details, markup=False)
         if args.debug:

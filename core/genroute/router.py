@@ -277,12 +277,12 @@ class Router:
     ) -> str | None:
         if offer.provider not in self.providers:
             return "no installed plugin registers this provider"
+        if offer.provider not in order:
+            return f"not in profile {self.settings.profile!r}"
         if unavailable.get(offer.provider):
             return f"unavailable: {unavailable[offer.provider]}"
         if offer.task != request.task_name:
             return f"offer is for {offer.task}"
-        if offer.provider not in order:
-            return f"not in profile {self.settings.profile!r}"
         if not self.settings.provider(offer.provider).enabled:
             return "disabled in config"
         if request.provider and offer.provider != request.provider:

@@ -11,11 +11,12 @@ Provider URLs expire, so the store keeps the bytes themselves. Layout under the 
 * ``scratch/`` — outputs the store could not keep (a result larger than ``max_bytes``), named
   ``<sha256><suffix>`` so a result is always handed back with real files.
 
-The size limit (``max_bytes``) is diskcache's: after a write that takes the store over it, the
-least recently stored items are evicted, ten at a time. A result whose blob was evicted is a miss, never an
-error. **An artifact's path can disappear** once a later write evicts its blob (in this or another process):
-copy files out promptly with :meth:`Artifact.save <genroute.types.Artifact.save>` or
-:meth:`~genroute.types.Artifact.read_bytes`, and treat a vanished file like a miss.
+The size limit (``max_bytes``) is diskcache's: before a write, once about a sixty-fourth of ``max_bytes``
+was written since the last check, the least recently stored items are evicted until the store is under it.
+A result whose blob was evicted is a miss, never an error. **An artifact's path can disappear** once a
+later write evicts its blob (in this or another process): copy files out promptly with
+:meth:`Artifact.save <genroute.types.Artifact.save>` or :meth:`~genroute.types.Artifact.read_bytes`, and treat
+a vanished file like a miss.
 
 Safe across threads and across processes sharing the directory (SQLite locking), on one machine's
 local disk only: SQLite over a network file system corrupts or crashes.

@@ -139,7 +139,7 @@ class ReplicateProvider(Provider):
         self._predictions.forget(key)
         spent = cost.incurred(entry, canceled) if canceled is not None else None
         if spent:
-            # The router does not read this yet (a cancelled run settles nothing): kept for when it does.
+            # The router settles this instead of releasing the reservation: the seconds ran were billed.
             ctx.extra["incurred"] = spent
 
     async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
