@@ -137,6 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for docs/benchmarks.md)")
+    parser.add_argument("--providers-full", action="store_true", help="full-size Replicate figures (slower)")
     args = parser.parse_args()
     # The store and ledger live on the working directory's disk, as they would for a user: some /tmp
     # mounts make every file creation an order of magnitude slower and would measure the disk, not genroute.
@@ -152,22 +153,28 @@ def main() -> int:
     from memory_bench import figures as memory_figures  # bench/memory_bench.py, also runnable alone
 
     figures += ledger_figures(scratch=scratch) + memory_figures(scratch=scratch)
+    from provider_bench import figures as provider_figures  # bench/provider_bench.py, also runnable alone
+
+    rows = [figure.row() for figure in figures]
+    verdicts = [figure.ok for figure in figures]
+    for name, measured, goal, ok in provider_figures(quick=not args.providers_full, scratch=scratch):
+        rows.append((name, measured, goal, "—" if ok is None else ("pass" if ok else "FAIL")))
+        verdicts.append(ok)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
     if args.markdown:
         print("| figure | measured | goal | verdict |\n|---|---|---|---|")
-        for figure in figures:
-            print("| " + " | ".join(figure.row()) + " |")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
         print(f"\n{args.requests} requests per figure; {machine}.")
     else:
         table = Table("figure", "measured", "goal", "verdict", title=f"genroute benchmarks ({args.requests} requests)")
-        for figure in figures:
-            name, value, goal, verdict = figure.row()
+        for name, value, goal, verdict in rows:
             style = {"pass": "green", "FAIL": "red"}.get(verdict, "")
             table.add_row(name, value, goal, f"[{style}]{verdict}[/]" if style else verdict)
         console = Console(width=130)
         console.print(table)
         console.print(machine)
-    return 0 if all(f.ok is not False for f in figures) else 1
+    return 0 if all(ok is not False for ok in verdicts) else 1
 
 
 if __name__ == "__main__":

@@ -158,10 +158,14 @@ class Predictions:
 
     def _claim(self, prediction_id: str, window: float) -> None:
         now = time.time()
+        self._claimed.pop(prediction_id, None)  # re-insert at the end: the dict stays ordered by time
         self._claimed[prediction_id] = now
-        for pid, when in list(self._claimed.items()):
-            if now - when > window:
-                del self._claimed[pid]
+        # Oldest first: stop at the first one still inside the window, so a claim costs O(expired).
+        while self._claimed:
+            oldest, when = next(iter(self._claimed.items()))
+            if now - when <= window:
+                break
+            del self._claimed[oldest]
 
     # -- create ----------------------------------------------------------------------------------------
     async def obtain(
