@@ -164,7 +164,7 @@ def main() -> int:
     if args.markdown:
         print("| figure | measured | goal | verdict |\n|---|---|---|---|")
         for row in rows:
-            print("| " + " | ".join(row) + " |")
+            print("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
         print(f"\n{args.requests} requests per figure; {machine}.")
     else:
         table = Table("figure", "measured", "goal", "verdict", title=f"genroute benchmarks ({args.requests} requests)")
