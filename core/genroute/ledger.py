@@ -94,6 +94,10 @@ _CACHE_SETTINGS: dict[str, Any] = {
     "disk_min_file_size": 2**30,
     "statistics": False,
     "tag_index": False,
+    # The ledger's database is small: no memory map, a small page cache (diskcache's defaults, 64 MiB
+    # mapped and 32 MiB cached per connection, made a long batch's memory grow with its length).
+    "sqlite_mmap_size": 0,
+    "sqlite_cache_size": 1024,
 }
 
 

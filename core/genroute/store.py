@@ -51,6 +51,8 @@ log = logging.getLogger("genroute.store")
 _RESULT = "r|"
 _BLOB = "b|"
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
+_SQLITE_MEMORY: dict[str, int] = {"sqlite_mmap_size": 0, "sqlite_cache_size": 2048}
+"""Blobs are files, so the index database stays small: no memory map, a modest page cache per connection."""
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
 
 
@@ -111,8 +113,9 @@ class ResultStore:
                 size_limit=max_bytes,
                 eviction_policy="least-recently-stored",
                 cull_limit=0,  # eviction runs in _maybe_cull, not inside every write
+                **_SQLITE_MEMORY,
             )
-            self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none")
+            self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **_SQLITE_MEMORY)
 
     @property
     def path(self) -> Path:
