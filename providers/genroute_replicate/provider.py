@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
@@ -105,10 +106,14 @@ class ReplicateProvider(Provider):
             key = (ctx.request_key, target.schema.ref, "run")
             async with self._predictions.exclusive(key):
                 cache = self._schema_cache(options, ctx.settings)
-                prediction = await self._predictions.obtain(
-                    session, target, values, key, schemas=cache, wait=_wait_seconds(options, ctx)
-                )
-                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                try:
+                    prediction = await self._predictions.obtain(
+                        session, target, values, key, schemas=cache, wait=_wait_seconds(options, ctx)
+                    )
+                    prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                except errors.ProviderError as exc:
+                    await self._abandon_if_last(session, key, ctx, offer.entry, exc)
+                    raise
                 return await self._finish(session, request.task_name, request, offer.entry, prediction, key)
 
     async def _await_end(
@@ -126,6 +131,27 @@ class ReplicateProvider(Provider):
             await self._stop(session, prediction, key, ctx, entry)
             raise
 
+
+    async def _abandon_if_last(
+        self,
+        session: Session,
+        key: tuple[str, str, str],
+        ctx: RunContext,
+        entry: ModelEntry | None,
+        exc: errors.ProviderError,
+    ) -> None:
+        """Failing with a prediction created: unless the router will ask again (and the next attempt adopt
+        it), stop it, and carry what it billed into the failure so the ledger settles it."""
+        if exc.retryable and ctx.attempt < ctx.settings.routing.max_attempts:
+            return
+        record = self._predictions.pending(key)
+        if record is None or record.prediction_id is None:
+            return
+        await self._stop(session, {"id": record.prediction_id}, key, ctx, entry)
+        billed = ctx.extra.pop("incurred", None)
+        if isinstance(billed, Decimal) and billed > 0 and not exc.incurred:
+            exc.incurred = billed
+
     async def _stop(
         self,
         session: Session,
@@ -138,6 +164,11 @@ class ReplicateProvider(Provider):
         canceled = await self._predictions.cancel(session, str(prediction["id"]))
         self._predictions.forget(key)
         spent = cost.incurred(entry, canceled) if canceled is not None else None
+        if spent is None and canceled is not None and canceled.get("status") == "succeeded" and entry is not None:
+            # It finished before the cancel arrived: its outputs are billed like any success.
+            produced = canceled.get("output")
+            count = len(produced) if isinstance(produced, list) else int(produced is not None)
+            spent = entry.price * count if entry.unit == "output" else None
         if spent:
             # The router settles this instead of releasing the reservation: the seconds ran were billed.
             ctx.extra["incurred"] = spent
