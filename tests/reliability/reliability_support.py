@@ -9,8 +9,10 @@ subprocess tests load the installed entry points, as a user's ``genroute`` would
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -279,3 +281,56 @@ def files_containing(root: Path, needles: Iterable[str]) -> list[str]:
             if any(needle in data for needle in encoded):
                 found.append(str(path))
     return found
+
+
+@dataclass
+class SharedRun:
+    """What :func:`run_workers_watching_budget` saw: each worker's outcome tuple, and the budget samples."""
+
+    outcomes: list[tuple[Any, ...]]
+    samples: int
+    most_reserved: Decimal
+
+
+def run_workers_watching_budget(
+    settings: Settings,
+    worker: Callable[..., None],
+    processes: int,
+    per_process: int,
+    concurrency: int,
+    scope: str,
+    limit: Decimal,
+) -> SharedRun:
+    """Start ``processes`` spawned workers on one ledger; while they run, sample ``Ledger.usage()`` and
+    assert ``spent + reserved <= limit`` in ``scope`` at every sample. Workers put one outcome tuple each
+    on the queue, its sixth item a problem string (empty when all went well)."""
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(processes + 1)
+    results: Any = ctx.Queue()
+    procs = [
+        ctx.Process(target=worker, args=(settings, i, per_process, concurrency, start, results), daemon=True)
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    samples = 0
+    most_reserved = Decimal(0)
+    outcomes: list[tuple[Any, ...]] = []
+    with Ledger(settings.ledger.path, settings.limits()) as ledger:
+        start.wait(180)
+        deadline = time.monotonic() + 600
+        while len(outcomes) < processes:
+            assert time.monotonic() < deadline, "the workers did not finish in 10 minutes"
+            row = usage_row(ledger.usage(), scope)
+            assert row.spent + row.reserved <= limit, f"over the limit at sample {samples}: {row}"
+            assert row.reserved >= 0 and row.spent >= 0, row
+            most_reserved = max(most_reserved, row.reserved)
+            samples += 1
+            while not results.empty():
+                outcomes.append(results.get())
+    for proc in procs:
+        proc.join(timeout=60)
+    problems = [o[5] for o in outcomes if o[5]]
+    assert not problems, problems[0]
+    assert [proc.exitcode for proc in procs] == [0] * processes
+    return SharedRun(outcomes, samples, most_reserved)

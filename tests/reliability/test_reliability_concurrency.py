@@ -9,15 +9,19 @@ and each provider call has exactly one settled entry.
 
 from __future__ import annotations
 
-import multiprocessing
-import time
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from reliability_support import MOCK_FAST_PRICE, router_worker, settled, store_stats, usage_row
+from reliability_support import (
+    MOCK_FAST_PRICE,
+    router_worker,
+    run_workers_watching_budget,
+    settled,
+    store_stats,
+    usage_row,
+)
 
 from conftest import mock_section
 from genroute.config import Settings
@@ -28,36 +32,9 @@ SCOPE = "simulated"  # the mock bills pretend money: scopes ("simulated", "provi
 
 
 def run_shared_budget(settings: Settings, processes: int, per_process: int, concurrency: int = 4) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(processes + 1)
-    results: Any = ctx.Queue()
-    procs = [
-        ctx.Process(target=router_worker, args=(settings, i, per_process, concurrency, start, results), daemon=True)
-        for i in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    samples = 0
-    most_reserved = Decimal(0)
+    run = run_workers_watching_budget(settings, router_worker, processes, per_process, concurrency, SCOPE, LIMIT)
+    outcomes, samples, most_reserved = run.outcomes, run.samples, run.most_reserved
     with Ledger(settings.ledger.path, settings.limits()) as ledger:
-        start.wait(180)
-        outcomes: list[tuple[Any, ...]] = []
-        deadline = time.monotonic() + 600
-        while len(outcomes) < processes:
-            assert time.monotonic() < deadline, "the workers did not finish in 10 minutes"
-            row = usage_row(ledger.usage(), SCOPE)
-            assert row.spent + row.reserved <= LIMIT, f"over the limit at sample {samples}: {row}"
-            assert row.reserved >= 0 and row.spent >= 0, row
-            most_reserved = max(most_reserved, row.reserved)
-            samples += 1
-            while not results.empty():
-                outcomes.append(results.get())
-        for proc in procs:
-            proc.join(timeout=60)
-        problems = [o[5] for o in outcomes if o[5]]
-        assert not problems, problems[0]
-        assert [proc.exitcode for proc in procs] == [0] * processes
-
         total = processes * per_process
         calls: Counter[str] = Counter()
         for _index, by_key, _keys, _errors, _cost, _problem in outcomes:

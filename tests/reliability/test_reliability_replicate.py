@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 import traceback
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_support import settled, usage_row
+from reliability_support import run_workers_watching_budget, settled, usage_row
 
 import genroute_mock.plugin as mock_plugin
 import genroute_replicate.plugin as replicate_plugin
@@ -121,38 +120,9 @@ def run_shared_budget(tmp_path: Path, server: FakeReplicate, processes: int, per
         tmp_path, server, providers=["replicate"], limits=[{"scope": SCOPE, "period": "total", "usd": str(LIMIT)}],
         routing={"deadline_seconds": 300},
     )  # fmt: skip
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(processes + 1)
-    results: Any = ctx.Queue()
-    procs = [
-        ctx.Process(target=replicate_worker, args=(settings, i, per_process, 4, start, results), daemon=True)
-        for i in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    samples = 0
-    most_reserved = Decimal(0)
+    run = run_workers_watching_budget(settings, replicate_worker, processes, per_process, 4, SCOPE, LIMIT)
+    outcomes, samples, most_reserved = run.outcomes, run.samples, run.most_reserved
     with Ledger(settings.ledger.path, settings.limits()) as ledger:
-        start.wait(180)
-        outcomes: list[tuple[Any, ...]] = []
-        deadline = time.monotonic() + 600
-        while len(outcomes) < processes:
-            assert time.monotonic() < deadline, "the workers did not finish in 10 minutes"
-            rows = [r for r in ledger.usage() if (r.scope, r.period) == (SCOPE, "total")]
-            if rows:
-                row = rows[0]
-                assert row.spent + row.reserved <= LIMIT, f"over the limit at sample {samples}: {row}"
-                assert row.reserved >= 0 and row.spent >= 0, row
-                most_reserved = max(most_reserved, row.reserved)
-            samples += 1
-            while not results.empty():
-                outcomes.append(results.get())
-        for proc in procs:
-            proc.join(timeout=60)
-        problems = [o[5] for o in outcomes if o[5]]
-        assert not problems, problems[0]
-        assert [proc.exitcode for proc in procs] == [0] * processes
-
         total = processes * per_process
         served_by = Counter(p for o in outcomes for p in o[1])
         jobs = [j for o in outcomes for j in o[2]]
