@@ -615,8 +615,10 @@ def test_storage_errors_become_ledger_errors(make: Any, tmp_path: Path, monkeypa
     def broken(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(ledger._cache, "get", broken)
-    monkeypatch.setattr(ledger._cache, "iterkeys", broken)
+    class BrokenConnection:
+        execute = executemany = staticmethod(broken)
+
+    monkeypatch.setattr(ledger, "_db", BrokenConnection)
     for call in (
         lambda: reserve(ledger, "0.1"),
         ledger.usage,
@@ -745,3 +747,15 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_ledger_property = LedgerMachine.TestCase
+
+
+def test_entries_come_back_in_the_order_written_across_pages(make: Any) -> None:
+    ledger = make()
+    written = []
+    for n in range(1300):  # more than one page of the listing query
+        res = reserve(ledger, "0.001")
+        if n % 3:
+            written.append(ledger.settle(res, D("0.001")).id)
+        else:
+            written.append(ledger.release(res).id)
+    assert [e.id for e in ledger.entries()] == written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -12,13 +13,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import diskcache
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genroute.errors import StoreError
-from genroute.store import _RESULT, ResultStore, StoreStats, _blob_key
+from genroute.store import _RESULTS, ResultStore, StoreStats
 from genroute.types import OutputFile, Result, Segment
 
 MIB = 1024**2
@@ -126,14 +126,45 @@ def test_unknown_key_is_a_miss(store: ResultStore) -> None:
     assert store.stats().entries == 0
 
 
+def _record_of(store: ResultStore, key: str) -> object:
+    with sqlite3.connect(store.path / "data" / "cache.db") as db:
+        row = db.execute(f"SELECT record FROM {_RESULTS} WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
 def test_evicted_blob_makes_a_miss_and_drops_the_record(store: ResultStore) -> None:
     key = key_of("evicted")
     out = store.put(key, make_result(key), [png(1), png(2)])
-    with diskcache.Cache(str(store.path / "data")) as raw:
-        assert raw.delete(_blob_key(out.artifacts[1].sha256, "image/png"))
-        assert store.get(key) is None
-        assert _RESULT + key not in raw
+    out.artifacts[1].path.unlink()  # what another process's eviction does
+    assert store.get(key) is None
+    assert _record_of(store, key) is None
     assert store.stats().entries == 0
+
+
+def test_blob_cut_short_by_a_crash_is_a_miss_then_rewritten_whole(store: ResultStore) -> None:
+    key = key_of("short")
+    file = png(5, size=50_000)
+    out = store.put(key, make_result(key), [file])
+    out.artifacts[0].path.write_bytes(file.data[:1000])  # a write the machine died in the middle of
+    assert store.get(key) is None
+    again = store.put(key, make_result(key), [file])
+    assert again.artifacts[0].read_bytes() == file.data
+    got = store.get(key)
+    assert got is not None and got.artifacts[0].read_bytes() == file.data
+
+
+def test_a_blob_shared_with_a_newer_result_outlives_older_ones(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "s", max_bytes=MIB) as store:
+        shared = png(1, size=150_000)
+        store.put(key_of("old"), make_result(key_of("old")), [shared])
+        for n in range(2, 5):
+            store.put(key_of(f"filler{n}"), make_result(key_of(f"filler{n}")), [png(n, size=150_000)])
+        store.put(key_of("new"), make_result(key_of("new")), [shared])  # refreshes the shared blob
+        for n in range(5, 9):  # push the oldest out
+            store.put(key_of(f"filler{n}"), make_result(key_of(f"filler{n}")), [png(n, size=150_000)])
+        assert store.get(key_of("old")) is None
+        got = store.get(key_of("new"))
+        assert got is not None and got.artifacts[0].read_bytes() == shared.data
 
 
 @pytest.mark.parametrize(
@@ -142,10 +173,10 @@ def test_evicted_blob_makes_a_miss_and_drops_the_record(store: ResultStore) -> N
 )
 def test_corrupt_record_is_a_miss_and_is_deleted(store: ResultStore, raw_record: object) -> None:
     key = key_of("corrupt")
-    with diskcache.Cache(str(store.path / "data")) as raw:
-        raw.set(_RESULT + key, raw_record)
-        assert store.get(key) is None
-        assert _RESULT + key not in raw
+    with sqlite3.connect(store.path / "data" / "cache.db") as db:
+        db.execute(f"INSERT INTO {_RESULTS} (key, record, size, stored_at) VALUES (?, ?, 1, 0)", (key, raw_record))
+    assert store.get(key) is None
+    assert _record_of(store, key) is None
 
 
 def test_stats_count_hits_misses_and_savings_and_survive_reopening(tmp_path: Path) -> None:
@@ -179,7 +210,7 @@ def test_clear_empties_the_store_and_returns_the_count(store: ResultStore) -> No
     assert store.clear() == 4
     stats = store.stats()
     assert (stats.entries, stats.hits, stats.misses, stats.saved_usd) == (0, 0, 0, Decimal(0))
-    assert not list((store.path / "data").rglob("*.val"))
+    assert not [p for p in (store.path / "data" / "blobs").rglob("*") if p.is_file()]
     assert all(store.get(key_of(str(n))) is None for n in range(3))
     assert store.clear() == 0
 

@@ -12,23 +12,32 @@ a reservation names, the ledger keeps ``spent`` and ``reserved`` counters in all
 A reservation counts into the period keys current when it was made, and its settlement counts into the
 same keys (even if the day changed in between), so the spend a limit admitted is the spend it sees.
 
-On-disk records (all keys are strings; ``|`` separates parts). The hot state is one record, so a
-reservation is one read and one write inside its transaction, whatever the number of scopes and limits:
+What is written on every call lives in two tables of the cache's own SQLite database, reached through
+diskcache's connection inside its ``BEGIN IMMEDIATE`` transactions (a diskcache ``set`` costs several
+times a bare SQL statement, and a call makes two or three of them):
 
-* ``state`` → ``{"counters": {(scope, period, period_key): [spent, reserved]}, "open": {id: packed
-  reservation}, "scopes": [...]}``; counters of past periods with nothing reserved move out to
-* ``c|<scope>|<period>|<period_key>`` → ``(spent, reserved)`` micro-dollars (archived counters)
+* ``genroute_ledger_state`` holds one row, ``state`` → pickled ``{"counters": {(scope, period,
+  period_key): [spent, reserved]}, "open": {id: packed reservation}, "scopes": [...], "exhausted":
+  {...}}``, so a reservation is one read and one write whatever the number of scopes and limits;
+* ``genroute_ledger_entries`` holds the append-only entries as JSON, in the order written (rowid).
+
+Rarely written records stay diskcache keys (strings; ``|`` separates parts):
+
+* ``version`` → the schema version
+* ``c|<scope>|<period>|<period_key>`` → ``(spent, reserved)`` micro-dollars: counters of past periods
+  with nothing reserved, moved out of the state row
 * ``closed|<id>`` → ``{"status": "reclaimed", "res": record}`` for reclaimed reservations
 * ``w|<scope>|<period>|<period_key>|<limit micros>`` → warned already
-* ``e|<time ns>|<id>`` → one entry as JSON; keys sort in the order written
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import os
+import pickle
 import sqlite3
 import tempfile
 import threading
@@ -81,8 +90,10 @@ CSV_HEADER: tuple[str, ...] = (
 (provider + model), ``day`` (settled spend), ``savings`` (``spent_usd`` = cost avoided by cache hits,
 ``count`` = hits) or ``usage`` (one scope in one period). Columns a group does not use are empty."""
 
-_SCHEMA_VERSION = 4
-_STATE = "state"
+_SCHEMA_VERSION = 5
+_STATE_TABLE = "genroute_ledger_state"
+_ENTRY_TABLE = "genroute_ledger_entries"
+_ENTRY_PAGE = 512  # entries read per query when listing
 _SEP = "|"
 _SAVINGS_BATCH = 64
 _RECENT_LIMIT = 4096  # finished reservation ids remembered, to name a double settle or release
@@ -213,13 +224,15 @@ class BudgetReport(BaseModel):
 
 def period_keys_at(now: float) -> dict[str, str]:
     """``{"total": "total", "daily": "YYYY-MM-DD", "monthly": "YYYY-MM"}`` for a POSIX time, in UTC."""
-    moment = datetime.fromtimestamp(now, tz=UTC)
-    return {"total": "total", "daily": moment.strftime("%Y-%m-%d"), "monthly": moment.strftime("%Y-%m")}
+    return dict(_period_keys_of_day(int(now // 86400)))
 
 
-def _entry_key() -> str:
-    """Entry keys sort in the order written: nanosecond time, then a random tie-breaker."""
-    return _SEP.join(("e", f"{time.time_ns():020d}", uuid.uuid4().hex[:12]))
+@functools.lru_cache(maxsize=64)
+def _period_keys_of_day(day: int) -> tuple[tuple[str, str], ...]:
+    # POSIX time has no leap seconds, so the UTC day is the time divided by 86,400: formatting dates is
+    # the costly part, and every reservation needs the keys.
+    moment = datetime.fromtimestamp(day * 86400, tz=UTC)
+    return (("total", "total"), ("daily", moment.strftime("%Y-%m-%d")), ("monthly", moment.strftime("%Y-%m")))
 
 
 def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
@@ -281,7 +294,7 @@ class Ledger:
         self._clock = clock
         self._warn_share = Decimal(str(warn_share))
         self._closed: dict[str, str] = {}
-        self._pending_savings: list[tuple[str, str]] = []
+        self._pending_savings: list[str] = []
         self._savings_lock = threading.Lock()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -294,6 +307,14 @@ class Ledger:
         with self._guard():
             self._cache.add("version", _SCHEMA_VERSION)
             version = self._cache.get("version")
+            if version == _SCHEMA_VERSION:
+                with self._cache.transact():
+                    self._db().execute(
+                        f"CREATE TABLE IF NOT EXISTS {_STATE_TABLE} (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+                    )
+                    self._db().execute(
+                        f"CREATE TABLE IF NOT EXISTS {_ENTRY_TABLE} (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL)"
+                    )
         if version != _SCHEMA_VERSION:
             raise LedgerError(
                 f"the ledger at {self.path} has schema version {version}, this genroute reads {_SCHEMA_VERSION}",
@@ -335,16 +356,24 @@ class Ledger:
         with self._guard(), self._cache.transact():
             yield
 
+    def _db(self) -> sqlite3.Connection:
+        """diskcache's connection for this thread (the one its ``transact`` runs on)."""
+        return self._cache._con  # type: ignore[no-any-return]
+
     def _load(self) -> dict[str, Any]:
-        state = self._cache.get(_STATE)
-        if state is None:
+        row = self._db().execute(f"SELECT value FROM {_STATE_TABLE} WHERE name = 'state'").fetchone()
+        if row is None:
             return {"counters": {}, "open": {}, "scopes": []}
-        return dict(state)
+        state: dict[str, Any] = pickle.loads(row[0])
+        return state
 
     def _store(self, state: dict[str, Any], current: dict[str, str] | None = None) -> None:
         if current is not None:
             self._archive_stale(state, current)
-        self._cache.set(_STATE, state)
+        self._db().execute(
+            f"INSERT OR REPLACE INTO {_STATE_TABLE} (name, value) VALUES ('state', ?)",
+            (pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL),),
+        )
 
     def _archive_stale(self, state: dict[str, Any], current: dict[str, str]) -> None:
         """Move counters of past periods with nothing reserved out of the hot state record."""
@@ -379,7 +408,7 @@ class Ledger:
         return None if packed is None else _unpack(packed)
 
     def _append(self, entry: LedgerEntry) -> None:
-        self._cache.set(_entry_key(), entry.model_dump_json())
+        self._db().execute(f"INSERT INTO {_ENTRY_TABLE} (entry) VALUES (?)", (entry.model_dump_json(),))
 
     def _remember(self, rid: str, status: str) -> None:
         # In memory only: a reservation is settled by the process that made it, and keeping this set
@@ -696,7 +725,7 @@ class Ledger:
         # Savings move no money: they are written in batches, so a cache hit costs no write of its own.
         # A crash loses at most _SAVINGS_BATCH of them, never a reservation or a settlement.
         with self._savings_lock:
-            self._pending_savings.append((_entry_key(), entry.model_dump_json()))
+            self._pending_savings.append(entry.model_dump_json())
             due = len(self._pending_savings) >= _SAVINGS_BATCH
         if due:
             self.flush()
@@ -708,8 +737,7 @@ class Ledger:
             pending, self._pending_savings = self._pending_savings, []
         if pending:
             with self._txn():
-                for key, raw in pending:
-                    self._cache.set(key, raw)
+                self._db().executemany(f"INSERT INTO {_ENTRY_TABLE} (entry) VALUES (?)", [(raw,) for raw in pending])
 
     def exhaust(self, scope: str, *, period: str = "monthly", note: str = "") -> None:
         """Refuse every reservation in ``scope`` until ``period`` ends (UTC), whatever its limit says.
@@ -833,13 +861,23 @@ class Ledger:
         """Every entry, in the order written (entries written meanwhile by others may be left out)."""
         self.flush()
         with self._guard():
-            keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("e" + _SEP)]
-        for key in keys:
+            (last,) = self._db().execute(f"SELECT coalesce(max(seq), 0) FROM {_ENTRY_TABLE}").fetchone()
+        seq = 0
+        while seq < last:
             with self._guard():
-                raw = self._cache.get(key)
-            if raw is None:
-                raise LedgerError(f"the ledger at {self.path} lost entry {key}")
-            yield LedgerEntry.model_validate_json(raw)
+                page = (
+                    self._db()
+                    .execute(
+                        f"SELECT seq, entry FROM {_ENTRY_TABLE} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                        (seq, last, _ENTRY_PAGE),
+                    )
+                    .fetchall()
+                )
+            if not page:
+                break
+            seq = page[-1][0]
+            for _seq, raw in page:
+                yield LedgerEntry.model_validate_json(raw)
 
     def _counter(self, scope: str, period: str, period_key: str) -> tuple[Decimal, Decimal]:
         """(spent, reserved) of one scope in one period key; for tests and diagnostics."""

@@ -2,21 +2,28 @@
 
 Provider URLs expire, so the store keeps the bytes themselves. Layout under the store directory:
 
-* ``data/`` — one :class:`diskcache.Cache` holding result records under ``("result", request_key)``
-  (JSON text: the :class:`~genroute.types.Result` without local paths) and output files under
-  ``("blob", sha256)``. Blobs are content-addressed, so equal outputs of different requests are kept once,
-  and each blob is always a file of its own inside ``data/``: an :class:`~genroute.types.Artifact`'s
-  ``path`` points straight at it, no copy made.
-* ``stats/`` — a small cache that never evicts, holding the hit, miss and saved-money counters.
+* ``data/`` — a :class:`diskcache.Cache` directory. Its SQLite database holds two tables of the store's
+  own, written through diskcache's connection inside its ``BEGIN IMMEDIATE`` transactions (a diskcache
+  ``add``/``set`` costs several times a bare statement, and every miss writes one result):
+  ``genroute_results`` (request key → the :class:`~genroute.types.Result` as JSON, without local paths)
+  and ``genroute_blobs`` (one row per output file). Blobs are content-addressed files,
+  ``data/blobs/ab/<sha256><suffix>``, so equal outputs of different requests are kept once, and an
+  :class:`~genroute.types.Artifact`'s ``path`` points straight at one, no copy made.
+* ``stats/`` — a small diskcache that never evicts, holding the hit, miss and saved-money counters.
 * ``scratch/`` — outputs the store could not keep (a result larger than ``max_bytes``), named
   ``<sha256><suffix>`` so a result is always handed back with real files.
 
-The size limit (``max_bytes``) is diskcache's: before a write, once about a sixty-fourth of ``max_bytes``
-was written since the last check, the least recently stored items are evicted until the store is under it.
-A result whose blob was evicted is a miss, never an error. **An artifact's path can disappear** once a
-later write evicts its blob (in this or another process): copy files out promptly with
-:meth:`Artifact.save <genroute.types.Artifact.save>` or :meth:`~genroute.types.Artifact.read_bytes`, and treat
-a vanished file like a miss.
+The size limit (``max_bytes``) counts blob bytes plus the database's used pages. Before a write, once
+about a sixty-fourth of ``max_bytes`` was written since the last check, the least recently stored results
+and blobs are evicted until the new result fits. A result whose blob was evicted is a miss, never an
+error. **An artifact's path can disappear** once a later write evicts its blob (in this or another
+process): copy files out promptly with :meth:`Artifact.save <genroute.types.Artifact.save>` or
+:meth:`~genroute.types.Artifact.read_bytes`, and treat a vanished file like a miss.
+
+Blob files are only ever deleted by a process holding the database's write lock, so a writer that finds
+a blob's file under that lock knows it stays until its result is committed. A file is trusted when its
+size is the recorded one (content names make equal sizes equal bytes, barring outside tampering), so a
+file cut short by a crash is rewritten rather than served.
 
 Safe across threads and across processes sharing the directory (SQLite locking), on one machine's
 local disk only: SQLite over a network file system corrupts or crashes.
@@ -25,13 +32,13 @@ local disk only: SQLite over a network file system corrupts or crashes.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -48,12 +55,20 @@ __all__ = ["ResultStore", "StoreStats"]
 
 log = logging.getLogger("genroute.store")
 
-_RESULT = "r|"
-_BLOB = "b|"
+_RESULTS = "genroute_results"
+_BLOBS = "genroute_blobs"
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {_RESULTS} "
+    "(key TEXT PRIMARY KEY, record TEXT NOT NULL, size INTEGER NOT NULL, stored_at REAL NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {_RESULTS}_age ON {_RESULTS} (stored_at)",
+    f"CREATE TABLE IF NOT EXISTS {_BLOBS} (name TEXT PRIMARY KEY, size INTEGER NOT NULL, stored_at REAL NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {_BLOBS}_age ON {_BLOBS} (stored_at)",
+)
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
 _SQLITE_MEMORY: dict[str, int] = {"sqlite_mmap_size": 0, "sqlite_cache_size": 2048}
 """Blobs are files, so the index database stays small: no memory map, a modest page cache per connection."""
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
+_EVICT_BATCH = 64  # oldest items looked at per eviction query
 
 
 class StoreStats(BaseModel):
@@ -97,6 +112,7 @@ class ResultStore:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self._path = Path(path).expanduser().resolve()
+        self._blob_root = os.path.join(str(self._path), "data", "blobs")
         self._max_bytes = max_bytes
         self._data: Any = None
         self._stats: Any = None
@@ -108,13 +124,11 @@ class ResultStore:
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
             self._data = diskcache.Cache(
-                str(self._path / "data"),
-                disk=_BlobDisk,
-                size_limit=max_bytes,
-                eviction_policy="least-recently-stored",
-                cull_limit=0,  # eviction runs in _maybe_cull, not inside every write
-                **_SQLITE_MEMORY,
+                str(self._path / "data"), eviction_policy="none", cull_limit=0, **_SQLITE_MEMORY
             )
+            with self._data.transact():
+                for statement in _SCHEMA:
+                    self._db().execute(statement)
             self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **_SQLITE_MEMORY)
 
     @property
@@ -131,9 +145,10 @@ class ResultStore:
         The caller marks the result as cached and records the hit or miss.
         """
         with self._guard(f"read result {key}"):
-            raw = self._data.get(_RESULT + key)
-            if raw is None:
+            row = self._db().execute(f"SELECT record FROM {_RESULTS} WHERE key = ?", (key,)).fetchone()
+            if row is None:
                 return None
+            raw = row[0]
             try:
                 record = _Record.model_validate_json(raw)
             except (ValidationError, ValueError, TypeError) as exc:
@@ -142,20 +157,20 @@ class ResultStore:
                 return None
             artifacts: list[Artifact] = []
             for stored in record.artifacts:
-                blob = self._blob_path(stored.sha256, stored.media_type)
-                if blob is None:
+                blob = self._blob_file(stored.sha256, stored.media_type)
+                if not _holds(blob, stored.size):
                     log.info("result store %s: %s was evicted (blob %s gone); a miss", self._path, key, stored.sha256)
                     self._discard(key, raw)
                     return None
-                artifacts.append(Artifact(path=blob, **stored.model_dump()))
+                artifacts.append(_artifact(stored, blob))
         return record.result.model_copy(update={"artifacts": artifacts})
 
     def put(self, key: str, result: Result, files: Sequence[OutputFile]) -> Result:
         """Keep ``files``' bytes and ``result`` under ``key``; return ``result`` with one artifact per file.
 
         ``result.artifacts`` is ignored (rebuilt from ``files``); every other field is kept. The returned
-        artifact paths exist on return. If the result cannot be kept (larger than ``max_bytes``, or evicted
-        at once by concurrent writes) its files go to ``scratch/`` and the next ``get`` is a miss.
+        artifact paths exist on return. If the result cannot be kept (larger than ``max_bytes``) its files
+        go to ``scratch/`` and the next ``get`` is a miss.
         """
         digests = [hashlib.sha256(file.data).hexdigest() for file in files]
         stored = [
@@ -173,32 +188,31 @@ class ResultStore:
             return self._with_artifacts(result, stored, spilled)
 
         raw = _Record(result=result.model_copy(update={"artifacts": []}), artifacts=stored).model_dump_json()
+        blobs = [self._blob_file(d, f.media_type) for f, d in zip(files, digests, strict=True)]
         self._maybe_cull(total + len(raw))  # before writing, so this result is never its own victim
-        with self._guard(f"write result {key}"), self._data.transact():
-            for file, digest in zip(files, digests, strict=True):
-                # Dedupe by content: a blob's file exists exactly while its row does (see _blob_path).
-                if self._blob_path(digest, file.media_type) is None:
-                    self._data.add(_blob_key(digest, file.media_type), io.BytesIO(file.data), read=True)
-            self._data.set(_RESULT + key, raw)
-            paths: list[Path] = []
-            lost = False
-            for file, digest in zip(files, digests, strict=True):
-                blob = self._blob_path(digest, file.media_type)
-                if blob is None:  # evicted by this very write or a concurrent one
-                    lost = True
-                    blob = self._scratch(file, digest)
-                paths.append(blob)
-            if lost:
-                log.warning(
-                    "result store %s: result %s was evicted while being stored (store.max_bytes %d too small?);"
-                    " not kept",
-                    self._path, key, self._max_bytes,
-                )  # fmt: skip
-                self._discard(key, raw)
-        return self._with_artifacts(result, stored, paths)
+        with self._guard(f"write result {key}"):
+            # Write the bytes before taking the lock, so other writers wait only for the rows; then check
+            # again under it, since an eviction may have removed an equal blob's file in between.
+            for file, blob in zip(files, blobs, strict=True):
+                _ensure_file(blob, file.data)
+            now = time.time()
+            with self._data.transact():
+                db = self._db()
+                for file, blob in zip(files, blobs, strict=True):
+                    _ensure_file(blob, file.data)
+                    db.execute(
+                        f"INSERT INTO {_BLOBS} (name, size, stored_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET stored_at = excluded.stored_at",
+                        (os.path.basename(blob), len(file.data), now),
+                    )
+                db.execute(
+                    f"INSERT OR REPLACE INTO {_RESULTS} (key, record, size, stored_at) VALUES (?, ?, ?, ?)",
+                    (key, raw, len(raw), now),
+                )
+        return self._with_artifacts(result, stored, blobs)
 
     def _maybe_cull(self, incoming: int) -> None:
-        """Evict the oldest entries once enough was written since the last check to matter.
+        """Evict the oldest results and blobs once enough was written since the last check to matter.
 
         Checking the volume on every write costs more than the write itself, so the store may run over
         ``max_bytes`` by a sixty-fourth of it plus the result being written.
@@ -208,8 +222,34 @@ class ResultStore:
             if self._written < self._cull_every:
                 return
             self._written = 0
-        with self._guard("evict old results"):
-            self._data.cull()
+        with self._guard("evict old results"), self._data.transact():
+            db = self._db()
+            excess = self._volume(db) + incoming - self._max_bytes
+            while excess > 0:
+                oldest = db.execute(
+                    f"SELECT 'blob', name, size, stored_at FROM {_BLOBS} "
+                    f"UNION ALL SELECT 'result', key, size, stored_at FROM {_RESULTS} ORDER BY 4 LIMIT ?",
+                    (_EVICT_BATCH,),
+                ).fetchall()
+                if not oldest:
+                    break
+                for kind, name, size, _stored_at in oldest:
+                    if kind == "blob":
+                        db.execute(f"DELETE FROM {_BLOBS} WHERE name = ?", (name,))
+                        _unlink(os.path.join(self._blob_root, name[:2], name))
+                    else:
+                        db.execute(f"DELETE FROM {_RESULTS} WHERE key = ?", (name,))
+                    excess -= size
+                    if excess <= 0:
+                        break
+
+    def _volume(self, db: sqlite3.Connection) -> int:
+        """Bytes held: blob files plus the database's used pages."""
+        (blob_bytes,) = db.execute(f"SELECT coalesce(sum(size), 0) FROM {_BLOBS}").fetchone()
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        return int(blob_bytes) + (int(pages) - int(free)) * int(page_size)
 
     # -- counters ------------------------------------------------------------------------------------------
 
@@ -250,10 +290,11 @@ class ResultStore:
         """Entries, disk use and the hit/miss/saving counters (kept across restarts, reset by :meth:`clear`)."""
         self.flush()
         with self._guard("read statistics"):
+            db = self._db()
             return StoreStats(
                 entries=self._count_results(),
-                bytes=int(self._data.volume()),
-                max_bytes=int(self._data.size_limit),
+                bytes=self._volume(db),
+                max_bytes=self._max_bytes,
                 hits=int(self._stats.get(_HITS, 0)),
                 misses=int(self._stats.get(_MISSES, 0)),
                 saved_usd=micros_to_usd(int(self._stats.get(_SAVED, 0))),
@@ -267,8 +308,16 @@ class ResultStore:
             self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
             self._pending_ops = 0
         with self._guard("clear"):
-            count = self._count_results()
-            self._data.clear()
+            with self._data.transact():
+                count = self._count_results()
+                db = self._db()
+                db.execute(f"DELETE FROM {_RESULTS}")
+                db.execute(f"DELETE FROM {_BLOBS}")
+                if os.path.isdir(self._blob_root):  # files of rows already gone too (a crash's orphans)
+                    for directory, _dirs, names in os.walk(self._blob_root):
+                        for name in names:
+                            _unlink(os.path.join(directory, name))
+            self._data.clear()  # anything an older genroute kept as diskcache items
             self._stats.clear()
             scratch = self._path / "scratch"
             if scratch.is_dir():
@@ -298,21 +347,22 @@ class ResultStore:
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _blob_path(self, digest: str, media_type: str) -> Path | None:
-        """The file holding blob ``digest``, or ``None`` when it is gone (evicted)."""
-        # Blob file names are fixed by content (see _BlobDisk), so a stat answers without a query;
-        # eviction deletes the row first and the file after, so an existing file is a live blob.
-        path = self._path / "data" / _blob_filename(_blob_key(digest, media_type))
-        return path if path.is_file() else None
+    def _db(self) -> sqlite3.Connection:
+        """diskcache's connection for this thread (the one its ``transact`` runs on)."""
+        return self._data._con  # type: ignore[no-any-return]
+
+    def _blob_file(self, digest: str, media_type: str) -> str:
+        """Where blob ``digest`` lives: ``data/blobs/<first two hex digits>/<digest><suffix>``."""
+        return os.path.join(self._blob_root, digest[:2], digest + MEDIA_SUFFIXES.get(media_type, ".bin"))
 
     def _discard(self, key: str, raw: Any) -> None:
-        """Delete ``("result", key)`` only if it still holds ``raw`` (a concurrent put may have replaced it)."""
+        """Delete ``key``'s record only if it still holds ``raw`` (a concurrent put may have replaced it)."""
         with self._data.transact():
-            if self._data.get(_RESULT + key) == raw:
-                self._data.delete(_RESULT + key)
+            self._db().execute(f"DELETE FROM {_RESULTS} WHERE key = ? AND record = ?", (key, raw))
 
     def _count_results(self) -> int:
-        return sum(1 for k in self._data.iterkeys() if isinstance(k, str) and k.startswith(_RESULT))
+        (count,) = self._db().execute(f"SELECT count(*) FROM {_RESULTS}").fetchone()
+        return int(count)
 
     def _scratch(self, file: OutputFile, digest: str) -> Path:
         """Write ``file`` outside the cache, content-addressed, atomically."""
@@ -326,13 +376,13 @@ class ResultStore:
         return target
 
     @staticmethod
-    def _with_artifacts(result: Result, stored: list[_StoredArtifact], paths: list[Path]) -> Result:
-        artifacts = [Artifact(path=p, **s.model_dump()) for s, p in zip(stored, paths, strict=True)]
+    def _with_artifacts(result: Result, stored: list[_StoredArtifact], paths: Sequence[str | Path]) -> Result:
+        artifacts = [_artifact(s, p) for s, p in zip(stored, paths, strict=True)]
         return result.model_copy(update={"artifacts": artifacts})
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
-        """Turn diskcache's SQLite and file errors into :class:`StoreError` naming the directory."""
+        """Turn SQLite, diskcache and file errors into :class:`StoreError` naming the directory."""
         try:
             yield
         except diskcache.Timeout as exc:
@@ -348,29 +398,48 @@ class ResultStore:
             ) from exc
 
 
-def _blob_key(digest: str, media_type: str) -> str:
-    return f"{_BLOB}{digest}|{MEDIA_SUFFIXES.get(media_type, '.bin')}"
+def _artifact(stored: _StoredArtifact, path: str | Path) -> Artifact:
+    # Every field comes from a validated _StoredArtifact and a path the store built: no second validation.
+    return Artifact.model_construct(
+        media_type=stored.media_type,
+        path=Path(path),
+        sha256=stored.sha256,
+        size=stored.size,
+        source_url=stored.source_url,
+    )
 
 
-def _blob_filename(key: str) -> str:
-    digest, suffix = key[len(_BLOB) :].split("|", 1)
-    return os.path.join("blobs", digest[:2], digest + suffix)
+def _holds(path: str, size: int) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes (a blob cut short by a crash is not)."""
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
 
 
-class _BlobDisk(diskcache.Disk):  # type: ignore[misc]
-    """Names blob files by content (``blobs/ab/abcd….png``) instead of at random.
+def _ensure_file(path: str, data: bytes) -> None:
+    """Make ``path`` a file holding ``data``, unless it already is one of that size."""
+    if _holds(path, len(data)):
+        return
+    try:
+        _write_new(path, data)
+    except FileExistsError:  # a crash's leftover or a concurrent writer's: replace it whole
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
 
-    Fixed names give artifacts a real suffix, keep the directory count at 256 (creating a directory
-    per blob dominated the cost of a store write), and let a reader find a blob without a query.
-    """
 
-    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> tuple[str, str]:
-        if isinstance(key, str) and key.startswith(_BLOB):
-            name = _blob_filename(key)
-            full_path = os.path.join(self._directory, name)
-            # Only reached under the store's write transaction with no row for this key: a file already
-            # there is an orphan from a crash between writing it and committing its row.
-            if os.path.exists(full_path):
-                os.remove(full_path)
-            return name, full_path
-        return super().filename(key, value)  # type: ignore[no-any-return]
+def _write_new(path: str, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with open(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
