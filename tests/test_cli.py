@@ -385,7 +385,7 @@ def test_budget_json_and_exports_are_parseable(cli, tmp_path):
     rows = list(csv.DictReader((tmp_path / "rep" / "report.csv").read_text(encoding="utf-8").splitlines()))
     assert list(rows[0]) == [
         "group", "provider", "model", "day", "scope", "period", "period_key",
-        "limit_usd", "spent_usd", "reserved_usd", "left_usd", "count",
+        "limit_usd", "spent_usd", "reserved_usd", "left_usd", "count", "exhausted",
     ]  # fmt: skip
     (mock_row,) = [r for r in rows if r["group"] == "provider"]
     assert mock_row["provider"] == "mock" and Decimal(mock_row["spent_usd"]) == Decimal("0.003")

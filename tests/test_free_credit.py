@@ -65,3 +65,20 @@ async def test_a_402_on_free_work_falls_back_and_stops_offering_it(settings_fact
     plan = await router.aplan({"task": "text-to-image", "prompt": "three"})
     assert any(r.provider == "hf" and "over budget" in r.reason for r in plan.rejections)
     assert router.cooldowns.remaining("hf") == 0  # out of credit is a budget fact, not a fault
+
+
+def test_usage_and_the_report_show_a_scope_used_up_early(tmp_path: Path) -> None:
+    clock = Clock(_at(2026, 11, 10))
+    limits = [BudgetLimit(scope="free:hf", period="monthly", usd=D("0.10"))]
+    with Ledger(tmp_path / "ledger", limits, clock=clock) as ledger:
+        ledger.exhaust("free:hf", note="402 from the service")
+        ledger.exhaust("free:other")  # a scope with no limit configured still shows
+        rows = {(u.scope, u.period): u for u in ledger.usage()}
+        monthly = rows[("free:hf", "monthly")]
+        assert monthly.left == 0 and monthly.limit == D("0.10") and monthly.exhausted == "402 from the service"
+        assert rows[("free:hf", "daily")].exhausted is None
+        assert rows[("free:other", "monthly")].exhausted == "exhausted"
+        assert "402 from the service" in ledger.report().to_csv()
+        clock.now = _at(2026, 12, 1)
+        after = {(u.scope, u.period): u for u in ledger.usage()}
+        assert after[("free:hf", "monthly")].exhausted is None and after[("free:hf", "monthly")].left == D("0.10")

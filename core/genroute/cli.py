@@ -532,9 +532,16 @@ def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
             "—" if usage.limit is None else fmt_usd(usage.limit),
             fmt_usd(usage.spent),
             fmt_usd(usage.reserved),
-            "—" if usage.left is None else fmt_usd(usage.left),
+            ("—" if usage.left is None else fmt_usd(usage.left)) + (" (used up)" if usage.exhausted else ""),
         )
     out.print(table)
+    for usage in report.usage:
+        if usage.exhausted:
+            out.print(
+                f"{usage.scope} refuses all spending until the {usage.period} period {usage.period_key} ends:"
+                f" {usage.exhausted}",
+                markup=False,
+            )
     out.print(f"saved by the store: {fmt_usd(report.savings)} over {report.saved_requests} request(s)", markup=False)
     return 0
 

@@ -85,6 +85,7 @@ CSV_HEADER: tuple[str, ...] = (
     "reserved_usd",
     "left_usd",
     "count",
+    "exhausted",
 )
 """Columns of :meth:`BudgetReport.to_csv`. ``group`` says what a row sums: ``provider``, ``model``
 (provider + model), ``day`` (settled spend), ``savings`` (``spent_usd`` = cost avoided by cache hits,
@@ -164,6 +165,9 @@ class ScopeUsage(BaseModel):
     spent: Decimal
     reserved: Decimal
     left: Decimal | None
+    exhausted: str | None = None
+    """Why the scope refuses everything until this period ends (a provider said its credit is used up),
+    whatever the limit says; ``left`` is then 0."""
 
 
 class BudgetWarning(BaseModel):
@@ -218,6 +222,7 @@ class BudgetReport(BaseModel):
                 spent_usd=u.spent,
                 reserved_usd=u.reserved,
                 left_usd=u.left,
+                exhausted=u.exhausted,
             )
         return out.getvalue()
 
@@ -825,12 +830,16 @@ class Ledger:
         rows: list[ScopeUsage] = []
         with self._txn():
             state = self._load()
+            exhausted: dict[tuple[str, str, str], str] = state.get("exhausted", {})
             scopes = set(state["scopes"]).union(limit.scope for limit in self.limits)
+            scopes.update(scope for scope, period, key in exhausted if key == keys[period])
             for scope in sorted(scopes):
                 for period in PERIODS:
                     applicable = [lim.usd for lim in self.limits if lim.scope == scope and lim.period == period]
                     limit = min(applicable) if applicable else None
                     spent, reserved = self._get_counter(state, scope, period, keys[period])
+                    left = None if limit is None else micros_to_usd(usd_to_micros(limit) - spent - reserved)
+                    why = exhausted.get((scope, period, keys[period]))
                     rows.append(
                         ScopeUsage(
                             scope=scope,
@@ -839,7 +848,8 @@ class Ledger:
                             limit=limit,
                             spent=micros_to_usd(spent),
                             reserved=micros_to_usd(reserved),
-                            left=None if limit is None else micros_to_usd(usd_to_micros(limit) - spent - reserved),
+                            left=left if why is None else Decimal(0),
+                            exhausted=why,
                         )
                     )
         return rows

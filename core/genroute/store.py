@@ -399,8 +399,7 @@ class ResultStore:
 
 
 def _artifact(stored: _StoredArtifact, path: str | Path) -> Artifact:
-    # Every field comes from a validated _StoredArtifact and a path the store built: no second validation.
-    return Artifact.model_construct(
+    return Artifact(
         media_type=stored.media_type,
         path=Path(path),
         sha256=stored.sha256,
