@@ -328,3 +328,27 @@ async def test_rejected_input_in_a_stream_does_not_cool_the_provider_down(settin
     pieces = [piece async for piece in router.astream(TextGeneration(prompt="fine"))]
 
     assert pieces == ["ok"]
+
+
+def test_breaking_out_of_a_sync_stream_closes_its_reservation_at_once(stream_router):
+    router = stream_router()
+    stream = router.stream(TextGeneration(prompt="say hello"))
+    for piece in stream:
+        assert piece == "Hel"
+        break
+    # no garbage collection awaited: the loop's end closes the stream and settles what it used
+    assert router.ledger.open_reservations() == []
+    (entry,) = [e for e in router.ledger.entries() if e.status != "saving"]
+    assert entry.status == "settled" and "abandoned" in entry.note
+    assert stream.result is None
+
+
+async def test_leaving_an_async_stream_early_in_async_with_closes_its_reservation(stream_router):
+    router = stream_router()
+    async with router.astream(TextGeneration(prompt="say hello")) as stream:
+        async for piece in stream:
+            assert piece == "Hel"
+            break
+    assert router.ledger.open_reservations() == []
+    (entry,) = [e for e in router.ledger.entries() if e.status != "saving"]
+    assert entry.status == "settled" and "abandoned" in entry.note

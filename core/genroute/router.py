@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -509,25 +509,29 @@ class Router:
         """Stream a text-generation request: ``async for piece in router.astream(req)``; then ``.result``."""
         return TextStream(self, request)
 
-    async def _stream(self, stream: TextStream) -> AsyncIterator[str]:
+    async def _stream(self, stream: TextStream) -> AsyncGenerator[str, None]:
         started = time.perf_counter()
         request, key = await self._prepare(stream.request)
         if not isinstance(request, TextGeneration):
             raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
         self._notify("genroute_request_started", request=request, key=key)
         error: BaseException | None = None
+        pieces = self._stream_offers(stream, request, key, started)
         try:
-            async for piece in self._stream_offers(stream, request, key, started):
+            async for piece in pieces:
                 yield piece
         except BaseException as exc:
             error = exc
             raise
         finally:
+            # Leaving `async for` early does not close the generator it reads: close it now, so the
+            # reservation is settled or released before this stream is reported finished.
+            await pieces.aclose()
             self._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
 
     async def _stream_offers(
         self, stream: TextStream, request: TextGeneration, key: str, started: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         hit = self._lookup(request, key, started)
         if hit is not None:
             stream.result = hit
@@ -871,15 +875,33 @@ class Router:
 
 
 class TextStream:
-    """Async iterator of generated text; ``result`` is set once the stream is complete."""
+    """Async iterator of generated text; ``result`` is set once the stream is complete.
+
+    To stop reading early, use it as ``async with router.astream(req) as stream:`` (or call
+    :meth:`aclose`): the call's reservation is then settled or released at once.
+    """
 
     def __init__(self, router: Router, request: RequestLike) -> None:
         self.request = request
         self.result: Result | None = None
         self._router = router
+        self._iterator: AsyncGenerator[str, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._router._stream(self)
+        iterator = self._router._stream(self)
+        self._iterator = iterator
+        return iterator
+
+    async def aclose(self) -> None:
+        """Stop the stream (if started and not finished) and close its ledger reservation."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def __aenter__(self) -> TextStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class SyncTextStream:
@@ -899,11 +921,28 @@ class SyncTextStream:
         async def next_piece() -> str:
             return await anext(pieces)
 
-        while True:
-            try:
-                yield self._runner.run(next_piece())
-            except StopAsyncIteration:
-                return
+        finished = False
+        try:
+            while True:
+                try:
+                    yield self._runner.run(next_piece())
+                except StopAsyncIteration:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                # Left early (a break, an exception in the caller's loop): close the stream now, so its
+                # reservation is settled or released at once rather than whenever the generator is collected.
+                try:
+                    self._runner.run(_aclose(pieces))
+                except RuntimeError:
+                    log.debug("stream closed inside a running event loop; its loop will finalize it")
+
+
+async def _aclose(source: AsyncIterator[str]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def _call_submit(
