@@ -164,6 +164,18 @@ class Sessions:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, int], Session]] = (
             weakref.WeakKeyDictionary()
         )
+        # hash(options.model_dump_json()) per options object (frozen), kept with it so its id stays its own
+        self._option_keys: dict[int, tuple[ReplicateOptions, int]] = {}
+
+    def _options_key(self, options: ReplicateOptions) -> int:
+        known = self._option_keys.get(id(options))
+        if known is not None and known[0] is options:
+            return known[1]
+        if len(self._option_keys) >= 64:
+            self._option_keys.clear()
+        key = hash(options.model_dump_json())
+        self._option_keys[id(options)] = (options, key)
+        return key
 
     def _transport(self) -> httpx.AsyncBaseTransport:
         inner = self._factory() if self._factory is not None else httpx.AsyncHTTPTransport()
@@ -173,8 +185,10 @@ class Sessions:
 
     def get(self, token: str, options: ReplicateOptions) -> Session:
         loop = asyncio.get_running_loop()
-        sessions = self._by_loop.setdefault(loop, {})
-        key = (hash(token), hash(options.model_dump_json()))
+        sessions = self._by_loop.get(loop)
+        if sessions is None:
+            sessions = self._by_loop[loop] = {}
+        key = (hash(token), self._options_key(options))
         session = sessions.get(key)
         if session is None:
             timeout = httpx.Timeout(

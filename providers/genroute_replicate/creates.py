@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import httpx
+from replicate.prediction import Prediction
 
 from genroute import errors
 from genroute.secrets import redact
@@ -92,6 +93,10 @@ def as_dict(prediction: Any) -> dict[str, Any]:
     """A client ``Prediction`` (pydantic v1) or a webhook's JSON as a plain dict."""
     if isinstance(prediction, Mapping):
         return dict(prediction)
+    if type(prediction) is Prediction:
+        # The client built it from the answer's JSON: its fields (all of ``__dict__``; the client reference is a
+        # private slot) hold plain JSON values already, so pydantic's recursive ``.dict()`` copy is not needed.
+        return dict(prediction.__dict__)
     data = prediction.dict()
     assert isinstance(data, dict)
     return data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -85,12 +86,24 @@ def acceptable(kind: Kind, media_type: str) -> bool:
 
 
 # -- hosts and downloads ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _api_origin(base_url: str) -> tuple[str, str]:
+    """(scheme, lower-case host) of the configured API root, parsed once."""
+    api = urlsplit(base_url)
+    return api.scheme, (api.hostname or "").lower()
+
+
+@functools.lru_cache(maxsize=32)
+def _api_port(base_url: str) -> int | None:
+    return urlsplit(base_url).port  # raises ValueError for a bad port (not cached: raises every time)
+
+
 def host_allowed(url: str, options: ReplicateOptions) -> bool:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if options.base_url is not None:
-        api = urlsplit(options.base_url)
-        if parts.scheme == api.scheme and host == (api.hostname or "").lower() and parts.port == api.port:
+        scheme, api_host = _api_origin(options.base_url)
+        if parts.scheme == scheme and host == api_host and parts.port == _api_port(options.base_url):
             return True
     if parts.scheme != "https" or not host:
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ log = logging.getLogger("genroute.replicate")
 NAME = "replicate"
 _API_ERRORS = (ApiStatusError, ReplicateError, httpx.HTTPError, ValueError)
 _CREDIT_FILE = "out-of-credit.json"
+_MEMO_LIMIT = 64  # settings/options pairs remembered (a Router holds one of each)
 
 
 class ReplicateProvider(Provider):
@@ -60,13 +62,17 @@ class ReplicateProvider(Provider):
         self._predictions = Predictions()
         self._schema_caches: dict[tuple[Path, float], SchemaCache] = {}
         self._credit_until: dict[Path, float] = {}
+        # Per-call work done once: options validated from a Settings, and the paths options derive from one.
+        self._validated: dict[int, tuple[Settings, dict[str, Any], ReplicateOptions]] = {}
+        self._paths: dict[tuple[int, int], tuple[ReplicateOptions, Settings, Path, SchemaCache]] = {}
         self._uploads: dict[tuple[str, str | None, str], tuple[str, float]] = {}
 
     # -- availability ---------------------------------------------------------------------------------
     def unavailable_reason(self, settings: Settings) -> str | None:
         if read_token() is None:
             return f"{TOKEN_VARIABLE} is not set"
-        until = self._withdrawn_until(options_for(settings).state_path(settings))
+        options = self._options_of(settings)
+        until = self._withdrawn_until(self._state_and_schemas(options, settings)[0])
         if until:
             stamp = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             return f"out of credit (HTTP 402); withdrawn until {stamp} — add credit at replicate.com/account/billing"
@@ -130,7 +136,6 @@ class ReplicateProvider(Provider):
             # The router's deadline (or the caller) gave up: stop the prediction so it stops billing.
             await self._stop(session, prediction, key, ctx, entry)
             raise
-
 
     async def _abandon_if_last(
         self,
@@ -299,11 +304,41 @@ class ReplicateProvider(Provider):
         return self._sessions.get(token, options)
 
     def _schema_cache(self, options: ReplicateOptions, settings: Settings) -> SchemaCache:
-        key = (options.schema_path(settings), options.schema_cache_ttl_seconds)
-        cache = self._schema_caches.get(key)
+        return self._state_and_schemas(options, settings)[1]
+
+    def _options_of(self, settings: Settings) -> ReplicateOptions:
+        """``options_for(settings)``, validated once per settings object and options table."""
+        raw = settings.provider(NAME).options
+        known = self._validated.get(id(settings))
+        if known is not None and known[0] is settings and known[1] == raw:
+            return known[2]
+        options = options_for(settings)
+        if len(self._validated) >= _MEMO_LIMIT:
+            self._validated.clear()
+        self._validated[id(settings)] = (settings, copy.deepcopy(raw), options)
+        return options
+
+    def _state_and_schemas(self, options: ReplicateOptions, settings: Settings) -> tuple[Path, SchemaCache]:
+        """The state directory and the schema cache of these options under these settings.
+
+        Worked out once per (options, settings) pair: both are frozen, and the entry holds them, so their ids
+        stay theirs while it is kept. Paths under ``~`` are worked out every time (they follow ``$HOME``).
+        """
+        key = (id(options), id(settings))
+        known = self._paths.get(key)
+        if known is not None and known[0] is options and known[1] is settings:
+            return known[2], known[3]
+        state = options.state_path(settings)
+        schemas = options.schema_path(settings)
+        cache_key = (schemas, options.schema_cache_ttl_seconds)
+        cache = self._schema_caches.get(cache_key)
         if cache is None:
-            cache = self._schema_caches[key] = SchemaCache(*key)
-        return cache
+            cache = self._schema_caches[cache_key] = SchemaCache(*cache_key)
+        if not any(str(p).startswith("~") for p in (options.state_dir, options.schema_cache_dir) if p is not None):
+            if len(self._paths) >= _MEMO_LIMIT:
+                self._paths.clear()
+            self._paths[key] = (options, settings, state, cache)
+        return state, cache
 
     async def _prepare(
         self, session: Session, request: RequestModel, offer: Offer, settings: Settings
