@@ -82,6 +82,22 @@ def test_402_withdraws_the_provider_until_the_cooldown_ends(
     assert brief.run(TextToImage(prompt="credit back", tier="fast")).provider == "replicate"
 
 
+def test_a_withdrawal_reaches_a_process_that_had_already_looked(
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    settings = build_settings(tmp_path, fake, options={"credit_cooldown_seconds": 600})
+    watcher = make_router(settings)  # stands for a long-running process that checked before the 402
+    assert watcher.providers["replicate"].unavailable_reason(settings) is None
+    hit = make_router(settings)
+    fake.faults.add(CREATE, 402, times=1)
+    assert hit.run(TextToImage(prompt="no credit", tier="fast")).provider == "mock"
+    reason = watcher.providers["replicate"].unavailable_reason(settings)
+    assert reason is not None and reason.startswith("out of credit (HTTP 402)")
+    before = fake.count()
+    assert watcher.run(TextToImage(prompt="elsewhere", tier="fast")).provider == "mock"
+    assert fake.count() == before
+
+
 def test_404_unknown_model_is_model_not_found(
     fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
 ) -> None:

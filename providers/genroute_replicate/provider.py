@@ -61,7 +61,7 @@ class ReplicateProvider(Provider):
         self._sessions = Sessions(transport_factory)
         self._predictions = Predictions()
         self._schema_caches: dict[tuple[Path, float], SchemaCache] = {}
-        self._credit_until: dict[Path, float] = {}
+        self._credit_until: dict[Path, tuple[tuple[int, int] | None, float]] = {}  # state → (file seen, until)
         # Per-call work done once: options validated from a Settings, and the paths options derive from one.
         self._validated: dict[int, tuple[Settings, dict[str, Any], ReplicateOptions]] = {}
         self._paths: dict[tuple[int, int], tuple[ReplicateOptions, Settings, Path, SchemaCache]] = {}
@@ -79,13 +79,25 @@ class ReplicateProvider(Provider):
         return None
 
     def _withdrawn_until(self, state: Path) -> float | None:
-        until = self._credit_until.get(state)
-        if until is None:
-            try:
-                until = float(json.loads((state / _CREDIT_FILE).read_text(encoding="utf-8"))["until"])
-            except (OSError, ValueError, KeyError, TypeError):
-                until = 0.0
-            self._credit_until[state] = until
+        # Another process may record a 402 at any time: look at the file on every call (one stat), and
+        # read it again only when it changed.
+        path = state / _CREDIT_FILE
+        try:
+            seen = os.stat(path)
+            stamp: tuple[int, int] | None = (seen.st_ino, seen.st_mtime_ns)  # replaced by rename: a new inode
+        except OSError:
+            stamp = None
+        known = self._credit_until.get(state)
+        if known is not None and known[0] == stamp:
+            until = known[1]
+        else:
+            until = 0.0
+            if stamp is not None:
+                try:
+                    until = float(json.loads(path.read_text(encoding="utf-8"))["until"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    until = 0.0
+            self._credit_until[state] = (stamp, until)
         return until if until > time.time() else None
 
     def _withdraw(self, options: ReplicateOptions, settings: Settings) -> None:
@@ -94,14 +106,15 @@ class ReplicateProvider(Provider):
             return
         state = options.state_path(settings)
         until = time.time() + options.credit_cooldown_seconds
-        self._credit_until[state] = until
         try:
             state.mkdir(parents=True, exist_ok=True)
-            tmp = state / f"{_CREDIT_FILE}.tmp"
+            tmp = state / f"{_CREDIT_FILE}.{os.getpid()}.tmp"  # per process: two may record at once
             tmp.write_text(json.dumps({"until": until}), encoding="utf-8")
             tmp.replace(state / _CREDIT_FILE)
+            self._credit_until.pop(state, None)
         except OSError as exc:
             log.warning("could not record the out-of-credit cooldown in %s: %s", state, exc.strerror)
+            self._credit_until[state] = (None, until)  # this process at least stops offering
 
     # -- running ----------------------------------------------------------------------------------------
     async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
