@@ -6,6 +6,7 @@ output. Images and GIFs are drawn with Pillow; audio uses only the stdlib.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import math
@@ -56,9 +57,7 @@ def _canvas(width: int, height: int, rng: random.Random) -> Image.Image:
     if rng.random() < 0.5:
         ramp = ramp.transpose(Image.Transpose.ROTATE_90)
     start, end = _colour(rng), _colour(rng)
-    channels = [
-        ramp.point(lambda v, a=a, b=b: a + (b - a) * v // 255) for a, b in zip(start, end, strict=True)
-    ]
+    channels = [ramp.point([a + (b - a) * v // 255 for v in range(256)]) for a, b in zip(start, end, strict=True)]
     # 256 colour steps already exhaust 8 bits, so NEAREST looks as smooth as BILINEAR and is ~10x faster.
     img = Image.merge("RGB", channels).resize((width, height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
@@ -70,9 +69,15 @@ def _canvas(width: int, height: int, rng: random.Random) -> Image.Image:
     return img
 
 
+@functools.cache
+def _label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Loading Pillow's default font costs more than drawing a small label; the font object is never changed.
+    return ImageFont.load_default()
+
+
 def _draw_label(img: Image.Image, label: str, margin: int = 4) -> None:
     """Write `label` in small text along the bottom edge, cut to fit."""
-    font = ImageFont.load_default()
+    font = _label_font()
     text = " ".join(label.split())
     if not isinstance(font, ImageFont.FreeTypeFont):  # bitmap fallback: latin-1
         text = text.encode("latin-1", "replace").decode("latin-1")
