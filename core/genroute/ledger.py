@@ -33,11 +33,14 @@ Rarely written records stay diskcache keys (strings; ``|`` separates parts):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
+import hashlib
 import io
 import logging
 import os
 import pickle
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -128,6 +131,11 @@ class Reservation:
     expires_at: float
     period_keys: tuple[tuple[str, str, str], ...]
     """(scope, period, period_key) triples this reservation counted into."""
+    orphaned_since: float | None = None
+    """Set by :meth:`Ledger.reserve` when a process that died (on this machine) left a reservation for the
+    same request key on the same provider open, and no other live process holds one: the ``created_at``
+    of the earliest such reservation. That process may have started the work already (say, a paid
+    prediction); a provider that can find its work should look for it before starting anew."""
 
 
 class LedgerEntry(BaseModel):
@@ -240,6 +248,45 @@ def _period_keys_of_day(day: int) -> tuple[tuple[str, str], ...]:
     return (("total", "total"), ("daily", moment.strftime("%Y-%m-%d")), ("monthly", moment.strftime("%Y-%m")))
 
 
+@functools.cache
+def _host() -> str:
+    """Names the process-id space of this machine's current boot: a pid means the same process only there.
+
+    Hostname, kernel boot id and pid namespace (Linux), hashed to a short tag: another machine, another boot
+    or another container's pid namespace gets another tag, and its pids are never looked up here.
+    """
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+        except OSError:
+            parts.append("")
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def _owner() -> tuple[int, str]:
+    """(pid, host tag) of the process making a reservation (tests replace this to fake a dead owner)."""
+    return os.getpid(), _host()
+
+
+def _owner_state(owner: Any, me: tuple[int, str]) -> Literal["dead", "live", "mine"]:
+    """Whether a reservation's owner process is certainly dead; anything uncertain counts as live."""
+    if not owner:  # no owner recorded: a reservation meant to outlive its process (a webhook job)
+        return "live"
+    pid, host = owner
+    if host != me[1] or os.name != "posix" or not isinstance(pid, int) or pid <= 0:
+        return "live"  # another machine (or boot, or pid namespace): its pids mean nothing here
+    if pid == me[0]:
+        return "mine"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except OSError:  # PermissionError: it exists, under another user
+        return "live"
+    return "live"
+
+
 def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
     """An open reservation as a compact tuple: the state record holds every open one."""
     return (
@@ -251,11 +298,13 @@ def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
         rec["model"],
         rec["task"],
         rec["request_key"],
+        rec.get("owner"),
     )
 
 
 def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
-    micros, expires_at, created_at, scopes, provider, model, task, request_key = packed
+    # Ledgers written before owners were recorded hold 8-tuples: their owner is unknown (never "dead").
+    micros, expires_at, created_at, scopes, provider, model, task, request_key = packed[:8]
     keys = period_keys_at(created_at)
     return {
         "micros": micros,
@@ -266,6 +315,7 @@ def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
         "model": model,
         "task": task,
         "request_key": request_key,
+        "owner": packed[8] if len(packed) > 8 else None,
         "period_keys": [[scope, period, keys[period]] for scope in scopes for period in PERIODS],
     }
 
@@ -521,12 +571,18 @@ class Ledger:
         task: str,
         request_key: str = "",
         ttl_seconds: float | None = None,
+        outlives_process: bool = False,
     ) -> Reservation:
         """Set ``amount`` aside in every scope, or raise :class:`BudgetExceeded` and write nothing.
 
         The amount is rounded up to the micro-dollar. Expired reservations are reclaimed first.
         ``ttl_seconds`` (default: the ledger's) is how long before a reservation left open by a dead
         process is reclaimed; give a call that may run long a longer one.
+
+        The reservation records the process making it, so that a later reservation of the same
+        ``request_key`` on the same ``provider`` learns (:attr:`Reservation.orphaned_since`) that a process
+        that died may have started that work. ``outlives_process``: the reservation is meant to stay open
+        after this process ends (settled by whichever process receives a webhook): no owner is recorded.
         """
         value = to_decimal(amount)
         if value < 0:
@@ -547,11 +603,15 @@ class Ledger:
             "created_at": now,
             "expires_at": now + (ttl_seconds if ttl_seconds is not None else self.reservation_ttl_seconds),
             "period_keys": [list(t) for t in period_keys],
+            "owner": None if outlives_process else _owner(),
         }
         refusal: BudgetExceeded | None = None
+        orphaned_since: float | None = None
         with self._txn():
             state = self._load()
             reclaimed = self._reclaim(state, now, at)
+            if request_key:
+                orphaned_since = self._orphaned_since(state, request_key, provider)
             refusal = self._exhausted_refusal(state, scope_list, keys, micros)
             for limit in self.limits if refusal is None else ():
                 if limit.scope not in scope_list:
@@ -581,7 +641,30 @@ class Ledger:
             logger.info("refused reservation of $%s for %s/%s: %s", micros_to_usd(micros), provider, model, refusal)
             raise refusal
         logger.debug("reserved $%s for %s/%s as %s", micros_to_usd(micros), provider, model, rid)
-        return self._to_reservation(rid, rec)
+        reservation = self._to_reservation(rid, rec)
+        if orphaned_since is not None:
+            logger.info("%s/%s: a process that died left this request open since %.3f", provider, model, orphaned_since)
+            reservation = dataclasses.replace(reservation, orphaned_since=orphaned_since)
+        return reservation
+
+    @staticmethod
+    def _orphaned_since(state: dict[str, Any], request_key: str, provider: str) -> float | None:
+        """Inside a transaction: the earliest open reservation of this key and provider whose process died.
+
+        None when there is none, or when a live process other than this one holds one too: its work and a
+        dead process's could not be told apart, and live workers never take over each other's work.
+        """
+        me = _owner()
+        earliest: float | None = None
+        for packed in state["open"].values():
+            if packed[7] != request_key or packed[4] != provider:
+                continue
+            owner_state = _owner_state(packed[8] if len(packed) > 8 else None, me)
+            if owner_state == "live":
+                return None
+            if owner_state == "dead" and (earliest is None or packed[2] < earliest):
+                earliest = packed[2]
+        return earliest
 
     def settle(
         self, reservation: Reservation, actual: Decimal, *, job_id: str | None = None, note: str = ""

@@ -37,6 +37,9 @@ class RunContext:
     deadline: float  # time.monotonic() value after which the router gives up
     http_factory: Callable[[], httpx.AsyncClient]
     extra: dict[str, object] = field(default_factory=dict)
+    orphaned_since: float | None = None
+    """A process that died may already have started this request on this provider since this POSIX time;
+    a provider that can find its work (say, a prediction it created) should look before starting anew."""
 
     @property
     def http(self) -> httpx.AsyncClient:

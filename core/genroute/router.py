@@ -405,7 +405,7 @@ class Router:
             return None
         tries = _Tries()
         try:
-            output = await self._attempts(request, key, offer, deadline, tries)
+            output = await self._attempts(request, key, offer, deadline, tries, reservation.orphaned_since)
             self._check_output(offer, output, billed=quantize(_cost(offer, request, output)))
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred)
@@ -435,7 +435,8 @@ class Router:
         elif not isinstance(exc, ProviderRejectedInput):
             self.cooldowns.failure(offer.provider)
 
-    def _reserve(self, offer: Offer, key: str, deadline_seconds: float) -> Reservation:
+    def _reserve(self, offer: Offer, key: str, deadline_seconds: float, *, job: bool = False) -> Reservation:
+        # A job's reservation is settled by whichever process receives its webhook: it belongs to no process.
         return self.ledger.reserve(
             offer.estimate or Decimal(0),
             scopes=self.budget_scopes(offer),
@@ -445,6 +446,7 @@ class Router:
             request_key=key,
             # Never reclaimed while its call may still run: outlive the request's deadline.
             ttl_seconds=max(self.settings.ledger.reservation_ttl_seconds, deadline_seconds + 60),
+            outlives_process=job,
         )
 
     def _close_failed(self, reservation: Reservation, exc: ProviderError, earlier: Decimal = Decimal(0)) -> None:
@@ -455,14 +457,20 @@ class Router:
             self.ledger.release(reservation, note=redact(exc.message)[:200])
 
     async def _attempts(
-        self, request: RequestModel, key: str, offer: Offer, deadline: float, tries: _Tries
+        self,
+        request: RequestModel,
+        key: str,
+        offer: Offer,
+        deadline: float,
+        tries: _Tries,
+        orphaned_since: float | None = None,
     ) -> ProviderOutput:
         provider = self.providers[offer.provider]
         loop = asyncio.get_running_loop()
         max_attempts = self.settings.routing.max_attempts
         while True:
             tries.count += 1
-            ctx = self._context(offer, key, tries.count, deadline)
+            ctx = self._context(offer, key, tries.count, deadline, orphaned_since)
             tries.ctx = ctx
             try:
                 return await _call_provider(provider, request, offer, ctx)
@@ -476,7 +484,9 @@ class Router:
                 log.info("%s: %s; retry %d in %.2fs", offer.provider, redact(exc.message), tries.count + 1, delay)
                 await asyncio.sleep(delay)
 
-    def _context(self, offer: Offer, key: str, attempt: int, deadline: float) -> RunContext:
+    def _context(
+        self, offer: Offer, key: str, attempt: int, deadline: float, orphaned_since: float | None = None
+    ) -> RunContext:
         # The loop's clock is time.monotonic, so the deadline converts directly.
         return RunContext(
             settings=self.settings,
@@ -486,6 +496,7 @@ class Router:
             attempt=attempt,
             deadline=deadline,
             http_factory=self._http_client,
+            orphaned_since=orphaned_since,
         )
 
     def _check_output(self, offer: Offer, output: ProviderOutput, *, billed: Decimal) -> None:
@@ -548,7 +559,7 @@ class Router:
             except BudgetExceeded as exc:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
                 continue
-            ctx = self._context(offer, key, 1, deadline)
+            ctx = self._context(offer, key, 1, deadline, reservation.orphaned_since)
             pieces: list[str] = []
             source = self.providers[offer.provider].stream(request, offer, ctx).__aiter__()
             try:
@@ -633,7 +644,7 @@ class Router:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, "does not complete by webhook"))
                 continue
             try:
-                reservation = self._reserve(offer, key, deadline_seconds)
+                reservation = self._reserve(offer, key, deadline_seconds, job=True)
             except BudgetExceeded as exc:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
                 continue

@@ -13,7 +13,10 @@ it is sent, and:
   handled) is a retryable ProviderUnavailable; anything else raises a non-retryable ProviderError saying
   a prediction may exist, and the record stays, so a later run of the same request reconciles first;
 * a run that finds a record with a prediction id (the router retrying after a failed poll or
-  download) adopts that prediction instead of posting.
+  download) adopts that prediction instead of posting;
+* a run with no record whose context says a process that died may have started this request
+  (``RunContext.orphaned_since``: the ledger found that process's reservation still open) first looks for
+  that prediction among recent predictions, and adopts it (unless canceled) instead of posting.
 
 No marker is added to the input to tell predictions apart: that would change what the model validates.
 """
@@ -184,8 +187,12 @@ class Predictions:
         wait: int | None,
         stream: bool = False,
         webhook: str | None = None,
+        orphaned_since: float | None = None,
     ) -> dict[str, Any]:
-        """The prediction for this request: adopted from an earlier attempt, reconciled, or created once."""
+        """The prediction for this request: adopted from an earlier attempt, reconciled, or created once.
+
+        ``orphaned_since``: a process that died may have created it since then (see :meth:`_orphan`).
+        """
         options = session.options
         fingerprint = hashlib.sha256(
             json.dumps([target.schema.ref, inputs, stream, webhook], sort_keys=True, default=str).encode()
@@ -194,6 +201,13 @@ class Predictions:
         record = self._records.get(key)
         if record is not None and record.fingerprint != fingerprint:
             record = None  # the input changed (a new schema version): not the same create
+        if record is None and orphaned_since is not None:
+            orphan = await self._orphan(session, target, inputs, orphaned_since)
+            if orphan is not None:
+                pid = str(orphan["id"])
+                self._records[key] = InFlight(fingerprint=fingerprint, sent_wall=time.time(), prediction_id=pid)
+                self._claim(pid, options.reconcile_window_seconds)
+                return orphan
         if record is not None and record.prediction_id is not None:
             adopted = await self._get(session, record.prediction_id)
             if adopted is not None and adopted.get("status") != "canceled":
@@ -324,6 +338,29 @@ class Predictions:
             raise mapping.from_exception(exc, what=what) from exc
         raise self._may_exist(target, f"{type(exc).__name__} while {what}") from exc
 
+    async def _orphan(
+        self, session: Session, target: Target, inputs: dict[str, Any], orphaned_since: float
+    ) -> dict[str, Any] | None:
+        """The prediction a process that died may have created for this request since ``orphaned_since``.
+
+        Looked for like an ambiguous create (same model/version, exactly this input, created since then,
+        with the usual clock slack, not claimed here, not canceled), but no further back than
+        ``reconcile_window_seconds``. When no listing succeeds nothing can be ruled out: a retryable
+        ProviderUnavailable instead of a create that could be the second.
+        """
+        since = max(orphaned_since, time.time() - session.options.reconcile_window_seconds)
+        found, listed = await self.reconcile(session, target, inputs, since, skip_canceled=True)
+        if found is not None:
+            log.info("adopting prediction %s of %s, started by a process that died", found.get("id"), target.describe())
+            return found
+        if not listed:
+            raise errors.ProviderUnavailable(
+                "could not list recent predictions to look for one that a process that died may have "
+                f"created for this request; not creating another of {target.describe()} yet",
+                provider=NAME,
+            )
+        return None
+
     def _may_exist(self, target: Target, why: str) -> errors.ProviderError:
         return errors.ProviderError(
             redact(
@@ -337,12 +374,20 @@ class Predictions:
 
     # -- reconciliation --------------------------------------------------------------------------------
     async def reconcile(
-        self, session: Session, target: Target, inputs: Mapping[str, Any], sent_wall: float, *, patient: bool = True
+        self,
+        session: Session,
+        target: Target,
+        inputs: Mapping[str, Any],
+        sent_wall: float,
+        *,
+        patient: bool = True,
+        skip_canceled: bool = False,
     ) -> tuple[dict[str, Any] | None, bool]:
         """(the matching recent prediction or None, whether a listing succeeded at all).
 
         ``patient``: list up to ``reconcile_attempts`` times (the create may still be in flight at the
         server); otherwise stop at the first listing that succeeds (the server already answered).
+        ``skip_canceled``: a canceled prediction is not a match.
         """
         options = session.options
         listed = False
@@ -350,7 +395,7 @@ class Predictions:
             if attempt:
                 await asyncio.sleep(options.reconcile_interval_seconds)
             try:
-                found = await self._find(session, target, inputs, sent_wall)
+                found = await self._find(session, target, inputs, sent_wall, skip_canceled=skip_canceled)
             except Exception as exc:  # a failed listing proves nothing: try again
                 log.info("listing predictions to reconcile failed: %s", type(exc).__name__)
                 continue
@@ -360,7 +405,13 @@ class Predictions:
         return None, listed
 
     async def _find(
-        self, session: Session, target: Target, inputs: Mapping[str, Any], sent_wall: float
+        self,
+        session: Session,
+        target: Target,
+        inputs: Mapping[str, Any],
+        sent_wall: float,
+        *,
+        skip_canceled: bool = False,
     ) -> dict[str, Any] | None:
         earliest = sent_wall - _CLOCK_SLACK
         latest = time.time() + _CLOCK_SLACK
@@ -375,6 +426,8 @@ class Predictions:
                 if created is None:
                     continue
                 oldest = min(oldest, created)
+                if skip_canceled and p.get("status") == "canceled":
+                    continue
                 if self._matches(p, created, target, inputs, earliest, latest):
                     candidates.append((created, p))
             if oldest < earliest or not page.next:

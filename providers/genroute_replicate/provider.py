@@ -127,7 +127,13 @@ class ReplicateProvider(Provider):
                 cache = self._schema_cache(options, ctx.settings)
                 try:
                     prediction = await self._predictions.obtain(
-                        session, target, values, key, schemas=cache, wait=_wait_seconds(options, ctx)
+                        session,
+                        target,
+                        values,
+                        key,
+                        schemas=cache,
+                        wait=_wait_seconds(options, ctx),
+                        orphaned_since=ctx.orphaned_since,
                     )
                     prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
                 except errors.ProviderError as exc:
@@ -204,7 +210,14 @@ class ReplicateProvider(Provider):
             async with self._predictions.exclusive(key):
                 cache = self._schema_cache(options, ctx.settings)
                 prediction = await self._predictions.obtain(
-                    session, target, values, key, schemas=cache, wait=None, stream=True
+                    session,
+                    target,
+                    values,
+                    key,
+                    schemas=cache,
+                    wait=None,
+                    stream=True,
+                    orphaned_since=ctx.orphaned_since,
                 )
                 url = (prediction.get("urls") or {}).get("stream")
                 if not url or prediction.get("status") in TERMINAL:  # nothing to stream: the whole text at once
