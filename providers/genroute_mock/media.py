@@ -208,10 +208,7 @@ def _tone(frequency: float, length: int, sample_rate: int) -> bytes:
     """`length` 16-bit little-endian samples of a sine with 10 ms fades."""
     fade = max(1, min(length // 2, sample_rate // 100))
     step = 2 * math.pi * frequency / sample_rate
-    samples = (
-        round(9000 * min(1.0, (n + 1) / fade, (length - n) / fade) * math.sin(step * n))
-        for n in range(length)
-    )
+    samples = (round(9000 * min(1.0, (n + 1) / fade, (length - n) / fade) * math.sin(step * n)) for n in range(length))
     return struct.pack(f"<{length}h", *samples)
 
 
@@ -248,9 +245,7 @@ def wav_duration_seconds(data: bytes) -> float | None:
 
 def _topics(prompt: str, rng: random.Random, count: int = 3) -> list[str]:
     """Up to `count` distinct content words picked from the prompt."""
-    words = [
-        word for word in dict.fromkeys(re.findall(r"[^\W\d_]{4,}", prompt.lower())) if word not in _STOPWORDS
-    ]
+    words = [word for word in dict.fromkeys(re.findall(r"[^\W\d_]{4,}", prompt.lower())) if word not in _STOPWORDS]
     return rng.sample(words, min(count, len(words)))
 
 
@@ -313,9 +308,7 @@ def transcript_segments(
     while (left := total_ms - bounds[-1]) > 5000:
         bounds.append(bounds[-1] + rng.randint(2000, min(5000, left - 2000)))
     bounds.append(total_ms)
-    return [
-        (start / 1000, end / 1000, " ".join(_sentence(rng, []))) for start, end in itertools.pairwise(bounds)
-    ]
+    return [(start / 1000, end / 1000, " ".join(_sentence(rng, []))) for start, end in itertools.pairwise(bounds)]
 
 
 def speech_duration_seconds(text: str) -> float:

@@ -36,6 +36,10 @@ FaultKind = Literal["rate_limit", "unavailable", "timeout", "invalid_input"]
 MAX_VIDEO_FRAMES = 96
 
 
+def _default_fault_kinds() -> list[FaultKind]:
+    return ["unavailable"]
+
+
 class MockOptions(BaseModel):
     """``[providers.mock.options]``: how slow and how unreliable the mock pretends to be."""
 
@@ -44,7 +48,7 @@ class MockOptions(BaseModel):
     latency_seconds: float = Field(default=0.0, ge=0, description="wait this long before answering")
     token_latency_seconds: float = Field(default=0.0, ge=0, description="wait between streamed words")
     failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of attempts that fail")
-    failure_kinds: list[FaultKind] = Field(default_factory=lambda: ["unavailable"], min_length=1)
+    failure_kinds: list[FaultKind] = Field(default_factory=_default_fault_kinds, min_length=1)
     retry_after_seconds: float = Field(default=0.05, ge=0, description="Retry-After sent with rate limits")
     seed: int = Field(default=0, description="changes which attempts fail, not what succeeds")
     video_side: int = Field(default=256, ge=16, le=1024, description="long side of generated videos in pixels")
@@ -107,13 +111,17 @@ def _generate(request: RequestModel, seed: int, options: MockOptions) -> Provide
     match request:
         case TextToImage():
             width, height = request.dimensions()
-            files = [_png(media.png_image(width, height, seed=seed + i, label=request.prompt))
-                     for i in range(request.num_outputs)]
+            files = [
+                _png(media.png_image(width, height, seed=seed + i, label=request.prompt))
+                for i in range(request.num_outputs)
+            ]
             return ProviderOutput(files=files, usage=Usage(outputs=len(files)))
         case ImageToImage() | Inpaint():
             mask = request.mask.data if isinstance(request, Inpaint) else None
-            files = [_png(media.transform_image(request.image.data, seed=seed + i, mask=mask))
-                     for i in range(request.num_outputs)]
+            files = [
+                _png(media.transform_image(request.image.data, seed=seed + i, mask=mask))
+                for i in range(request.num_outputs)
+            ]
             return ProviderOutput(files=files, usage=Usage(outputs=len(files)))
         case Upscale():
             data = media.transform_image(request.image.data, seed=seed, scale=request.scale)
@@ -142,9 +150,8 @@ def _generate(request: RequestModel, seed: int, options: MockOptions) -> Provide
             return ProviderOutput(files=files, usage=Usage(outputs=1, media_seconds=seconds))
         case SpeechToText():
             audio = request.audio.data
-            seconds = media.wav_duration_seconds(audio)
-            if seconds is None:
-                seconds = len(audio) / 16_000
+            measured = media.wav_duration_seconds(audio)
+            seconds = measured if measured is not None else len(audio) / 16_000
             pieces = media.transcript_segments(seconds, seed=seed, language=request.language)
             segments = [Segment(start=start, end=end, text=text) for start, end, text in pieces]
             text = " ".join(s.text for s in segments)
