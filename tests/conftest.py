@@ -57,8 +57,11 @@ def catalogue(
         prices = DEFAULT_PRICES
     elif isinstance(prices, str):
         prices = {"balanced": prices}
-    return {task: {tier: {"model": f"{provider}/{tier}", "unit": unit, "price": str(price)}
-                   for tier, price in prices.items()}}
+    return {
+        task: {
+            tier: {"model": f"{provider}/{tier}", "unit": unit, "price": str(price)} for tier, price in prices.items()
+        }
+    }
 
 
 def section(

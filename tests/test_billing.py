@@ -159,8 +159,10 @@ def test_zero_price_costs_nothing(catalogue: Settings) -> None:
 
 # task → (the output a provider reports, the measured quantity of the mock's unit)
 MEASURED: dict[str, tuple[ProviderOutput, Decimal | None]] = {
-    "text-to-image": (ProviderOutput(files=[OutputFile(data=PNG, media_type="image/png")] * 2,
-                                     usage=Usage(outputs=2)), Decimal(2)),
+    "text-to-image": (
+        ProviderOutput(files=[OutputFile(data=PNG, media_type="image/png")] * 2, usage=Usage(outputs=2)),
+        Decimal(2),
+    ),
     "image-to-image": (ProviderOutput(usage=Usage(outputs=1)), Decimal(1)),
     "inpaint": (ProviderOutput(usage=Usage(outputs=3)), Decimal(3)),
     "upscale": (ProviderOutput(usage=Usage(outputs=1, compute_seconds=7.25)), Decimal("7.25")),

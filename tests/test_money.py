@@ -51,8 +51,25 @@ def test_float_sum_is_exact_after_conversion() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [True, False, "NaN", "nan", "sNaN", "inf", "-Infinity", float("nan"), float("inf"), float("-inf"),
-     "garbage", "", "1,5", "$5", None, [1], object()],
+    [
+        True,
+        False,
+        "NaN",
+        "nan",
+        "sNaN",
+        "inf",
+        "-Infinity",
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        "garbage",
+        "",
+        "1,5",
+        "$5",
+        None,
+        [1],
+        object(),
+    ],
 )
 def test_to_decimal_rejects_with_value_error(value: Any) -> None:
     with pytest.raises(ValueError):
@@ -71,8 +88,15 @@ def test_to_decimal_rejects_decimal_nan() -> None:
 
 @pytest.mark.parametrize(
     ("usd", "micros"),
-    [("0", 0), ("0.000001", 1), ("0.003", 3000), ("1", 1_000_000), ("5.00", 5_000_000), ("123.456789", 123_456_789),
-     ("-0.25", -250_000)],
+    [
+        ("0", 0),
+        ("0.000001", 1),
+        ("0.003", 3000),
+        ("1", 1_000_000),
+        ("5.00", 5_000_000),
+        ("123.456789", 123_456_789),
+        ("-0.25", -250_000),
+    ],
 )
 def test_micros_known_values(usd: str, micros: int) -> None:
     assert usd_to_micros(Decimal(usd)) == micros
@@ -111,8 +135,9 @@ def test_micros_to_usd_has_six_places() -> None:
     assert str(micros_to_usd(5_000_000)) == "5.000000"
 
 
-six_decimals = st.decimals(min_value=Decimal("-1000000"), max_value=Decimal("1000000"), places=6,
-                           allow_nan=False, allow_infinity=False)
+six_decimals = st.decimals(
+    min_value=Decimal("-1000000"), max_value=Decimal("1000000"), places=6, allow_nan=False, allow_infinity=False
+)
 
 
 @settings(max_examples=100)

@@ -106,8 +106,14 @@ async def test_equal_price_and_provider_tie_is_broken_by_offer_priority(settings
 
     def offers(request: RequestModel) -> list[Offer]:
         return [
-            Offer(provider="p", model=f"p/{name}", task="text-to-image", tier="balanced", estimate=D("0.01"),
-                  priority=priority)
+            Offer(
+                provider="p",
+                model=f"p/{name}",
+                task="text-to-image",
+                tier="balanced",
+                estimate=D("0.01"),
+                priority=priority,
+            )
             for name, priority in (("late", 90), ("early", 10), ("middle", 50))
         ]
 
@@ -289,8 +295,10 @@ async def test_max_attempts_is_configurable(settings_factory, router_factory, fa
 
 
 async def test_retry_after_is_honoured(settings_factory, router_factory, fake_provider):
-    a = fake_provider("a", errors=[RateLimited("429", provider="a", retry_after=0.15),
-                                   RateLimited("429", provider="a", retry_after=0.1)])
+    a = fake_provider(
+        "a",
+        errors=[RateLimited("429", provider="a", retry_after=0.15), RateLimited("429", provider="a", retry_after=0.1)],
+    )
     router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
 
     started = time.monotonic()
@@ -846,9 +854,10 @@ def test_router_as_context_manager_closes_providers(settings_factory, fake_provi
     from genroute.router import Router
 
     a = fake_provider("a")
-    with Router(settings_factory({"a": section("a")}), plugin_manager=make_plugin_manager(
-        entry_points=False, plugins=[FakePlugin(a)]
-    )) as router:
+    with Router(
+        settings_factory({"a": section("a")}),
+        plugin_manager=make_plugin_manager(entry_points=False, plugins=[FakePlugin(a)]),
+    ) as router:
         assert router.run(image()).provider == "a"
     assert a.closed
 

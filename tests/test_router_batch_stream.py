@@ -64,8 +64,13 @@ def echo_router(settings_factory, router_factory):
 
 async def test_abatch_keeps_input_order_with_errors_in_place(echo_router):
     router = echo_router(sleep=slower_first)
-    requests: list[Any] = [gen("p0"), gen("p1"), {"task": "text-generation", "prompt": "p2", "temprature": 1},
-                           gen("p3"), TextGeneration(prompt="p4")]
+    requests: list[Any] = [
+        gen("p0"),
+        gen("p1"),
+        {"task": "text-generation", "prompt": "p2", "temprature": 1},
+        gen("p3"),
+        TextGeneration(prompt="p4"),
+    ]
 
     outcomes = await router.abatch(requests, concurrency=8)
 
@@ -98,7 +103,10 @@ def test_sync_batch(echo_router):
     outcomes = router.batch([gen("p0"), gen("p1"), {"task": "text-generation"}, gen("p3")], concurrency=2)
 
     assert [o.text if isinstance(o, Result) else type(o).__name__ for o in outcomes] == [
-        "echo p0", "echo p1", "InvalidRequest", "echo p3"
+        "echo p0",
+        "echo p1",
+        "InvalidRequest",
+        "echo p3",
     ]
     assert router.batch([gen("p0")])[0].cached is True
 

@@ -15,8 +15,9 @@ def test_token_variables_named() -> None:
     assert {"REPLICATE_API_TOKEN", "HF_TOKEN"} <= set(TOKEN_VARIABLES)
 
 
-@pytest.mark.parametrize(("name", "value"), [("REPLICATE_API_TOKEN", REPLICATE), ("HF_TOKEN", HF),
-                                             ("HUGGING_FACE_HUB_TOKEN", HF)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("REPLICATE_API_TOKEN", REPLICATE), ("HF_TOKEN", HF), ("HUGGING_FACE_HUB_TOKEN", HF)]
+)
 def test_masks_token_value(name: str, value: str) -> None:
     text = f"401 Unauthorized: Authorization: Bearer {value} (retry)"
     out = redact(text, env={name: value})

@@ -56,8 +56,11 @@ def good(task: str) -> dict[str, Any]:
 
 
 VISUAL = [t for t in TASKS if "num_outputs" in REQUEST_TYPES[t].model_fields]
-PROMPTED = [t for t in TASKS if REQUEST_TYPES[t].model_fields.get("prompt") and REQUEST_TYPES[t].model_fields[
-    "prompt"].is_required()]
+PROMPTED = [
+    t
+    for t in TASKS
+    if REQUEST_TYPES[t].model_fields.get("prompt") and REQUEST_TYPES[t].model_fields["prompt"].is_required()
+]
 
 
 def invalid(data: dict[str, Any]) -> InvalidRequest:
@@ -155,8 +158,9 @@ def test_unknown_aspect_ratio(task: str, ratio: str) -> None:
     assert invalid({**good(task), "aspect_ratio": ratio}).field == "aspect_ratio"
 
 
-@pytest.mark.parametrize(("size", "field"), [({"width": 63, "height": 512}, "width"),
-                                             ({"width": 512, "height": 4096}, "height")])
+@pytest.mark.parametrize(
+    ("size", "field"), [({"width": 63, "height": 512}, "width"), ({"width": 512, "height": 4096}, "height")]
+)
 def test_side_out_of_range(size: dict[str, int], field: str) -> None:
     assert invalid({**good("text-to-image"), **size}).field == field
 
@@ -241,8 +245,9 @@ def test_missing_task_names_task() -> None:
     assert invalid({"prompt": "x"}).field == "task"
 
 
-@pytest.mark.parametrize("task", [t for t in TASKS if any(
-    f in REQUEST_TYPES[t].model_fields for f in ("image", "audio"))])
+@pytest.mark.parametrize(
+    "task", [t for t in TASKS if any(f in REQUEST_TYPES[t].model_fields for f in ("image", "audio"))]
+)
 def test_missing_media_names_field(task: str) -> None:
     data = good(task)
     field = "audio" if "audio" in data else "image"
@@ -392,8 +397,9 @@ def test_dimensions_default_square() -> None:
     assert TextToImage(prompt="x").dimensions() == (1024, 1024)
 
 
-@pytest.mark.parametrize(("ratio", "expected"), [("16:9", (1024, 576)), ("9:16", (576, 1024)),
-                                                 ("4:3", (1024, 768)), ("3:4", (768, 1024))])
+@pytest.mark.parametrize(
+    ("ratio", "expected"), [("16:9", (1024, 576)), ("9:16", (576, 1024)), ("4:3", (1024, 768)), ("3:4", (768, 1024))]
+)
 def test_dimensions_exact_for_common_ratios(ratio: str, expected: tuple[int, int]) -> None:
     assert TextToImage(prompt="x", aspect_ratio=ratio).dimensions() == expected  # type: ignore[arg-type]
 

@@ -32,9 +32,7 @@ def to_srt(segments: Sequence[Segment]) -> str:
 def to_webvtt(segments: Sequence[Segment]) -> str:
     """WebVTT: ``WEBVTT`` header, ``HH:MM:SS.mmm`` times; ``&``, ``<`` and ``>`` escaped as the spec asks."""
     cues = [
-        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n"
-        f"{_vtt_escape(_cue_text(s.text))}\n"
-        for s in segments
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{_vtt_escape(_cue_text(s.text))}\n" for s in segments
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
 

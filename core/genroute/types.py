@@ -234,6 +234,7 @@ BillingUnit = Literal["output", "request", "media_second", "audio_minute", "comp
 """How a model is billed: per output file, per request, per second of generated video or audio (media_second), per
 minute of input audio, per second of compute on named hardware, or per thousand generated tokens."""
 
+
 class ModelEntry(BaseModel):
     """One catalogue entry: a model a provider offers for one task and tier, with its price."""
 

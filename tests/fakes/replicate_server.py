@@ -626,9 +626,9 @@ def _openapi(version: FakeVersion, enum_style: str) -> dict[str, Any]:
                 "title": ref_name, "description": "An enumeration.", "type": spec.get("type", "string"),
                 "enum": spec["enum"],
             }  # fmt: skip
-            prop = {
-                key: value for key, value in prop.items() if key not in ("enum", "type")
-            } | {"allOf": [{"$ref": f"#/components/schemas/{ref_name}"}]}
+            prop = {key: value for key, value in prop.items() if key not in ("enum", "type")} | {
+                "allOf": [{"$ref": f"#/components/schemas/{ref_name}"}]
+            }
         properties[name] = prop
     input_schema: dict[str, Any] = {"type": "object", "title": "Input", "properties": properties}
     if version.required:
@@ -1605,9 +1605,13 @@ class FakeReplicate:
         plan = self._plan(pid, model, params, seed)
         if fail is not None:
             plan.error = fail.error
-            plan.error_logs = fail.logs if fail.logs is not None else (
-                f"Traceback (most recent call last):\n  File \"predict.py\", line 42, in predict\n"
-                f"RuntimeError: {fail.error}\n"
+            plan.error_logs = (
+                fail.logs
+                if fail.logs is not None
+                else (
+                    f'Traceback (most recent call last):\n  File "predict.py", line 42, in predict\n'
+                    f"RuntimeError: {fail.error}\n"
+                )
             )
         p = FakePrediction(
             id=pid, seq=seq, model=model.name, version=shown_version, version_id=version.id,
@@ -1985,8 +1989,10 @@ class FakeReplicate:
         if uri.startswith("data:"):
             header, _, payload = uri.partition(",")
             try:
-                return base64.b64decode(payload, validate=True) if header.endswith(";base64") else unquote_to_bytes(
-                    payload
+                return (
+                    base64.b64decode(payload, validate=True)
+                    if header.endswith(";base64")
+                    else unquote_to_bytes(payload)
                 )
             except ValueError as exc:
                 raise _RunError(f"Could not decode the data URI given as {field_name}: {exc}") from None
@@ -2198,8 +2204,15 @@ def _flux(*, img2img: bool, steps: tuple[int, int], guidance: bool) -> dict[str,
 def _known_models() -> dict[str, dict[str, Any]]:
     """Approximations of the real models' schemas (names, types, ranges, enums, defaults, output shape)."""
     sd_schedulers = ["DDIM", "K_EULER", "DPMSolverMultistep", "K_EULER_ANCESTRAL", "PNDM", "KLMS"]
-    sdxl_schedulers = ["DDIM", "DPMSolverMultistep", "HeunDiscrete", "KarrasDPM", "K_EULER_ANCESTRAL", "K_EULER",
-                       "PNDM"]
+    sdxl_schedulers = [
+        "DDIM",
+        "DPMSolverMultistep",
+        "HeunDiscrete",
+        "KarrasDPM",
+        "K_EULER_ANCESTRAL",
+        "K_EULER",
+        "PNDM",
+    ]
     llama = {
         "prompt": _prop("string", "Prompt", required=True),
         "system_prompt": _prop("string", "System prompt to send to the model.", "You are a helpful assistant"),
