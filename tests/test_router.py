@@ -973,3 +973,51 @@ async def test_mock_faults_are_retried_and_reported(settings_factory, router_fac
     assert "failed after 3 attempt(s)" in str(info.value)
     assert "429" in str(info.value)
     assert [e.status for e in entries(router)] == ["released"]
+
+
+# ---------------------------------------------------------------------------------------------- who is asked
+
+
+class CountingPlugin(FakePlugin):
+    """A FakePlugin that counts how often it is asked for offers."""
+
+    def __init__(self, *providers: Any, **kwargs: Any) -> None:
+        super().__init__(*providers, **kwargs)
+        self.asked = 0
+
+    @hookimpl
+    def genroute_offers(self, request: RequestModel, settings: Any) -> list[Offer]:
+        self.asked += 1
+        return super().genroute_offers(request, settings)
+
+
+class PricingPlugin:
+    """Registers no provider; offers a cheaper model on another plugin's provider ``a``."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    @hookimpl
+    def genroute_offers(self, request: RequestModel, settings: Any) -> list[Offer]:
+        self.asked += 1
+        return [Offer(provider="a", model="a/deal", task=request.task_name, tier=request.tier, estimate=D("0.0001"))]
+
+
+async def test_serving_asks_only_plugins_with_a_provider_in_the_profile(settings_factory, router_factory):
+    inside, outside = CountingPlugin(FakeProvider("a")), CountingPlugin(FakeProvider("b"))
+    pricing = PricingPlugin()
+    config = settings_factory({"a": section("a"), "b": section("b", "0.001")}, profiles={"only-a": ["a"]})
+    router = router_factory(config, inside, outside, pricing)
+
+    result = await router.arun(image())
+    assert (result.provider, result.model) == ("a", "a/deal")  # a provider-less plugin is still asked
+    assert (inside.asked, outside.asked, pricing.asked) == (1, 0, 1)
+
+    plan = await router.aplan(image(prompt="plan"))  # plan explains every offer, outside the profile too
+    assert outside.asked == 1
+    assert any(r.provider == "b" and r.reason == "not in profile 'only-a'" for r in plan.rejections)
+
+    with pytest.raises(NoRouteAvailable) as info:  # a pin outside the profile says why it cannot be served
+        await router.arun(image(prompt="pinned", provider="b"))
+    assert outside.asked == 2
+    assert any(r.provider == "b" and r.reason == "not in profile 'only-a'" for r in info.value.rejections)

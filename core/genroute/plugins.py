@@ -45,14 +45,19 @@ def collect_providers(pm: pluggy.PluginManager) -> dict[str, Provider]:
 
 def collect_providers_by_plugin(pm: pluggy.PluginManager) -> dict[str, tuple[Provider, str]]:
     """Every provider with the plugin that registered it (its distribution name when installed)."""
-    providers: dict[str, tuple[Provider, str]] = {}
+    return {name: (provider, source) for name, (provider, source, _plugin) in collect_registrations(pm).items()}
+
+
+def collect_registrations(pm: pluggy.PluginManager) -> dict[str, tuple[Provider, str, object]]:
+    """Every provider with the plugin that registered it: its description and the plugin object itself."""
+    providers: dict[str, tuple[Provider, str, object]] = {}
     distributions = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
     for impl in pm.hook.genroute_register_providers.get_hookimpls():
         module = getattr(impl.plugin, "__name__", impl.plugin_name)
         dist = distributions.get(id(impl.plugin))
         source = f"{module} ({dist})" if dist else str(module)
 
-        def register(provider: Provider, source: str = source) -> None:
+        def register(provider: Provider, source: str = source, plugin: object = impl.plugin) -> None:
             if not isinstance(provider, Provider):
                 raise PluginError(f"{source}: register() expects a genroute.Provider, got {type(provider).__name__}")
             name = getattr(provider, "name", "")
@@ -60,7 +65,7 @@ def collect_providers_by_plugin(pm: pluggy.PluginManager) -> dict[str, tuple[Pro
                 raise PluginError(f"{source}: {type(provider).__name__} has no name")
             if name in providers:
                 raise PluginError(f"two plugins register a provider named {name!r} ({providers[name][1]}, {source})")
-            providers[name] = (provider, source)
+            providers[name] = (provider, source, plugin)
 
         try:
             impl.function(register=register)

@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,7 +42,7 @@ from .jobs import Job, JobStore, now_utc
 from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
-from .plugins import collect_providers_by_plugin, default_plugin_manager
+from .plugins import collect_registrations, default_plugin_manager
 from .provider import Provider, RunContext
 from .retry import Backoff
 from .secrets import redact
@@ -123,9 +123,10 @@ class Router:
             settings = Settings.model_validate({**settings.model_dump(), "profile": profile})
         self.settings = settings
         self.pm = plugin_manager or default_plugin_manager()
-        registered = collect_providers_by_plugin(self.pm)
-        self.providers: dict[str, Provider] = {name: provider for name, (provider, _) in registered.items()}
-        self.plugin_of: dict[str, str] = {name: plugin for name, (_, plugin) in registered.items()}
+        registered = collect_registrations(self.pm)
+        self.providers: dict[str, Provider] = {name: provider for name, (provider, _, _) in registered.items()}
+        self.plugin_of: dict[str, str] = {name: source for name, (_, source, _) in registered.items()}
+        self._profile_offers = _profile_offers_hook(self.pm, registered, settings.active.providers)
         self.provider_options: dict[str, BaseModel | None] = {
             name: provider.check_options(settings.provider(name), settings.source)
             for name, provider in self.providers.items()
@@ -224,11 +225,19 @@ class Router:
             return ("simulated", f"provider:{offer.provider}")
         return ("global", f"provider:{offer.provider}")
 
-    def _candidates(self, request: RequestModel) -> tuple[list[Offer], list[Rejection]]:
+    def _candidates(self, request: RequestModel, *, explain: bool = False) -> tuple[list[Offer], list[Rejection]]:
+        """Usable offers in the order to try them, and the offers passed over with why.
+
+        To serve a request only the plugins with a provider in the active profile are asked (and the ones
+        that register no provider, which may offer for others); ``explain`` (``plan``) asks every plugin,
+        so that providers outside the profile are listed too. So is a pin to a provider outside it.
+        """
         profile = self.settings.active
         order = {name: i for i, name in enumerate(profile.providers)}
         budgeted = bool(self.settings.limits())
-        answers = self.pm.hook.genroute_offers(request=request, settings=self.settings)
+        everyone = explain or (request.provider is not None and request.provider not in order)
+        hook = self.pm.hook.genroute_offers if everyone else self._profile_offers
+        answers = hook(request=request, settings=self.settings)
         offers: list[Offer] = [offer for answer in answers if answer for offer in answer]
         usable: list[Offer] = []
         rejections: list[Rejection] = []
@@ -321,7 +330,7 @@ class Router:
         model, key = await self._prepare(request)
         hit = self.store.get(key) if self.store is not None and model.cache == "use" else None
         cached = hit is not None and hit.provider in self.settings.active.providers
-        candidates, rejections = self._candidates(model)
+        candidates, rejections = self._candidates(model, explain=True)
         return RoutePlan(request_key=key, cached=cached, candidates=candidates, rejections=rejections)
 
     # -- running ------------------------------------------------------------------------------------
@@ -948,6 +957,17 @@ class SyncTextStream:
                     self._runner.run(_aclose(pieces))
                 except RuntimeError:
                     log.debug("stream closed inside a running event loop; its loop will finalize it")
+
+
+def _profile_offers_hook(
+    pm: pluggy.PluginManager, registered: Mapping[str, tuple[Provider, str, object]], profile: Sequence[str]
+) -> Any:
+    """``genroute_offers`` without the plugins all of whose providers are outside the profile."""
+    served: dict[int, tuple[object, set[str]]] = {}
+    for name, (_provider, _source, plugin) in registered.items():
+        served.setdefault(id(plugin), (plugin, set()))[1].add(name)
+    idle = [plugin for plugin, names in served.values() if not names.intersection(profile)]
+    return pm.subset_hook_caller("genroute_offers", remove_plugins=idle) if idle else pm.hook.genroute_offers
 
 
 async def _aclose(source: AsyncIterator[str]) -> None:
