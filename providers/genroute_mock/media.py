@@ -57,9 +57,16 @@ def _canvas(width: int, height: int, rng: random.Random) -> Image.Image:
     if rng.random() < 0.5:
         ramp = ramp.transpose(Image.Transpose.ROTATE_90)
     start, end = _colour(rng), _colour(rng)
-    channels = [ramp.point([a + (b - a) * v // 255 for v in range(256)]) for a, b in zip(start, end, strict=True)]
     # 256 colour steps already exhaust 8 bits, so NEAREST looks as smooth as BILINEAR and is ~10x faster.
-    img = Image.merge("RGB", channels).resize((width, height), Image.Resampling.NEAREST)
+    # NEAREST only picks pixels, so it can come before the per-pixel colouring or after it with the same
+    # result: whichever leaves fewer pixels to colour.
+    small = width * height < 256 * 256
+    if small:
+        ramp = ramp.resize((width, height), Image.Resampling.NEAREST)
+    channels = [ramp.point([a + (b - a) * v // 255 for v in range(256)]) for a, b in zip(start, end, strict=True)]
+    img = Image.merge("RGB", channels)
+    if not small:
+        img = img.resize((width, height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(3, 6)):
         x0, x1 = sorted(rng.randrange(width) for _ in range(2))
