@@ -62,6 +62,7 @@ from .config import BudgetLimit
 from .errors import BudgetExceeded, LedgerError
 from .money import micros_to_usd, to_decimal, usd_to_micros
 from .secrets import redact
+from .sqlite_settings import HOT_WRITES
 
 __all__ = [
     "BudgetReport",
@@ -109,10 +110,8 @@ _CACHE_SETTINGS: dict[str, Any] = {
     "disk_min_file_size": 2**30,
     "statistics": False,
     "tag_index": False,
-    # The ledger's database is small: no memory map, a small page cache (diskcache's defaults, 64 MiB
-    # mapped and 32 MiB cached per connection, made a long batch's memory grow with its length).
-    "sqlite_mmap_size": 0,
-    "sqlite_cache_size": 1024,
+    **HOT_WRITES,
+    "sqlite_cache_size": 1024,  # the ledger's database is smaller still
 }
 
 

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import StoreError
 from .money import micros_to_usd, usd_to_micros
+from .sqlite_settings import HOT_WRITES
 from .types import MEDIA_SUFFIXES, Artifact, OutputFile, Result
 
 __all__ = ["ResultStore", "StoreStats"]
@@ -65,8 +66,6 @@ _SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS {_BLOBS}_age ON {_BLOBS} (stored_at)",
 )
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
-_SQLITE_MEMORY: dict[str, int] = {"sqlite_mmap_size": 0, "sqlite_cache_size": 2048}
-"""Blobs are files, so the index database stays small: no memory map, a modest page cache per connection."""
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
 _EVICT_BATCH = 64  # oldest items looked at per eviction query
 
@@ -123,13 +122,11 @@ class ResultStore:
         self._cull_every = max(1, max_bytes // 64)
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
-            self._data = diskcache.Cache(
-                str(self._path / "data"), eviction_policy="none", cull_limit=0, **_SQLITE_MEMORY
-            )
+            self._data = diskcache.Cache(str(self._path / "data"), eviction_policy="none", cull_limit=0, **HOT_WRITES)
             with self._data.transact():
                 for statement in _SCHEMA:
                     self._db().execute(statement)
-            self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **_SQLITE_MEMORY)
+            self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **HOT_WRITES)
 
     @property
     def path(self) -> Path:
