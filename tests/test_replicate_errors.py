@@ -17,6 +17,7 @@ from genroute import errors
 from genroute.money import quantize
 from genroute.router import Router
 from genroute.types import TextGeneration, TextToImage, Upscale
+from genroute_replicate import provider as replicate_provider
 from genroute_replicate.options import ReplicateOptions
 from genroute_replicate.outputs import download, parse
 from genroute_replicate.plugin import ReplicatePlugin
@@ -83,14 +84,16 @@ def test_402_withdraws_the_provider_until_the_cooldown_ends(
 
 
 def test_a_withdrawal_reaches_a_process_that_had_already_looked(
-    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(replicate_provider, "_CREDIT_RECHECK", 0.05)  # the file is looked at again after this
     settings = build_settings(tmp_path, fake, options={"credit_cooldown_seconds": 600})
     watcher = make_router(settings)  # stands for a long-running process that checked before the 402
     assert watcher.providers["replicate"].unavailable_reason(settings) is None
     hit = make_router(settings)
     fake.faults.add(CREATE, 402, times=1)
     assert hit.run(TextToImage(prompt="no credit", tier="fast")).provider == "mock"
+    time.sleep(0.06)
     reason = watcher.providers["replicate"].unavailable_reason(settings)
     assert reason is not None and reason.startswith("out of credit (HTTP 402)")
     before = fake.count()

@@ -47,6 +47,7 @@ log = logging.getLogger("genroute.replicate")
 NAME = "replicate"
 _API_ERRORS = (ApiStatusError, ReplicateError, httpx.HTTPError, ValueError)
 _CREDIT_FILE = "out-of-credit.json"
+_CREDIT_RECHECK = 1.0  # seconds between looks at another process's out-of-credit record
 _MEMO_LIMIT = 64  # settings/options pairs remembered (a Router holds one of each)
 
 
@@ -61,7 +62,8 @@ class ReplicateProvider(Provider):
         self._sessions = Sessions(transport_factory)
         self._predictions = Predictions()
         self._schema_caches: dict[tuple[Path, float], SchemaCache] = {}
-        self._credit_until: dict[Path, tuple[tuple[int, int] | None, float]] = {}  # state → (file seen, until)
+        # state → (when the file was last looked at, what it was, until when it withdraws the provider)
+        self._credit_until: dict[Path, tuple[float, tuple[int, int] | None, float]] = {}
         # Per-call work done once: options validated from a Settings, and the paths options derive from one.
         self._validated: dict[int, tuple[Settings, dict[str, Any], ReplicateOptions]] = {}
         self._paths: dict[tuple[int, int], tuple[ReplicateOptions, Settings, Path, SchemaCache]] = {}
@@ -79,26 +81,31 @@ class ReplicateProvider(Provider):
         return None
 
     def _withdrawn_until(self, state: Path) -> float | None:
-        # Another process may record a 402 at any time: look at the file on every call (one stat), and
+        # Another process may record a 402 at any time: look at the file at most every _CREDIT_RECHECK
+        # seconds (asked once per request, a stat each time would cost more than the check is worth), and
         # read it again only when it changed.
-        path = state / _CREDIT_FILE
-        try:
-            seen = os.stat(path)
-            stamp: tuple[int, int] | None = (seen.st_ino, seen.st_mtime_ns)  # replaced by rename: a new inode
-        except OSError:
-            stamp = None
+        now = time.time()
         known = self._credit_until.get(state)
-        if known is not None and known[0] == stamp:
-            until = known[1]
+        if known is not None and now - known[0] < _CREDIT_RECHECK:
+            until = known[2]
         else:
-            until = 0.0
-            if stamp is not None:
-                try:
-                    until = float(json.loads(path.read_text(encoding="utf-8"))["until"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    until = 0.0
-            self._credit_until[state] = (stamp, until)
-        return until if until > time.time() else None
+            path = state / _CREDIT_FILE
+            try:
+                seen = os.stat(path)
+                stamp: tuple[int, int] | None = (seen.st_ino, seen.st_mtime_ns)  # replaced by rename: a new inode
+            except OSError:
+                stamp = None
+            if known is not None and known[1] == stamp:
+                until = known[2]
+            else:
+                until = 0.0
+                if stamp is not None:
+                    try:
+                        until = float(json.loads(path.read_text(encoding="utf-8"))["until"])
+                    except (OSError, ValueError, KeyError, TypeError):
+                        until = 0.0
+            self._credit_until[state] = (now, stamp, until)
+        return until if until > now else None
 
     def _withdraw(self, options: ReplicateOptions, settings: Settings) -> None:
         """After a 402: make no offers for ``credit_cooldown_seconds`` (shared with other processes on disk)."""
@@ -114,7 +121,7 @@ class ReplicateProvider(Provider):
             self._credit_until.pop(state, None)
         except OSError as exc:
             log.warning("could not record the out-of-credit cooldown in %s: %s", state, exc.strerror)
-            self._credit_until[state] = (None, until)  # this process at least stops offering
+            self._credit_until[state] = (float("inf"), None, until)  # this process at least stops offering
 
     # -- running ----------------------------------------------------------------------------------------
     async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
