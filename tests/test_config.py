@@ -113,10 +113,9 @@ def test_shipped_limits_are_decimal(shipped: Settings) -> None:
         ("global", "daily"),
         ("global", "monthly"),
         ("simulated", "daily"),
-        ("free:huggingface", "monthly"),  # the Hugging Face free credit
-    }
+    }  # the Hugging Face free credit is its plugin's (genroute_budget_limits), not the file's
     assert all(isinstance(lim.usd, Decimal) for lim in limits)
-    assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00"), Decimal("5.00"), Decimal("0.10")]
+    assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00"), Decimal("5.00")]
 
 
 # -- profile selection -----------------------------------------------------------------------------
@@ -142,7 +141,7 @@ def test_profile_argument_without_env() -> None:
 def test_profile_limits_join_global_limits() -> None:
     raw = raw_copy()
     raw["profiles"]["dev"]["limits"] = [{"scope": "provider:huggingface", "period": "daily", "usd": "1.00"}]
-    shipped = ["global", "global", "simulated", "free:huggingface"]
+    shipped = ["global", "global", "simulated"]
     s = settings_from_dict(raw, profile="dev", env={})
     assert [lim.scope for lim in s.limits()] == [*shipped, "provider:huggingface"]
     s = settings_from_dict(raw, profile="offline", env={})

@@ -197,9 +197,6 @@ def dev_config(directory: Path, server: FakeHF, credit: str) -> Path:
         '# base_url = "http://127.0.0.1:8080"   # an hf-inference compatible server; unset: the real service': (
             f'base_url = "{server.base_url}"'
         ),
-        '{ scope = "free:huggingface", period = "monthly", usd = "0.10" }': (
-            f'{{ scope = "free:huggingface", period = "monthly", usd = "{credit}" }}'
-        ),
         'monthly_free_credit_usd = "0.10"': f'monthly_free_credit_usd = "{credit}"',
     }
     for old, new in replacements.items():

@@ -15,6 +15,7 @@ from decimal import Decimal
 from email.utils import formatdate
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 from huggingface_hub import constants
@@ -601,19 +602,40 @@ def test_config_helper_keeps_the_shipped_catalogue(tmp_path: Path) -> None:
     assert TextToVideo.model_fields["task"].default not in raw["providers"]["huggingface"]["models"]
 
 
-def test_a_credit_option_that_disagrees_with_the_budget_limit_is_reported(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    from genroute_huggingface.offers import make_offers
+def _credit_limits(settings_: Any) -> list[tuple[str, str, Decimal]]:
+    with router(settings_) as r:
+        return [(lim.scope, lim.period, lim.usd) for lim in r.ledger.limits if lim.scope == "free:huggingface"]
 
-    request = parse_request(request_for("text-to-image", "fast"))
-    make_offers(request, settings(tmp_path, "http://127.0.0.1:9", options={"monthly_free_credit_usd": "0.25"}))
-    make_offers(request, settings(tmp_path, "http://127.0.0.1:9", options={"monthly_free_credit_usd": "0.25"}))
-    assert caplog.text.count("the monthly budget limit on free:huggingface is $0.10 but") == 1  # said once
-    make_offers(
-        request, settings(tmp_path, "http://127.0.0.1:9", credit=None, options={"monthly_free_credit_usd": "0.26"})
+
+def test_the_free_credit_option_is_the_monthly_limit_unless_one_is_configured(tmp_path: Path) -> None:
+    # No limit on free:huggingface in the file: the plugin brings the option's credit as the monthly limit.
+    brought = settings(tmp_path, "http://127.0.0.1:9", credit=None, options={"monthly_free_credit_usd": "0.25"})
+    assert _credit_limits(brought) == [("free:huggingface", "monthly", Decimal("0.25"))]
+    # A limit in the file on that scope and period replaces it (here, keeping some credit aside).
+    configured = settings(tmp_path, "http://127.0.0.1:9", credit="0.05", options={"monthly_free_credit_usd": "0.25"})
+    assert _credit_limits(configured) == [("free:huggingface", "monthly", Decimal("0.05"))]
+    # No free credit: no free offers, nothing to cap.
+    none = settings(tmp_path, "http://127.0.0.1:9", credit=None, options={"monthly_free_credit_usd": "0"})
+    assert _credit_limits(none) == []
+
+
+def test_the_brought_limit_caps_free_work_and_shows_in_the_budget(server: FakeHF, tmp_path: Path) -> None:
+    one_image = "0.00036"  # the credit covers exactly one fast image (3 s estimated at $0.00012)
+    s = settings(
+        tmp_path,
+        server.base_url,
+        credit=None,
+        options={"monthly_free_credit_usd": one_image},
+        providers=("huggingface", "mock"),
     )
-    assert "no monthly budget limit on free:huggingface" in caplog.text
+    with router(s) as r:
+        first = r.run(parse_request(request_for("text-to-image", "fast")))
+        second = r.run(parse_request({**request_for("text-to-image", "fast"), "prompt": "another"}))
+        usage = {(u.scope, u.period): u for u in r.ledger.usage()}
+    assert (first.provider, second.provider) == ("huggingface", "mock")  # the credit, then the fallback
+    monthly = usage[("free:huggingface", "monthly")]
+    assert monthly.limit == Decimal(one_image) and 0 < monthly.spent <= monthly.limit
+    assert monthly.left is not None and monthly.left < Decimal(one_image)  # not enough for another estimate
 
 
 # ---- what is kept: images, audio, transcripts (units) -----------------------------------------------------------

@@ -26,6 +26,7 @@ from genroute.errors import (
     ModelFailed,
     ModelNotFound,
     NoRouteAvailable,
+    PluginError,
     ProviderRejectedInput,
     ProviderUnavailable,
     RateLimited,
@@ -1021,3 +1022,30 @@ async def test_serving_asks_only_plugins_with_a_provider_in_the_profile(settings
         await router.arun(image(prompt="pinned", provider="b"))
     assert outside.asked == 2
     assert any(r.provider == "b" and r.reason == "not in profile 'only-a'" for r in info.value.rejections)
+
+
+class LimitsPlugin:
+    """Brings default budget limits (``genroute_budget_limits``)."""
+
+    def __init__(self, *limits: object) -> None:
+        self.limits = list(limits)
+
+    @hookimpl
+    def genroute_budget_limits(self, settings: Any) -> list[Any]:
+        return self.limits
+
+
+def test_plugins_bring_budget_limits_the_file_can_replace(settings_factory, router_factory):
+    from genroute.config import BudgetLimit
+
+    brought = [
+        BudgetLimit(scope="free:a", period="monthly", usd=D("0.10")),
+        BudgetLimit(scope="global", period="total", usd=D("99")),
+    ]
+    config = settings_factory({"a": section("a")}, limits=[{"scope": "global", "period": "total", "usd": "5"}])
+    router = router_factory(config, FakePlugin(FakeProvider("a")), LimitsPlugin(*brought))
+    limits = {(lim.scope, lim.period): lim.usd for lim in router.ledger.limits}
+    assert limits == {("global", "total"): D("5"), ("free:a", "monthly"): D("0.10")}  # the file's global wins
+
+    with pytest.raises(PluginError, match="not a BudgetLimit"):
+        router_factory(config, FakePlugin(FakeProvider("a")), LimitsPlugin({"scope": "global"}))

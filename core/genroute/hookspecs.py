@@ -3,7 +3,7 @@
 A provider plugin implements :func:`genroute_register_providers` (hand over the provider objects that
 run requests) and :func:`genroute_offers` (say what each can do for one request, at what price).
 Policy plugins may implement :func:`genroute_choose`; observers the ``*_started``/``*_finished`` and
-budget-warning hooks.
+budget-warning hooks. A plugin may bring default budget limits (:func:`genroute_budget_limits`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .config import BudgetLimit, Settings
     from .provider import Provider
     from .types import Offer, RequestModel, Result
 
@@ -59,6 +59,15 @@ def genroute_register_commands(subparsers: Any, common: Any) -> None:
     """Add ``genroute`` sub-commands: ``subparsers.add_parser(name, parents=[common], ...)`` then
     ``set_defaults(handler=fn)`` with ``fn(args, out, err) -> int`` (rich consoles for stdout and stderr);
     :func:`genroute.cli.router_from_args` gives the Router the command's options ask for.
+    """
+
+
+@hookspec
+def genroute_budget_limits(settings: Settings) -> list[BudgetLimit] | None:
+    """Budget limits a plugin brings by default, say a free tier's monthly credit on ``free:<provider>``.
+
+    A limit configured in ``plugins.toml`` (``[budget].limits`` or the active profile's) for the same scope
+    and period replaces the plugin's. Collected once, when a Router starts.
     """
 
 

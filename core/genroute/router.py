@@ -21,7 +21,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import billing
-from .config import Settings, load_settings
+from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns
 from .errors import (
     BudgetExceeded,
@@ -33,6 +33,7 @@ from .errors import (
     OutOfCredit,
     OutputRejected,
     OverBudget,
+    PluginError,
     ProviderError,
     ProviderRejectedInput,
     ProviderTimeout,
@@ -134,7 +135,7 @@ class Router:
         routing = settings.routing
         self.ledger = Ledger(
             settings.ledger.path,
-            settings.limits(),
+            effective_limits(settings, self.pm),
             warn_share=settings.budget.warn_share,
             reservation_ttl_seconds=settings.ledger.reservation_ttl_seconds,
             on_warning=self._on_budget_warning,
@@ -957,6 +958,20 @@ class SyncTextStream:
                     self._runner.run(_aclose(pieces))
                 except RuntimeError:
                     log.debug("stream closed inside a running event loop; its loop will finalize it")
+
+
+def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[BudgetLimit]:
+    """The configured budget limits, plus the ones plugins bring for a scope and period left unconfigured."""
+    configured = settings.limits()
+    taken = {(limit.scope, limit.period) for limit in configured}
+    brought: list[BudgetLimit] = []
+    for answer in pm.hook.genroute_budget_limits(settings=settings):
+        for limit in answer or ():
+            if not isinstance(limit, BudgetLimit):
+                raise PluginError(f"genroute_budget_limits returned {type(limit).__name__}, not a BudgetLimit")
+            if (limit.scope, limit.period) not in taken:
+                brought.append(limit)
+    return [*configured, *brought]
 
 
 def _profile_offers_hook(

@@ -29,8 +29,8 @@ class HuggingFaceOptions(BaseModel):
     monthly_free_credit_usd: Decimal = Field(
         default=Decimal("0.10"),
         ge=0,
-        description="the account's monthly included credit; 0 makes no free offers. The cap itself is the budget "
-        'limit { scope = "free:huggingface", period = "monthly" } in [budget].limits, which should say the same',
+        description="the account's monthly included credit, the monthly budget limit on free:huggingface unless "
+        "[budget].limits sets one; 0 makes no free offers",
     )
     allow_paid: bool = Field(
         default=False,

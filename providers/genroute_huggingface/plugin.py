@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from genroute import hookimpl
-from genroute.config import Settings
+from genroute.config import BudgetLimit, Settings
 from genroute.provider import Provider
 from genroute.types import Offer, RequestModel
 
-from .offers import make_offers
+from .offers import credit_limits, make_offers
 from .provider import HuggingFaceProvider
 
 
@@ -21,3 +21,8 @@ def genroute_register_providers(register: Callable[[Provider], None]) -> None:
 @hookimpl
 def genroute_offers(request: RequestModel, settings: Settings) -> list[Offer]:
     return make_offers(request, settings)
+
+
+@hookimpl
+def genroute_budget_limits(settings: Settings) -> list[BudgetLimit]:
+    return credit_limits(settings)
