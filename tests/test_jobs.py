@@ -131,3 +131,17 @@ async def test_providers_without_webhooks_are_passed_over(settings_factory, rout
     with pytest.raises(NoRouteAvailable, match="does not complete by webhook"):
         await router.asubmit(_request(1), webhook_url="https://example.test/hook")
     assert list(router.ledger.entries()) == []
+
+
+async def test_a_job_asked_to_bypass_the_store_completes_without_storing(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, another_router = setup
+    request = _request(1).model_copy(update={"cache": "bypass"})
+    job = await router.asubmit(request, webhook_url="https://example.test/hook")
+    assert job.keep is False
+
+    done = await another_router().acomplete("hooked", job.remote_id or "", {"status": "succeeded", "outputs": 1})
+
+    assert done.status == "succeeded" and done.result is not None
+    assert done.result.artifacts[0].read_bytes() == PNG + bytes([0])  # the caller still gets real files
+    assert router.store is not None and router.store.get(job.request_key) is None  # but nothing was kept
+    assert [e.status for e in router.ledger.entries()] == ["settled"]  # and the money is settled as usual

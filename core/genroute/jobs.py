@@ -48,6 +48,7 @@ class Job(BaseModel):
     reservation_id: str | None = Field(description="the ledger reservation to settle; None for a store hit")
     remote_id: str | None = Field(default=None, description="the provider's id for the job (a prediction id)")
     usage_hint: Usage = Field(default_factory=Usage, description="quantities known at submit time, for billing")
+    keep: bool = Field(default=True, description="store the result (False: the request said cache = bypass)")
     status: JobStatus = "pending"
     created_at: datetime
     finished_at: datetime | None = None

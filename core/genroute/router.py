@@ -679,6 +679,7 @@ class Router:
                 reservation_id=reservation.id,
                 remote_id=remote_id,
                 usage_hint=billing.usage_hint(offer.entry, model) if offer.entry else Usage(),
+                keep=model.cache != "bypass",
                 created_at=now_utc(),
             )
             self.jobs.add(job)
@@ -734,7 +735,7 @@ class Router:
         result = _result(
             job.request_key, job.offer, output.model_copy(update={"job_id": output.job_id or remote_id}), cost, latency
         )
-        if self.store is not None:
+        if self.store is not None and job.keep:
             result = self.store.put(job.request_key, result, output.files)
         else:
             result = result.model_copy(
