@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sys
 import time
 import traceback
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ import httpx
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import billing
+from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns
 from .errors import (
@@ -28,39 +25,26 @@ from .errors import (
     DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
-    LedgerError,
-    NoRouteAvailable,
     OutOfCredit,
     OutputRejected,
-    OverBudget,
     PluginError,
     ProviderError,
     ProviderRejectedInput,
     ProviderTimeout,
     Rejection,
 )
-from .jobs import Job, JobStore, now_utc
+from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
+from .outcomes import call_cost, extra_incurred, log_provider_bug, make_result, no_route, scratch_artifacts
 from .plugins import collect_registrations, default_plugin_manager
 from .provider import Provider, RunContext
 from .retry import Backoff
 from .secrets import redact
 from .store import ResultStore
-from .types import (
-    MEDIA_SUFFIXES,
-    TASKS,
-    Artifact,
-    Offer,
-    OutputFile,
-    ProviderOutput,
-    RequestModel,
-    Result,
-    TextGeneration,
-    Usage,
-    parse_request,
-)
+from .streaming import SyncTextStream, TextStream
+from .types import TASKS, Offer, OutputFile, ProviderOutput, RequestModel, Result, parse_request
 
 log = logging.getLogger("genroute.router")
 
@@ -100,7 +84,7 @@ class _Tries:
     def cancelled_cost(self) -> Decimal:
         """Money already billed when the call was cancelled: earlier attempts plus what the provider
         reported for the cancelled one in ``ctx.extra["incurred"]`` (say, seconds a model already ran)."""
-        return self.incurred + (_extra_incurred(self.ctx) if self.ctx is not None else Decimal(0))
+        return self.incurred + (extra_incurred(self.ctx) if self.ctx is not None else Decimal(0))
 
 
 class Router:
@@ -370,7 +354,7 @@ class Router:
                 f"request did not finish within {deadline_seconds:g}s"
                 + (f" (after: {'; '.join(str(r) for r in rejections)})" if rejections else "")
             ) from None
-        raise _no_route(
+        raise no_route(
             f"no provider could serve this {request.task_name} request "
             f"(tier {request.tier}, profile {self.settings.profile!r}):",
             rejections,
@@ -416,7 +400,7 @@ class Router:
         tries = _Tries()
         try:
             output = await self._attempts(request, key, offer, deadline, tries, reservation.orphaned_since)
-            self._check_output(offer, output, billed=quantize(_cost(offer, request, output)))
+            self._check_output(offer, output, billed=quantize(call_cost(offer, request, output)))
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred)
             self._count_failure(offer, exc)
@@ -431,10 +415,10 @@ class Router:
             else:
                 self.ledger.release(reservation, note="cancelled or deadline passed")
             raise
-        cost = quantize(_cost(offer, request, output) + tries.incurred)
+        cost = quantize(call_cost(offer, request, output) + tries.incurred)
         self.ledger.settle(reservation, cost, job_id=output.job_id)
         self.cooldowns.success(offer.provider)
-        result = _result(key, offer, output, cost, time.perf_counter() - started, attempts=tries.count)
+        result = make_result(key, offer, output, cost, time.perf_counter() - started, attempts=tries.count)
         return self._keep(request, key, result, output.files)
 
     def _count_failure(self, offer: Offer, exc: ProviderError) -> None:
@@ -523,92 +507,12 @@ class Router:
     def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
         if self.store is not None and request.cache != "bypass":
             return self.store.put(key, result, files)
-        return result.model_copy(update={"artifacts": _scratch_artifacts(self.settings.store.path / "scratch", files)})
+        return result.model_copy(update={"artifacts": scratch_artifacts(self.settings.store.path / "scratch", files)})
 
     # -- streaming ----------------------------------------------------------------------------------
     def astream(self, request: RequestLike) -> TextStream:
         """Stream a text-generation request: ``async for piece in router.astream(req)``; then ``.result``."""
         return TextStream(self, request)
-
-    async def _stream(self, stream: TextStream) -> AsyncGenerator[str, None]:
-        started = time.perf_counter()
-        request, key = await self._prepare(stream.request)
-        if not isinstance(request, TextGeneration):
-            raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
-        self._notify("genroute_request_started", request=request, key=key)
-        error: BaseException | None = None
-        pieces = self._stream_offers(stream, request, key, started)
-        try:
-            async for piece in pieces:
-                yield piece
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            # Leaving `async for` early does not close the generator it reads: close it now, so the
-            # reservation is settled or released before this stream is reported finished.
-            await pieces.aclose()
-            self._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
-
-    async def _stream_offers(
-        self, stream: TextStream, request: TextGeneration, key: str, started: float
-    ) -> AsyncGenerator[str, None]:
-        hit = self._lookup(request, key, started)
-        if hit is not None:
-            stream.result = hit
-            if hit.text:
-                yield hit.text
-            return
-        candidates, rejections = self._candidates(request)
-        loop = asyncio.get_running_loop()
-        deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
-        deadline = loop.time() + deadline_seconds
-        for offer in candidates:
-            try:
-                reservation = self._reserve(offer, key, deadline_seconds)
-            except BudgetExceeded as exc:
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
-                continue
-            ctx = self._context(offer, key, 1, deadline, reservation.orphaned_since)
-            pieces: list[str] = []
-            source = self.providers[offer.provider].stream(request, offer, ctx).__aiter__()
-            try:
-                while True:
-                    # The deadline covers waiting for the provider, never the consumer's time between pieces.
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            piece = await _next_piece(source, offer)
-                    except StopAsyncIteration:
-                        break
-                    pieces.append(piece)
-                    yield piece
-            except ProviderError as exc:
-                self._close_failed(reservation, exc)
-                self._count_failure(offer, exc)
-                if pieces:  # the caller already holds part of this answer: no silent switch of provider
-                    raise
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
-                continue
-            except TimeoutError:
-                self._close_abandoned(reservation, pieces, "deadline passed while streaming", ctx)
-                raise DeadlineExceeded("stream did not finish before the deadline") from None
-            except BaseException:
-                self._close_abandoned(reservation, pieces, "stream abandoned by the caller", ctx)
-                raise
-            finally:
-                await _aclose_quietly(source)
-            produced = ctx.extra.get("output")
-            output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
-            if not output.text:
-                output = output.model_copy(update={"text": "".join(pieces)})
-            cost = quantize(_cost(offer, request, output))
-            self.ledger.settle(reservation, cost, job_id=output.job_id)
-            self.cooldowns.success(offer.provider)
-            result = _result(key, offer, output, cost, time.perf_counter() - started)
-            stream.result = self._keep(request, key, result, [])
-            return
-        profile = self.settings.profile
-        raise _no_route(f"no provider could stream this request (profile {profile!r}):", rejections)
 
     # -- completion by webhook ----------------------------------------------------------------------
     @property
@@ -624,69 +528,7 @@ class Router:
         A store hit comes back as a finished job at once. The estimate is reserved now and settled when
         the completion arrives (:meth:`acomplete`, called by the webhook receiver, in any process).
         """
-        started = time.perf_counter()
-        model, key = await self._prepare(request)
-        hit = self._lookup(model, key, started)
-        if hit is not None:
-            job = Job(
-                id=uuid.uuid4().hex,
-                request_key=key,
-                task=model.task_name,
-                tier=hit.tier,
-                provider=hit.provider,
-                model=hit.model,
-                offer=Offer(provider=hit.provider, model=hit.model, task=hit.task, tier=hit.tier, estimate=Decimal(0)),
-                reservation_id=None,
-                status="succeeded",
-                created_at=now_utc(),
-                finished_at=now_utc(),
-                result=hit,
-                cost=Decimal(0),
-            )
-            self.jobs.add(job)
-            return job
-        candidates, rejections = self._candidates(model)
-        deadline_seconds = model.deadline_seconds or self.settings.routing.deadline_seconds
-        deadline = asyncio.get_running_loop().time() + deadline_seconds
-        for offer in candidates:
-            provider = self.providers[offer.provider]
-            if not provider.supports_webhooks:
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, "does not complete by webhook"))
-                continue
-            try:
-                reservation = self._reserve(offer, key, deadline_seconds, job=True)
-            except BudgetExceeded as exc:
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
-                continue
-            ctx = self._context(offer, key, 1, deadline)
-            try:
-                remote_id = await _call_submit(provider, model, offer, ctx, webhook_url)
-            except ProviderError as exc:
-                self._close_failed(reservation, exc)
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
-                continue
-            except BaseException:
-                self.ledger.release(reservation, note="submission cancelled")
-                raise
-            job = Job(
-                id=uuid.uuid4().hex,
-                request_key=key,
-                task=model.task_name,
-                tier=offer.tier,
-                provider=offer.provider,
-                model=offer.model,
-                offer=offer,
-                reservation_id=reservation.id,
-                remote_id=remote_id,
-                usage_hint=billing.usage_hint(offer.entry, model) if offer.entry else Usage(),
-                keep=model.cache != "bypass",
-                created_at=now_utc(),
-            )
-            self.jobs.add(job)
-            return job
-        raise _no_route(
-            f"no provider could take this request by webhook (profile {self.settings.profile!r}):", rejections
-        )
+        return await webhook_jobs.submit(self, request, webhook_url=webhook_url)
 
     async def acomplete(self, provider: str, remote_id: str, payload: Any) -> Job:
         """Finish the job ``provider`` knows as ``remote_id`` from a verified completion ``payload``.
@@ -694,85 +536,7 @@ class Router:
         Settles the reservation with the actual cost and stores the result's bytes. Idempotent: a job
         already finished is returned unchanged, so a redelivered webhook never charges twice.
         """
-        job = self.jobs.find(provider, remote_id)
-        if job is None:
-            raise InvalidRequest(f"no job for {provider} id {remote_id}", hint="was it submitted by this genroute?")
-        if job.status != "pending":
-            return job
-        if provider not in self.providers:
-            raise InvalidRequest(f"provider {provider!r} is not installed", hint="install its plugin")
-        if not self.jobs.claim(job.id):  # a concurrent delivery of the same completion is handling it
-            return self.jobs.get(job.id) or job
-        try:
-            return await self._complete(job, payload)
-        except BaseException:
-            self.jobs.unclaim(job.id)  # nothing recorded: let a redelivery try again
-            raise
-
-    async def _complete(self, job: Job, payload: Any) -> Job:
-        reservation = self.ledger.reservation(job.reservation_id) if job.reservation_id else None
-        ctx = self._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + 600)
-        remote_id = job.remote_id or ""
-        try:
-            output = await self.providers[job.provider].complete(job, payload, ctx)
-            merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
-            cost = quantize(_cost(job.offer, None, merged))
-            self._check_output(job.offer, output, billed=cost)
-        except ProviderError as exc:
-            self._settle_job(job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
-            failed = job.model_copy(
-                update={
-                    "status": "failed",
-                    "error": redact(exc.message),
-                    "finished_at": now_utc(),
-                    "cost": exc.incurred,
-                }
-            )
-            self.jobs.update(failed)
-            return failed
-        self._settle_job(job, reservation, cost, job_id=output.job_id or remote_id)
-        latency = (now_utc() - job.created_at).total_seconds()
-        result = _result(
-            job.request_key, job.offer, output.model_copy(update={"job_id": output.job_id or remote_id}), cost, latency
-        )
-        if self.store is not None and job.keep:
-            result = self.store.put(job.request_key, result, output.files)
-        else:
-            result = result.model_copy(
-                update={"artifacts": _scratch_artifacts(self.settings.store.path / "scratch", output.files)}
-            )
-        done = job.model_copy(update={"status": "succeeded", "result": result, "cost": cost, "finished_at": now_utc()})
-        self.jobs.update(done)
-        return done
-
-    def _settle_job(
-        self, job: Job, reservation: Reservation | None, cost: Decimal, *, job_id: str | None = None, note: str = ""
-    ) -> None:
-        if reservation is not None:
-            if cost:
-                self.ledger.settle(reservation, cost, job_id=job_id, note=note)
-            else:
-                self.ledger.release(reservation, note=note)
-            return
-        if job.reservation_id is None or not cost:
-            return
-        # The reservation was reclaimed while the job ran: the ledger kept its record and settles it once.
-        stub = Reservation(
-            id=job.reservation_id,
-            amount=Decimal(0),
-            scopes=(),
-            provider=job.provider,
-            model=job.model,
-            task=job.task,
-            request_key=job.request_key,
-            created_at=0.0,
-            expires_at=0.0,
-            period_keys=(),
-        )
-        try:
-            self.ledger.settle(stub, cost, job_id=job_id, note="completion after the reservation expired")
-        except LedgerError:
-            log.warning("job %s: its reservation %s was already settled; not charged again", job.id, stub.id)
+        return await webhook_jobs.complete(self, provider, remote_id, payload)
 
     def submit(self, request: RequestLike, *, webhook_url: str) -> Job:
         """Sync :meth:`asubmit`."""
@@ -781,16 +545,6 @@ class Router:
     def complete(self, provider: str, remote_id: str, payload: Any) -> Job:
         """Sync :meth:`acomplete`."""
         return self._sync().run(self.acomplete(provider, remote_id, payload))
-
-    def _close_abandoned(self, reservation: Reservation, pieces: list[str], why: str, ctx: RunContext) -> None:
-        reported = _extra_incurred(ctx)
-        if reported:
-            self.ledger.settle(reservation, quantize(reported), note=f"{why}; billed as the provider reported")
-        elif pieces:
-            # Tokens already generated were probably billed: settle at the estimate rather than guess low.
-            self.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
-        else:
-            self.ledger.release(reservation, note=why)
 
     # -- batches ------------------------------------------------------------------------------------
     async def aiter_batch(
@@ -896,71 +650,6 @@ class Router:
         self._notify("genroute_budget_warning", warning=warning)
 
 
-class TextStream:
-    """Async iterator of generated text; ``result`` is set once the stream is complete.
-
-    To stop reading early, use it as ``async with router.astream(req) as stream:`` (or call
-    :meth:`aclose`): the call's reservation is then settled or released at once.
-    """
-
-    def __init__(self, router: Router, request: RequestLike) -> None:
-        self.request = request
-        self.result: Result | None = None
-        self._router = router
-        self._iterator: AsyncGenerator[str, None] | None = None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        iterator = self._router._stream(self)
-        self._iterator = iterator
-        return iterator
-
-    async def aclose(self) -> None:
-        """Stop the stream (if started and not finished) and close its ledger reservation."""
-        if self._iterator is not None:
-            await self._iterator.aclose()
-
-    async def __aenter__(self) -> TextStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-class SyncTextStream:
-    """Iterator of generated text for sync code; ``result`` is set once the stream is complete."""
-
-    def __init__(self, runner: asyncio.Runner, stream: TextStream) -> None:
-        self._runner = runner
-        self._stream = stream
-
-    @property
-    def result(self) -> Result | None:
-        return self._stream.result
-
-    def __iter__(self) -> Iterator[str]:
-        pieces = self._stream.__aiter__()
-
-        async def next_piece() -> str:
-            return await anext(pieces)
-
-        finished = False
-        try:
-            while True:
-                try:
-                    yield self._runner.run(next_piece())
-                except StopAsyncIteration:
-                    finished = True
-                    return
-        finally:
-            if not finished:
-                # Left early (a break, an exception in the caller's loop): close the stream now, so its
-                # reservation is settled or released at once rather than whenever the generator is collected.
-                try:
-                    self._runner.run(_aclose(pieces))
-                except RuntimeError:
-                    log.debug("stream closed inside a running event loop; its loop will finalize it")
-
-
 def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[BudgetLimit]:
     """The configured budget limits, plus the ones plugins bring for a scope and period left unconfigured."""
     configured = settings.limits()
@@ -986,103 +675,6 @@ def _profile_offers_hook(
     return pm.subset_hook_caller("genroute_offers", remove_plugins=idle) if idle else pm.hook.genroute_offers
 
 
-async def _aclose(source: AsyncIterator[str]) -> None:
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-async def _call_submit(
-    provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str
-) -> str:
-    try:
-        return await provider.submit(request, offer, ctx, webhook_url)
-    except (GenrouteError, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        _log_provider_bug(offer.provider, "submit", exc)
-        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
-
-
-def _log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
-    """A provider raised something unexpected: say so, with its traceback at DEBUG — tokens masked, since
-    exception messages may quote them."""
-    log.warning("provider %s %s raised %s", provider, method, redact(f"{type(exc).__name__}: {exc}"))
-    log.debug("%s", redact("".join(traceback.format_exception(exc))))
-
-
-def _extra_incurred(ctx: RunContext) -> Decimal:
-    value = ctx.extra.get("incurred")
-    return value if isinstance(value, Decimal) and value > 0 else Decimal(0)
-
-
-def _merge_usage(measured: Usage, hint: Usage) -> Usage:
-    """Measured quantities win; what the provider did not report comes from what was known at submit."""
-    return Usage(
-        **{
-            name: getattr(measured, name) if getattr(measured, name) is not None else getattr(hint, name)
-            for name in Usage.model_fields
-        }
-    )
-
-
-async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
-    try:
-        return await anext(source)
-    except (GenrouteError, StopAsyncIteration, asyncio.CancelledError):
-        raise
-    except TimeoutError as exc:
-        raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
-    except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
-        _log_provider_bug(offer.provider, "stream", exc)
-        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
-
-
-async def _aclose_quietly(source: AsyncIterator[str]) -> None:
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.debug("closing a provider stream failed: %s", redact(traceback.format_exc()))
-
-
-def _no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
-    """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer."""
-    reasons = [r.reason for r in rejections]
-    if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
-        return OverBudget(message, rejections)
-    return NoRouteAvailable(message, rejections)
-
-
-def _result(key: str, offer: Offer, output: ProviderOutput, cost: Decimal, latency: float, attempts: int = 1) -> Result:
-    """The Result of a provider's output, before its files are kept."""
-    return Result(
-        request_key=key,
-        task=offer.task,
-        provider=offer.provider,
-        model=offer.model,
-        tier=offer.tier,
-        text=output.text,
-        segments=output.segments,
-        estimated_cost=offer.estimate or Decimal(0),
-        actual_cost=cost,
-        latency_seconds=latency,
-        attempts=attempts,
-        job_id=output.job_id,
-        created_at=datetime.now(UTC),
-    )
-
-
-def _cost(offer: Offer, request: RequestModel | None, output: ProviderOutput) -> Decimal:
-    """What the call cost: provider-reported, else measured against the catalogue entry, else the estimate."""
-    if offer.entry is not None:
-        return billing.actual(offer.entry, request, output)
-    if output.actual_cost is not None:
-        return output.actual_cost
-    return offer.estimate or Decimal(0)
-
-
 async def _call_provider(provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
     try:
         output = await provider.run(request, offer, ctx)
@@ -1095,7 +687,7 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
     except TimeoutError as exc:  # the provider's own timeout, not the router's deadline (that cancels instead)
         raise ProviderTimeout("timed out", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug: fall back rather than fail the whole request
-        _log_provider_bug(offer.provider, "run", exc)
+        log_provider_bug(offer.provider, "run", exc)
         raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
     if not isinstance(output, ProviderOutput):
         raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
@@ -1109,25 +701,6 @@ async def _aiter(source: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> 
     else:
         for item in source:
             yield item
-
-
-def _scratch_artifacts(directory: Path, files: list[OutputFile]) -> list[Artifact]:
-    """Write files the store does not keep (cache bypass) to a content-addressed scratch folder."""
-    directory.mkdir(parents=True, exist_ok=True)
-    artifacts = []
-    for file in files:
-        digest = hashlib.sha256(file.data).hexdigest()
-        path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
-        if not path.exists():
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_bytes(file.data)
-            tmp.replace(path)
-        artifacts.append(
-            Artifact(
-                media_type=file.media_type, path=path, sha256=digest, size=len(file.data), source_url=file.source_url
-            )
-        )
-    return artifacts
 
 
 def invalid_request_from(exc: ValidationError) -> InvalidRequest:

@@ -1,0 +1,92 @@
+"""What a provider call comes to, for every way a request is served (run, stream, webhook job).
+
+Its cost, its :class:`Result`, the files the store does not keep, the error when no offer could serve, and
+the warning when a provider raised something unexpected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from . import billing
+from .errors import NoRouteAvailable, OverBudget, Rejection
+from .provider import RunContext
+from .secrets import redact
+from .types import MEDIA_SUFFIXES, Artifact, Offer, OutputFile, ProviderOutput, RequestModel, Result
+
+# The router's logger: these messages belong to a request's way through the router.
+log = logging.getLogger("genroute.router")
+
+
+def log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
+    """A provider raised something unexpected: say so, with its traceback at DEBUG — tokens masked, since
+    exception messages may quote them."""
+    log.warning("provider %s %s raised %s", provider, method, redact(f"{type(exc).__name__}: {exc}"))
+    log.debug("%s", redact("".join(traceback.format_exception(exc))))
+
+
+def extra_incurred(ctx: RunContext) -> Decimal:
+    value = ctx.extra.get("incurred")
+    return value if isinstance(value, Decimal) and value > 0 else Decimal(0)
+
+
+def no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
+    """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer."""
+    reasons = [r.reason for r in rejections]
+    if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
+        return OverBudget(message, rejections)
+    return NoRouteAvailable(message, rejections)
+
+
+def make_result(
+    key: str, offer: Offer, output: ProviderOutput, cost: Decimal, latency: float, attempts: int = 1
+) -> Result:
+    """The Result of a provider's output, before its files are kept."""
+    return Result(
+        request_key=key,
+        task=offer.task,
+        provider=offer.provider,
+        model=offer.model,
+        tier=offer.tier,
+        text=output.text,
+        segments=output.segments,
+        estimated_cost=offer.estimate or Decimal(0),
+        actual_cost=cost,
+        latency_seconds=latency,
+        attempts=attempts,
+        job_id=output.job_id,
+        created_at=datetime.now(UTC),
+    )
+
+
+def call_cost(offer: Offer, request: RequestModel | None, output: ProviderOutput) -> Decimal:
+    """What the call cost: provider-reported, else measured against the catalogue entry, else the estimate."""
+    if offer.entry is not None:
+        return billing.actual(offer.entry, request, output)
+    if output.actual_cost is not None:
+        return output.actual_cost
+    return offer.estimate or Decimal(0)
+
+
+def scratch_artifacts(directory: Path, files: list[OutputFile]) -> list[Artifact]:
+    """Write files the store does not keep (cache bypass) to a content-addressed scratch folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for file in files:
+        digest = hashlib.sha256(file.data).hexdigest()
+        path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
+        if not path.exists():
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_bytes(file.data)
+            tmp.replace(path)
+        artifacts.append(
+            Artifact(
+                media_type=file.media_type, path=path, sha256=digest, size=len(file.data), source_url=file.source_url
+            )
+        )
+    return artifacts

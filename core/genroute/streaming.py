@@ -1,0 +1,225 @@
+"""Text streaming: a text-generation request's pieces as the provider makes them, then its Result.
+
+The router prepares the request and picks the offers; this module reads a provider's stream under the
+request's deadline, falls back only while the caller holds nothing yet, and settles the reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from .errors import (
+    BudgetExceeded,
+    DeadlineExceeded,
+    GenrouteError,
+    InvalidRequest,
+    ProviderError,
+    ProviderTimeout,
+    Rejection,
+)
+from .ledger import Reservation
+from .money import quantize
+from .outcomes import call_cost, extra_incurred, log_provider_bug, make_result, no_route
+from .provider import RunContext
+from .secrets import redact
+from .types import Offer, ProviderOutput, Result, TextGeneration
+
+if TYPE_CHECKING:
+    from .router import RequestLike, Router
+
+# The router's logger: a stream is one request's way through the router.
+log = logging.getLogger("genroute.router")
+
+
+class TextStream:
+    """Async iterator of generated text; ``result`` is set once the stream is complete.
+
+    To stop reading early, use it as ``async with router.astream(req) as stream:`` (or call
+    :meth:`aclose`): the call's reservation is then settled or released at once.
+    """
+
+    def __init__(self, router: Router, request: RequestLike) -> None:
+        self.request = request
+        self.result: Result | None = None
+        self._router = router
+        self._iterator: AsyncGenerator[str, None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        iterator = stream_text(self._router, self)
+        self._iterator = iterator
+        return iterator
+
+    async def aclose(self) -> None:
+        """Stop the stream (if started and not finished) and close its ledger reservation."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def __aenter__(self) -> TextStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class SyncTextStream:
+    """Iterator of generated text for sync code; ``result`` is set once the stream is complete."""
+
+    def __init__(self, runner: asyncio.Runner, stream: TextStream) -> None:
+        self._runner = runner
+        self._stream = stream
+
+    @property
+    def result(self) -> Result | None:
+        return self._stream.result
+
+    def __iter__(self) -> Iterator[str]:
+        pieces = self._stream.__aiter__()
+
+        async def next_piece() -> str:
+            return await anext(pieces)
+
+        finished = False
+        try:
+            while True:
+                try:
+                    yield self._runner.run(next_piece())
+                except StopAsyncIteration:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                # Left early (a break, an exception in the caller's loop): close the stream now, so its
+                # reservation is settled or released at once rather than whenever the generator is collected.
+                try:
+                    self._runner.run(_aclose(pieces))
+                except RuntimeError:
+                    log.debug("stream closed inside a running event loop; its loop will finalize it")
+
+
+async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str, None]:
+    """The pieces of ``stream``'s request, between the router's request-started and -finished hooks."""
+    started = time.perf_counter()
+    request, key = await router._prepare(stream.request)
+    if not isinstance(request, TextGeneration):
+        raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
+    router._notify("genroute_request_started", request=request, key=key)
+    error: BaseException | None = None
+    pieces = _stream_offers(router, stream, request, key, started)
+    try:
+        async for piece in pieces:
+            yield piece
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        # Leaving `async for` early does not close the generator it reads: close it now, so the
+        # reservation is settled or released before this stream is reported finished.
+        await pieces.aclose()
+        router._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
+
+
+async def _stream_offers(
+    router: Router, stream: TextStream, request: TextGeneration, key: str, started: float
+) -> AsyncGenerator[str, None]:
+    hit = router._lookup(request, key, started)
+    if hit is not None:
+        stream.result = hit
+        if hit.text:
+            yield hit.text
+        return
+    candidates, rejections = router._candidates(request)
+    loop = asyncio.get_running_loop()
+    deadline_seconds = request.deadline_seconds or router.settings.routing.deadline_seconds
+    deadline = loop.time() + deadline_seconds
+    for offer in candidates:
+        try:
+            reservation = router._reserve(offer, key, deadline_seconds)
+        except BudgetExceeded as exc:
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
+            continue
+        ctx = router._context(offer, key, 1, deadline, reservation.orphaned_since)
+        pieces: list[str] = []
+        source = router.providers[offer.provider].stream(request, offer, ctx).__aiter__()
+        try:
+            while True:
+                # The deadline covers waiting for the provider, never the consumer's time between pieces.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        piece = await _next_piece(source, offer)
+                except StopAsyncIteration:
+                    break
+                pieces.append(piece)
+                yield piece
+        except ProviderError as exc:
+            router._close_failed(reservation, exc)
+            router._count_failure(offer, exc)
+            if pieces:  # the caller already holds part of this answer: no silent switch of provider
+                raise
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+            continue
+        except TimeoutError:
+            _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
+            raise DeadlineExceeded("stream did not finish before the deadline") from None
+        except BaseException:
+            _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
+            raise
+        finally:
+            await _aclose_quietly(source)
+        produced = ctx.extra.get("output")
+        output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
+        if not output.text:
+            output = output.model_copy(update={"text": "".join(pieces)})
+        cost = quantize(call_cost(offer, request, output))
+        router.ledger.settle(reservation, cost, job_id=output.job_id)
+        router.cooldowns.success(offer.provider)
+        result = make_result(key, offer, output, cost, time.perf_counter() - started)
+        stream.result = router._keep(request, key, result, [])
+        return
+    profile = router.settings.profile
+    raise no_route(f"no provider could stream this request (profile {profile!r}):", rejections)
+
+
+def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str], why: str, ctx: RunContext) -> None:
+    reported = extra_incurred(ctx)
+    if reported:
+        router.ledger.settle(reservation, quantize(reported), note=f"{why}; billed as the provider reported")
+    elif pieces:
+        # Tokens already generated were probably billed: settle at the estimate rather than guess low.
+        router.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
+    else:
+        router.ledger.release(reservation, note=why)
+
+
+async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
+    try:
+        return await anext(source)
+    except (GenrouteError, StopAsyncIteration, asyncio.CancelledError):
+        raise
+    except TimeoutError as exc:
+        raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
+    except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
+        log_provider_bug(offer.provider, "stream", exc)
+        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+async def _aclose(source: AsyncIterator[str]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _aclose_quietly(source: AsyncIterator[str]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.debug("closing a provider stream failed: %s", redact(traceback.format_exc()))
+
+
+__all__ = ["SyncTextStream", "TextStream", "stream_text"]

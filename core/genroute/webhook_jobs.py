@@ -1,0 +1,211 @@
+"""Completion by webhook: a request handed to a provider that answers later, and its completion.
+
+``submit`` reserves the estimate and records a :class:`~genroute.jobs.Job`; ``complete``, called by the
+webhook receiver in whichever process gets the delivery, settles the reservation and stores the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from . import billing
+from .errors import BudgetExceeded, GenrouteError, InvalidRequest, LedgerError, ProviderError, Rejection
+from .jobs import Job, now_utc
+from .ledger import Reservation
+from .money import quantize
+from .outcomes import call_cost, log_provider_bug, make_result, no_route, scratch_artifacts
+from .provider import Provider, RunContext
+from .secrets import redact
+from .types import Offer, RequestModel, Usage
+
+if TYPE_CHECKING:
+    from .router import RequestLike, Router
+
+# The router's logger: a job is one request's way through the router.
+log = logging.getLogger("genroute.router")
+
+
+async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> Job:
+    """:meth:`Router.asubmit <genroute.router.Router.asubmit>`: reserve, hand the request over, record the job."""
+    started = time.perf_counter()
+    model, key = await router._prepare(request)
+    hit = router._lookup(model, key, started)
+    if hit is not None:
+        job = Job(
+            id=uuid.uuid4().hex,
+            request_key=key,
+            task=model.task_name,
+            tier=hit.tier,
+            provider=hit.provider,
+            model=hit.model,
+            offer=Offer(provider=hit.provider, model=hit.model, task=hit.task, tier=hit.tier, estimate=Decimal(0)),
+            reservation_id=None,
+            status="succeeded",
+            created_at=now_utc(),
+            finished_at=now_utc(),
+            result=hit,
+            cost=Decimal(0),
+        )
+        router.jobs.add(job)
+        return job
+    candidates, rejections = router._candidates(model)
+    deadline_seconds = model.deadline_seconds or router.settings.routing.deadline_seconds
+    deadline = asyncio.get_running_loop().time() + deadline_seconds
+    for offer in candidates:
+        provider = router.providers[offer.provider]
+        if not provider.supports_webhooks:
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, "does not complete by webhook"))
+            continue
+        try:
+            reservation = router._reserve(offer, key, deadline_seconds, job=True)
+        except BudgetExceeded as exc:
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
+            continue
+        ctx = router._context(offer, key, 1, deadline)
+        try:
+            remote_id = await _call_submit(provider, model, offer, ctx, webhook_url)
+        except ProviderError as exc:
+            router._close_failed(reservation, exc)
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+            continue
+        except BaseException:
+            router.ledger.release(reservation, note="submission cancelled")
+            raise
+        job = Job(
+            id=uuid.uuid4().hex,
+            request_key=key,
+            task=model.task_name,
+            tier=offer.tier,
+            provider=offer.provider,
+            model=offer.model,
+            offer=offer,
+            reservation_id=reservation.id,
+            remote_id=remote_id,
+            usage_hint=billing.usage_hint(offer.entry, model) if offer.entry else Usage(),
+            keep=model.cache != "bypass",
+            created_at=now_utc(),
+        )
+        router.jobs.add(job)
+        return job
+    raise no_route(f"no provider could take this request by webhook (profile {router.settings.profile!r}):", rejections)
+
+
+async def complete(router: Router, provider: str, remote_id: str, payload: Any) -> Job:
+    """:meth:`Router.acomplete <genroute.router.Router.acomplete>`: settle and store a job once, from its webhook."""
+    job = router.jobs.find(provider, remote_id)
+    if job is None:
+        raise InvalidRequest(f"no job for {provider} id {remote_id}", hint="was it submitted by this genroute?")
+    if job.status != "pending":
+        return job
+    if provider not in router.providers:
+        raise InvalidRequest(f"provider {provider!r} is not installed", hint="install its plugin")
+    if not router.jobs.claim(job.id):  # a concurrent delivery of the same completion is handling it
+        return router.jobs.get(job.id) or job
+    try:
+        return await _complete(router, job, payload)
+    except BaseException:
+        router.jobs.unclaim(job.id)  # nothing recorded: let a redelivery try again
+        raise
+
+
+async def _complete(router: Router, job: Job, payload: Any) -> Job:
+    reservation = router.ledger.reservation(job.reservation_id) if job.reservation_id else None
+    ctx = router._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + 600)
+    remote_id = job.remote_id or ""
+    try:
+        output = await router.providers[job.provider].complete(job, payload, ctx)
+        merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
+        cost = quantize(call_cost(job.offer, None, merged))
+        router._check_output(job.offer, output, billed=cost)
+    except ProviderError as exc:
+        _settle_job(router, job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
+        failed = job.model_copy(
+            update={
+                "status": "failed",
+                "error": redact(exc.message),
+                "finished_at": now_utc(),
+                "cost": exc.incurred,
+            }
+        )
+        router.jobs.update(failed)
+        return failed
+    _settle_job(router, job, reservation, cost, job_id=output.job_id or remote_id)
+    latency = (now_utc() - job.created_at).total_seconds()
+    result = make_result(
+        job.request_key, job.offer, output.model_copy(update={"job_id": output.job_id or remote_id}), cost, latency
+    )
+    if router.store is not None and job.keep:
+        result = router.store.put(job.request_key, result, output.files)
+    else:
+        result = result.model_copy(
+            update={"artifacts": scratch_artifacts(router.settings.store.path / "scratch", output.files)}
+        )
+    done = job.model_copy(update={"status": "succeeded", "result": result, "cost": cost, "finished_at": now_utc()})
+    router.jobs.update(done)
+    return done
+
+
+def _settle_job(
+    router: Router,
+    job: Job,
+    reservation: Reservation | None,
+    cost: Decimal,
+    *,
+    job_id: str | None = None,
+    note: str = "",
+) -> None:
+    if reservation is not None:
+        if cost:
+            router.ledger.settle(reservation, cost, job_id=job_id, note=note)
+        else:
+            router.ledger.release(reservation, note=note)
+        return
+    if job.reservation_id is None or not cost:
+        return
+    # The reservation was reclaimed while the job ran: the ledger kept its record and settles it once.
+    stub = Reservation(
+        id=job.reservation_id,
+        amount=Decimal(0),
+        scopes=(),
+        provider=job.provider,
+        model=job.model,
+        task=job.task,
+        request_key=job.request_key,
+        created_at=0.0,
+        expires_at=0.0,
+        period_keys=(),
+    )
+    try:
+        router.ledger.settle(stub, cost, job_id=job_id, note="completion after the reservation expired")
+    except LedgerError:
+        log.warning("job %s: its reservation %s was already settled; not charged again", job.id, stub.id)
+
+
+async def _call_submit(
+    provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str
+) -> str:
+    try:
+        return await provider.submit(request, offer, ctx, webhook_url)
+    except (GenrouteError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        log_provider_bug(offer.provider, "submit", exc)
+        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+
+
+def _merge_usage(measured: Usage, hint: Usage) -> Usage:
+    """Measured quantities win; what the provider did not report comes from what was known at submit."""
+    return Usage(
+        **{
+            name: getattr(measured, name) if getattr(measured, name) is not None else getattr(hint, name)
+            for name in Usage.model_fields
+        }
+    )
+
+
+__all__ = ["complete", "submit"]
