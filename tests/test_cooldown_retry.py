@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from genroute.cooldown import Cooldowns
+from genroute.cooldown import Cooldowns, SharedCooldowns
 from genroute.retry import Backoff
 
 
@@ -63,3 +63,31 @@ def test_zero_cooldown_never_takes_a_provider_out() -> None:
     cooldowns = Cooldowns(after_failures=1, seconds=0, clock=Clock())
     assert not cooldowns.failure("p")
     assert cooldowns.remaining("p") == 0
+
+
+def test_a_cooldown_posted_by_one_process_reaches_the_others_within_the_recheck() -> None:
+    board: dict[str, float] = {}
+    wall = Clock()
+    reads: list[str] = []
+
+    def read(provider: str) -> float | None:
+        reads.append(provider)
+        return board.get(provider)
+
+    def shared() -> SharedCooldowns:
+        local = Cooldowns(after_failures=2, seconds=30, clock=wall)
+        return SharedCooldowns(local, board.__setitem__, read, recheck_seconds=1.0, wall=wall)
+
+    failing, other = shared(), shared()
+    assert other.remaining("p") == 0 and reads == ["p"]
+    assert not failing.failure("p")
+    assert failing.failure("p")  # the second failure starts the cooldown and posts it
+    assert board["p"] == wall.now + 30
+    assert other.remaining("p") == 0  # looked less than a second ago: not yet
+    wall.now += 1.0
+    assert other.remaining("p") == pytest.approx(29.0)  # seen: the other process skips it too
+    reads.clear()
+    wall.now += 0.5
+    assert other.remaining("p") == pytest.approx(28.5) and reads == []  # no read between rechecks
+    wall.now += 29.0
+    assert other.remaining("p") == 0 and failing.remaining("p") == 0  # back in rotation everywhere

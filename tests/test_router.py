@@ -1049,3 +1049,17 @@ def test_plugins_bring_budget_limits_the_file_can_replace(settings_factory, rout
 
     with pytest.raises(PluginError, match="not a BudgetLimit"):
         router_factory(config, FakePlugin(FakeProvider("a")), LimitsPlugin({"scope": "global"}))
+
+
+async def test_a_cooldown_reaches_another_router_on_the_same_ledger(settings_factory, router_factory, fake_provider):
+    routing = {"cooldown_after_failures": 1, "cooldown_seconds": 30}
+    failing_a, healthy_a = fake_provider("a", errors=[ProviderUnavailable] * 3), fake_provider("a")
+    config = settings_factory({"a": section("a", "0.01"), "b": section("b", "0.02")}, routing=routing)
+    first = router_factory(config, FakePlugin(failing_a, fake_provider("b")))
+    assert (await first.arun(image())).provider == "b"  # a failed and cooled down; b served
+
+    second = router_factory(config, FakePlugin(healthy_a, fake_provider("b")))  # another process's router
+    assert (await second.arun(image(prompt="elsewhere"))).provider == "b"
+    assert not healthy_a.calls  # it never called the provider the first one took out of rotation
+    plan = await second.aplan(image(prompt="plan"))
+    assert any(r.provider == "a" and "cooling down" in r.reason for r in plan.rejections)

@@ -43,3 +43,52 @@ class Cooldowns:
     def success(self, provider: str) -> None:
         self._failures.pop(provider, None)
         self._until.pop(provider, None)
+
+
+class SharedCooldowns:
+    """:class:`Cooldowns` that every process sharing a ledger directory honours.
+
+    Failures are counted per process; when one process takes a provider out of rotation it posts until
+    when (wall-clock time), and the others look for posts at most every ``recheck_seconds`` per provider,
+    so a provider that keeps failing stops being called everywhere within about a second.
+    """
+
+    def __init__(
+        self,
+        local: Cooldowns,
+        post: Callable[[str, float], None],
+        read: Callable[[str], float | None],
+        *,
+        recheck_seconds: float = 1.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.local = local
+        self._post = post
+        self._read = read
+        self.recheck_seconds = recheck_seconds
+        self._wall = wall
+        self._seen: dict[str, tuple[float, float]] = {}  # provider → (when looked, posted until)
+
+    def remaining(self, provider: str) -> float:
+        """Seconds left in the provider's cooldown, this process's or another's; 0 when it is in rotation."""
+        left = self.local.remaining(provider)
+        if left > 0:
+            return left
+        now = self._wall()
+        looked, until = self._seen.get(provider, (float("-inf"), 0.0))
+        if now - looked >= self.recheck_seconds:
+            until = self._read(provider) or 0.0
+            self._seen[provider] = (now, until)
+        return max(0.0, until - now)
+
+    def failure(self, provider: str) -> bool:
+        """Count a failure; when it starts a cooldown, post it for the other processes."""
+        started = self.local.failure(provider)
+        if started:
+            until = self._wall() + self.local.seconds
+            self._post(provider, until)
+            self._seen[provider] = (self._wall(), until)
+        return started
+
+    def success(self, provider: str) -> None:
+        self.local.success(provider)

@@ -28,6 +28,7 @@ Rarely written records stay diskcache keys (strings; ``|`` separates parts):
   with nothing reserved, moved out of the state row
 * ``closed|<id>`` → ``{"status": "reclaimed", "res": record}`` for reclaimed reservations
 * ``w|<scope>|<period>|<period_key>|<limit micros>`` → warned already
+* ``cooldown|<provider>`` → until when (POSIX time) a process took the provider out of rotation
 """
 
 from __future__ import annotations
@@ -862,6 +863,30 @@ class Ledger:
                         hint=f"the provider reported this credit used up ({note}); it returns next {period} period",
                     )
         return None
+
+    # ---------------------------------------------------------------- routing state shared with the budget
+
+    def post_cooldown(self, provider: str, until: float) -> None:
+        """Tell every process sharing this ledger that ``provider`` is out of rotation until ``until``.
+
+        (POSIX time.) Not money: kept here because the ledger's directory is what every process of a
+        deployment shares. Storage errors are logged, never raised: a cooldown is advice.
+        """
+        try:
+            with self._guard():
+                self._cache.set(f"cooldown{_SEP}{provider}", float(until))
+        except LedgerError as exc:
+            logger.warning("could not share the cooldown of %s: %s", provider, exc.message)
+
+    def cooldown_until(self, provider: str) -> float | None:
+        """Until when another process took ``provider`` out of rotation (POSIX time), if it did."""
+        try:
+            with self._guard():
+                value = self._cache.get(f"cooldown{_SEP}{provider}")
+        except LedgerError as exc:
+            logger.debug("could not read the shared cooldown of %s: %s", provider, exc.message)
+            return None
+        return float(value) if isinstance(value, (int, float)) else None
 
     def reclaim_expired(self) -> int:
         """Release, as "reclaimed", every reservation past its expiry; return how many."""

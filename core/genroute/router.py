@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
-from .cooldown import Cooldowns
+from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
     BudgetExceeded,
     DeadlineExceeded,
@@ -127,7 +127,11 @@ class Router:
         self.store = (
             ResultStore(settings.store.path, max_bytes=settings.store.max_bytes) if settings.store.enabled else None
         )
-        self.cooldowns = Cooldowns(routing.cooldown_after_failures, routing.cooldown_seconds)
+        self.cooldowns = SharedCooldowns(
+            Cooldowns(routing.cooldown_after_failures, routing.cooldown_seconds),
+            self.ledger.post_cooldown,
+            self.ledger.cooldown_until,
+        )
         self.backoff = Backoff(routing.backoff_initial_seconds, routing.backoff_max_seconds)
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
