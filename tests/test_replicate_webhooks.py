@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import replicate
 import uvicorn
 
 from fakes import FakeReplicate, sign_webhook
@@ -203,3 +204,19 @@ def test_a_failed_prediction_by_webhook_settles_its_compute(
 def test_tolerance_is_required() -> None:
     with pytest.raises(ValueError, match="tolerance"):
         create_app(object(), tolerance=None)  # type: ignore[arg-type]
+
+
+def test_a_prediction_canceled_on_replicate_ends_its_job_as_canceled(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, receiver = routers
+    app = create_app(receiver, secret=fake.webhook_secret, tolerance=300)
+    fake.set_predict_time("nightmareai/real-esrgan", 5.0)
+    job = submitter.submit(Upscale(image=png(), tier="fast"), webhook_url=UNREACHABLE)
+    client = replicate.Client(api_token=fake.token, base_url=fake.base_url)
+    client.predictions.cancel(job.remote_id or "")  # say, from Replicate's dashboard
+    answer = _replay(app, fake, job.remote_id or "")
+    assert answer.status_code == 200 and answer.json()["status"] == "canceled"
+    canceled = submitter.jobs.get(job.id)
+    assert canceled is not None and canceled.status == "canceled" and "canceled" in (canceled.error or "")
+    assert submitter.ledger.open_reservations() == []  # the reservation is closed (settled at what ran)

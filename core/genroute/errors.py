@@ -208,5 +208,11 @@ class ModelFailed(ProviderError):
     default_hint = "the model itself failed on this input; try another seed, prompt or tier"
 
 
+class RemoteCanceled(ProviderError):
+    """The provider's job was canceled before it finished (from the provider's side, or after a deadline)."""
+
+    default_hint = "run the request again if you still want its result"
+
+
 class OutputRejected(ProviderError):
     default_hint = "the provider's output broke a safety limit (size, type or host); see the message"

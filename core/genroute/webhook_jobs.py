@@ -14,7 +14,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import billing
-from .errors import BudgetExceeded, GenrouteError, InvalidRequest, LedgerError, ProviderError, Rejection
+from .errors import (
+    BudgetExceeded,
+    GenrouteError,
+    InvalidRequest,
+    LedgerError,
+    ProviderError,
+    Rejection,
+    RemoteCanceled,
+)
 from .jobs import Job, now_utc
 from .ledger import Reservation
 from .money import quantize
@@ -126,7 +134,7 @@ async def _complete(router: Router, job: Job, payload: Any) -> Job:
         _settle_job(router, job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
         failed = job.model_copy(
             update={
-                "status": "failed",
+                "status": "canceled" if isinstance(exc, RemoteCanceled) else "failed",
                 "error": redact(exc.message),
                 "finished_at": now_utc(),
                 "cost": exc.incurred,

@@ -480,7 +480,7 @@ class ReplicateProvider(Provider):
             )
         if status == "canceled":
             self._forget(key)
-            raise errors.ProviderError(
+            raise errors.RemoteCanceled(
                 f"prediction {pid} was canceled", provider=NAME, incurred=cost.incurred(entry, prediction)
             )
         try:
