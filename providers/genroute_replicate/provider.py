@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +39,7 @@ from genroute.types import ModelEntry, Offer, ProviderOutput, RequestModel, Task
 from . import cost, inputs, outputs
 from . import errors as mapping
 from .client import ApiStatusError, Session, Sessions, TransportFactory, read_token
-from .creates import TERMINAL, Predictions, Target
+from .creates import TERMINAL, Predictions, Purpose, Target
 from .options import TOKEN_VARIABLE, ReplicateOptions, options_for
 from .schema import ModelSchema, RunsBy, SchemaCache, parse_openapi, validate_inputs
 
@@ -49,6 +50,17 @@ _API_ERRORS = (ApiStatusError, ReplicateError, httpx.HTTPError, ValueError)
 _CREDIT_FILE = "out-of-credit.json"
 _CREDIT_RECHECK = 1.0  # seconds between looks at another process's out-of-credit record
 _MEMO_LIMIT = 64  # settings/options pairs remembered (a Router holds one of each)
+
+
+@dataclass(frozen=True)
+class _Create:
+    """A request ready to become a prediction: the session, what to run, its input and its create key."""
+
+    session: Session
+    target: Target
+    values: dict[str, Any]
+    key: tuple[str, str, str]
+    schemas: SchemaCache
 
 
 class ReplicateProvider(Provider):
@@ -124,29 +136,38 @@ class ReplicateProvider(Provider):
             self._credit_until[state] = (float("inf"), None, until)  # this process at least stops offering
 
     # -- running ----------------------------------------------------------------------------------------
-    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+    @contextlib.asynccontextmanager
+    async def _creating(
+        self, request: RequestModel, offer: Offer, ctx: RunContext, purpose: Purpose
+    ) -> AsyncIterator[_Create]:
+        """What every way of starting a prediction shares: errors mapped, the input mapped and checked, and
+        this request's creates of this target and purpose one at a time (so none is ever made twice)."""
         options = options_for(ctx.settings, ctx.options)
         with self._guard(options, ctx.settings):
             session = self._session(options)
             target, values = await self._prepare(session, request, offer, ctx.settings)
-            key = (ctx.request_key, target.schema.ref, "run")
+            key = (ctx.request_key, target.schema.ref, purpose)
             async with self._predictions.exclusive(key):
-                cache = self._schema_cache(options, ctx.settings)
-                try:
-                    prediction = await self._predictions.obtain(
-                        session,
-                        target,
-                        values,
-                        key,
-                        schemas=cache,
-                        wait=_wait_seconds(options, ctx),
-                        orphaned_since=ctx.orphaned_since,
-                    )
-                    prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
-                except errors.ProviderError as exc:
-                    await self._abandon_if_last(session, key, ctx, offer.entry, exc)
-                    raise
-                return await self._finish(session, request.task_name, request, offer.entry, prediction, key)
+                yield _Create(session, target, values, key, self._schema_cache(options, ctx.settings))
+
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        async with self._creating(request, offer, ctx, "run") as create:
+            session, key = create.session, create.key
+            try:
+                prediction = await self._predictions.obtain(
+                    session,
+                    create.target,
+                    create.values,
+                    key,
+                    schemas=create.schemas,
+                    wait=_wait_seconds(session.options, ctx),
+                    orphaned_since=ctx.orphaned_since,
+                )
+                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+            except errors.ProviderError as exc:
+                await self._abandon_if_last(session, key, ctx, offer.entry, exc)
+                raise
+            return await self._finish(session, request.task_name, request, offer.entry, prediction, key)
 
     async def _await_end(
         self,
@@ -209,56 +230,51 @@ class ReplicateProvider(Provider):
             async for piece in super().stream(request, offer, ctx):
                 yield piece
             return
-        options = options_for(ctx.settings, ctx.options)
-        with self._guard(options, ctx.settings):
-            session = self._session(options)
-            target, values = await self._prepare(session, request, offer, ctx.settings)
-            key = (ctx.request_key, target.schema.ref, "stream")
-            async with self._predictions.exclusive(key):
-                cache = self._schema_cache(options, ctx.settings)
-                prediction = await self._predictions.obtain(
-                    session,
-                    target,
-                    values,
-                    key,
-                    schemas=cache,
-                    wait=None,
-                    stream=True,
-                    orphaned_since=ctx.orphaned_since,
+        async with self._creating(request, offer, ctx, "stream") as create:
+            session, key = create.session, create.key
+            prediction = await self._predictions.obtain(
+                session,
+                create.target,
+                create.values,
+                key,
+                schemas=create.schemas,
+                wait=None,
+                stream=True,
+                orphaned_since=ctx.orphaned_since,
+            )
+            url = (prediction.get("urls") or {}).get("stream")
+            if not url or prediction.get("status") in TERMINAL:  # nothing to stream: the whole text at once
+                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                output = await self._finish(session, request.task_name, request, offer.entry, prediction, key)
+                ctx.extra["output"] = output
+                if output.text:
+                    yield output.text
+                return
+            pieces: list[str] = []
+            finished = False
+            try:
+                async for piece in self._sse(session, prediction):
+                    pieces.append(piece)
+                    yield piece
+                finished = True
+            except (asyncio.CancelledError, GeneratorExit):
+                if not finished:  # deadline, or the caller stopped reading: stop the billing too
+                    await self._stop(session, prediction, key, ctx, offer.entry)
+                raise
+            except (RuntimeError, *_API_ERRORS) as exc:  # an SSE `error` event, or the stream broke off
+                log.info(
+                    "the stream of %s ended early (%s); reading the prediction instead",
+                    prediction.get("id"),
+                    type(exc).__name__,
                 )
-                url = (prediction.get("urls") or {}).get("stream")
-                if not url or prediction.get("status") in TERMINAL:  # nothing to stream: the whole text at once
-                    prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
-                    output = await self._finish(session, request.task_name, request, offer.entry, prediction, key)
-                    ctx.extra["output"] = output
-                    if output.text:
-                        yield output.text
-                    return
-                pieces: list[str] = []
-                finished = False
-                try:
-                    async for piece in self._sse(session, prediction):
-                        pieces.append(piece)
-                        yield piece
-                    finished = True
-                except (asyncio.CancelledError, GeneratorExit):
-                    if not finished:  # deadline, or the caller stopped reading: stop the billing too
-                        await self._stop(session, prediction, key, ctx, offer.entry)
-                    raise
-                except (RuntimeError, *_API_ERRORS) as exc:  # an SSE `error` event, or the stream broke off
-                    log.info(
-                        "the stream of %s ended early (%s); reading the prediction instead",
-                        prediction.get("id"),
-                        type(exc).__name__,
-                    )
-                running = {**prediction, "status": "processing"}
-                final = await self._await_end(session, running, key, ctx, offer.entry)
-                output = await self._finish(session, request.task_name, request, offer.entry, final, key)
-                sent, full = "".join(pieces), output.text or ""
-                if len(full) > len(sent) and full.startswith(sent):  # what the broken stream did not carry
-                    pieces.append(full[len(sent) :])
-                    yield pieces[-1]
-                ctx.extra["output"] = output.model_copy(update={"text": "".join(pieces)})
+            running = {**prediction, "status": "processing"}
+            final = await self._await_end(session, running, key, ctx, offer.entry)
+            output = await self._finish(session, request.task_name, request, offer.entry, final, key)
+            sent, full = "".join(pieces), output.text or ""
+            if len(full) > len(sent) and full.startswith(sent):  # what the broken stream did not carry
+                pieces.append(full[len(sent) :])
+                yield pieces[-1]
+            ctx.extra["output"] = output.model_copy(update={"text": "".join(pieces)})
 
     async def _sse(self, session: Session, prediction: dict[str, Any]) -> AsyncIterator[str]:
         """Text pieces from the prediction's ``urls.stream`` (the client's own SSE decoder)."""
@@ -273,18 +289,18 @@ class ReplicateProvider(Provider):
                         yield piece
 
     async def submit(self, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str) -> str:
-        options = options_for(ctx.settings, ctx.options)
-        with self._guard(options, ctx.settings):
-            session = self._session(options)
-            target, values = await self._prepare(session, request, offer, ctx.settings)
-            key = (ctx.request_key, target.schema.ref, "submit")
-            async with self._predictions.exclusive(key):
-                cache = self._schema_cache(options, ctx.settings)
-                prediction = await self._predictions.obtain(
-                    session, target, values, key, schemas=cache, wait=None, webhook=webhook_url
-                )
-                self._predictions.forget(key)  # the job record owns it from here
-                return str(prediction["id"])
+        async with self._creating(request, offer, ctx, "submit") as create:
+            prediction = await self._predictions.obtain(
+                create.session,
+                create.target,
+                create.values,
+                create.key,
+                schemas=create.schemas,
+                wait=None,
+                webhook=webhook_url,
+            )
+            self._predictions.forget(create.key)  # the job record owns it from here
+            return str(prediction["id"])
 
     async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
         """A verified webhook's prediction JSON as output (files downloaded); failed → ModelFailed."""
