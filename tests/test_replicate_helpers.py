@@ -27,7 +27,6 @@ from fakes import FakeReplicate
 from genroute import errors
 from genroute.config import Settings, settings_from_dict
 from genroute.media import MediaInput
-from genroute.plugins import make_plugin_manager
 from genroute.router import Router
 from genroute.types import ImageToImage, TextToImage, TextToSpeech
 from genroute_replicate.client import ApiStatusError, parse_retry_after
@@ -112,20 +111,13 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def make_router() -> Iterator[Callable[..., Router]]:
+def make_router(router_factory: Callable[..., Router]) -> Callable[..., Router]:
     """``make_router(settings, *plugins)``: a Router over the Replicate and mock plugins (no entry points)."""
-    routers: list[Router] = []
 
     def build(settings: Settings, *plugins: object) -> Router:
-        chosen = plugins or (replicate_plugin,)
-        pm = make_plugin_manager(entry_points=False, plugins=[*chosen, mock_plugin])
-        router = Router(settings, plugin_manager=pm)
-        routers.append(router)
-        return router
+        return router_factory(settings, *(plugins or (replicate_plugin,)), mock_plugin)
 
-    yield build
-    for router in routers:
-        router.close()
+    return build
 
 
 @pytest.fixture
