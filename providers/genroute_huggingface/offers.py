@@ -25,10 +25,9 @@ from .tasks import SERVED_TASKS
 def make_offers(request: RequestModel, settings: Settings) -> list[Offer]:
     if request.task_name not in SERVED_TASKS:
         return []
-    try:
-        options = HuggingFaceOptions.model_validate(settings.provider(NAME).options)
-    except ValidationError:
-        return []  # a Router refuses to start with bad options; nothing to offer meanwhile
+    options = _options(settings)
+    if options is None:
+        return []
     offers: list[Offer] = []
     if options.monthly_free_credit_usd > 0:
         offers += [
@@ -49,10 +48,15 @@ def credit_limits(settings: Settings) -> list[BudgetLimit]:
     Brought through ``genroute_budget_limits``, so a limit on that scope and period in ``plugins.toml``
     replaces it (say, to keep part of the credit for something else).
     """
-    try:
-        options = HuggingFaceOptions.model_validate(settings.provider(NAME).options)
-    except ValidationError:
-        return []  # a Router refuses to start with bad options
-    if options.monthly_free_credit_usd <= 0:
+    options = _options(settings)
+    if options is None or options.monthly_free_credit_usd <= 0:
         return []  # no free offers: nothing to cap
     return [BudgetLimit(scope=FREE_SCOPE, period="monthly", usd=options.monthly_free_credit_usd)]
+
+
+def _options(settings: Settings) -> HuggingFaceOptions | None:
+    """The validated options, or None when they are bad (a Router refuses to start with bad options)."""
+    try:
+        return HuggingFaceOptions.model_validate(settings.provider(NAME).options)
+    except ValidationError:
+        return None
