@@ -52,8 +52,10 @@ from urllib.parse import urlsplit
 
 import httpx2
 from PIL import Image, ImageDraw, ImageOps
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
+
+from .http_serving import KeepAliveHandler, accepted_connections, close_connections
 
 __all__ = [
     "OUT_OF_CREDIT_MESSAGE",
@@ -177,7 +179,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
     return _Reply(_json_response(status, {"error": message, **extra}, headers))
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _QuietHandler(KeepAliveHandler):
     def log(self, type: str, message: str, *args: Any) -> None:
         pass
 
@@ -235,6 +237,7 @@ class FakeHF:
         self._stopping.set()  # wakes handlers sleeping for latency or slow faults
         server.shutdown()
         server.server_close()
+        close_connections(server)
         if thread is not None:
             thread.join(timeout=5)
         self._server = self._thread = None
@@ -403,6 +406,11 @@ class FakeHF:
                 self._quota.update(start=None, used=0)
 
     # ---- observability ---------------------------------------------------------------------------------------------
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far (clients reuse kept-alive ones, as with the real service)."""
+        return 0 if self._server is None else accepted_connections(self._server)
 
     @property
     def requests(self) -> list[RecordedRequest]:

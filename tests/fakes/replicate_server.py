@@ -49,8 +49,10 @@ from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
 import httpx
 from PIL import Image, ImageChops, ImageDraw
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
+
+from .http_serving import KeepAliveHandler, accepted_connections, close_connections
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -916,9 +918,7 @@ class _Request(Request):
     max_form_memory_size = None
 
 
-class _Handler(WSGIRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class _Handler(KeepAliveHandler):
     def run_wsgi(self) -> None:
         try:
             super().run_wsgi()
@@ -1079,6 +1079,7 @@ class FakeReplicate:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            close_connections(self._server)
         deadline = time.monotonic() + 5.0
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -1203,6 +1204,11 @@ class FakeReplicate:
             self._deployments[name] = _Deployment(name, model, vid, hardware, time.time())
 
     # -- observation ------------------------------------------------------------------------------
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far (clients reuse kept-alive ones, as with the real API)."""
+        return 0 if self._server is None else accepted_connections(self._server)
+
     @property
     def requests(self) -> list[RequestRecord]:
         with self._lock:
