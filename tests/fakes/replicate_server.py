@@ -337,6 +337,8 @@ class FakePrediction:
     log_cursor: int = 0
     pending_events: set[str] = field(default_factory=set)
     last_intermediate: float = -math.inf
+    # set when the prediction ends (or the fake stops): a blocking create sleeps on its own prediction
+    wake: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -881,10 +883,11 @@ class RewritingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     same transport object to its sync *and* its async httpx client.
     """
 
-    def __init__(self, server: FakeReplicate) -> None:
+    def __init__(self, server: FakeReplicate, limits: httpx.Limits | None = None) -> None:
         self._server = server
-        self._sync = httpx.HTTPTransport()
-        self._async = httpx.AsyncHTTPTransport()
+        pool = {} if limits is None else {"limits": limits}  # httpx's defaults unless the caller sizes the pool
+        self._sync = httpx.HTTPTransport(**pool)
+        self._async = httpx.AsyncHTTPTransport(**pool)
 
     def _rewrite(self, request: httpx.Request) -> None:
         host = request.url.host
@@ -1076,6 +1079,8 @@ class FakeReplicate:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+            for p in self._active:
+                p.wake.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -1106,9 +1111,12 @@ class FakeReplicate:
         client.poll_interval = poll_interval
         return client
 
-    def transport(self) -> RewritingTransport:
-        """A transport (sync and async) sending replicate.delivery and api.replicate.com here."""
-        return RewritingTransport(self)
+    def transport(self, limits: httpx.Limits | None = None) -> RewritingTransport:
+        """A transport (sync and async) sending replicate.delivery and api.replicate.com here.
+
+        ``limits``: its connection pool's, as a client would give ``httpx.AsyncHTTPTransport``.
+        """
+        return RewritingTransport(self, limits)
 
     def files_url_for(self, url_or_key: str) -> str:
         """The local address of a ``https://replicate.delivery/…`` output URL (or of a bare key)."""
@@ -1642,14 +1650,18 @@ class FakeReplicate:
         if wait is not None:
             headers["Preference-Applied"] = "wait"
             deadline = now_mono + wait
-            with self._cond:
-                while True:
-                    self._advance(p, time.monotonic())
-                    remaining = deadline - time.monotonic()
-                    if p.terminal or remaining <= 0 or self._stopping.is_set():
+            planned_end = p.created_mono + p.start_delay + p.planned_seconds
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    self._advance(p, now)
+                    if p.terminal or now >= deadline or self._stopping.is_set():
+                        snapshot = self._prediction_json(p)
                         break
-                    self._cond.wait(min(remaining, 0.05))
-                snapshot = self._prediction_json(p)
+                # Sleep until the prediction is due to end (its timeline is known), or until it is canceled
+                # or the fake stops: being woken at every tick costs the fake most of its CPU at high
+                # concurrency, which the client under test would then be charged for.
+                p.wake.wait(min(deadline, max(planned_end, now + 0.001)) - now)
             if not p.terminal:
                 # Replicate answers a blocking create that ran out of time with status "starting", whatever
                 # the real state; replicate.run() relies on it (any other status counts as finished).
@@ -1842,6 +1854,7 @@ class FakeReplicate:
     def _finish(self, p: FakePrediction, now: float) -> None:
         with contextlib.suppress(ValueError):
             self._active.remove(p)
+        p.wake.set()
         p.pending_events.clear()
         if p.webhook and "completed" in p.webhook_events_filter:
             self._enqueue_webhook(p, "completed", p.webhook)
@@ -1867,10 +1880,20 @@ class FakeReplicate:
                 self._flush_intermediate(p, now)
 
     def _ticker(self) -> None:
+        """Move along the predictions someone watches without asking: webhook receivers and streams.
+
+        Others advance when a request looks at them (a poll, a blocking create, a listing, ``predictions``);
+        their timelines are fixed at creation, so what those requests see is the same.
+        """
         while not self._stopping.wait(self.tick):
             with self._cond:
-                if self._active:
-                    self._advance_all(time.monotonic())
+                watched = [p for p in self._active if p.webhook or p.webhook_completed or p.stream]
+                if watched:
+                    now = time.monotonic()
+                    for p in watched:
+                        self._advance(p, now)
+                        if not p.terminal:
+                            self._flush_intermediate(p, now)
                     self._cond.notify_all()
 
     # ==============================================================================================
