@@ -156,6 +156,7 @@ class _Control:
                 "statuses": dict(statuses),
                 "cpu": _own_cpu() if self.own_process else None,
                 "errors": len(server.errors),
+                "connections": server.connections_accepted,
             }
         if command == "last_input":
             return dict(server.predictions[-1].input or {})
@@ -277,6 +278,7 @@ class Span:
     fake_cpu: float | None = 0.0
     kinds: Counter[str] = field(default_factory=Counter)
     predictions: int = 0
+    connections: int = 0  # TCP connections the fake accepted
 
 
 @contextlib.contextmanager
@@ -291,6 +293,7 @@ def measured(fake: Fake, span: Span) -> Iterator[None]:
     span.fake_cpu = None if after["cpu"] is None else after["cpu"] - before["cpu"]
     span.kinds = Counter(after["kinds"]) - Counter(before["kinds"])
     span.predictions = after["predictions"] - before["predictions"]
+    span.connections = after["connections"] - before["connections"]
     if after["failed_requests"] != before["failed_requests"] or after["errors"]:
         raise RuntimeError(f"the fake answered errors during a timed phase: {after}")
 
@@ -460,6 +463,18 @@ def _cpu_row(gr_spans: list[Span], sdk_spans: list[Span]) -> Row:
     )
 
 
+def _connections_row(gr_spans: list[Span], sdk_spans: list[Span]) -> Row:
+    def per(spans: list[Span]) -> str:
+        return f"{sum(s.connections for s in spans) / max(1, sum(s.predictions for s in spans)):.2f}"
+
+    return (
+        "  new TCP connections per prediction (httpx keeps 20 idle per pool): genroute | SDK",
+        f"{per(gr_spans)} | {per(sdk_spans)}",
+        "—",
+        None,
+    )
+
+
 async def _warm(router: Router, client: Client, fake: Fake, count: int, concurrency: int) -> dict[str, Any]:
     """Both sides warmed up (schema fetch and cache, connections, SQLite pages, imports); the SDK's input.
 
@@ -551,6 +566,7 @@ async def overhead_figures(fake: Fake, home: Path, sizes: Sizes) -> list[Row]:
             None,
         ),
         _cpu_row(gr_spans, sdk_spans),
+        _connections_row(gr_spans, sdk_spans),
         (
             f"  one request at a time, median latency ({sizes.sequential_requests} each): genroute | SDK",
             f"{_ms(one_gr)} | {_ms(one_sdk)}: +{(one_gr - one_sdk) * 1000:.1f} ms, ratio {one_gr / one_sdk:.3f}",
@@ -597,6 +613,7 @@ async def throughput_figures(fake: Fake, home: Path, sizes: Sizes) -> list[Row]:
             None,
         ),
         _cpu_row(gr_spans, sdk_spans),
+        _connections_row(gr_spans, sdk_spans),
         (
             "  client process busy during the batch: genroute | SDK",
             f"{busy * 100:.0f} % | {sdk_busy * 100:.0f} % of one core",

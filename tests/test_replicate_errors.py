@@ -280,6 +280,9 @@ def test_outputs_from_urls_are_downloaded_through_allowed_hosts(
         result = router.run(TextToImage(prompt="urls", tier="fast", num_outputs=2))
         assert result.provider == "replicate" and [a.media_type for a in result.artifacts] == ["image/webp"] * 2
         assert all((a.source_url or "").startswith("https://replicate.delivery/") for a in result.artifacts)
+        downloads = [r for r in server.requests if r.path.startswith("/files/")]
+        assert len(downloads) == 2 and all("authorization" not in r.headers for r in downloads)  # no token there
+        assert all(r.headers.get("authorization") for r in server.requests if r.path.startswith("/v1/"))
 
         strict = build_settings(tmp_path / "strict", server, options={"allowed_output_hosts": ["example.org"]})
         router = make_router(strict, ReplicatePlugin(ReplicateProvider(transport_factory=server.transport)))

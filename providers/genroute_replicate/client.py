@@ -196,16 +196,20 @@ class Sessions:
                 connect=options.connect_timeout_seconds,
                 pool=options.connect_timeout_seconds,
             )
+            # One connection pool for the API and the downloads, as the SDK's own FileOutput has: httpcore
+            # checks every idle connection of a pool on each request, so two pools of idle connections cost
+            # more than one (the clients differ only in what they send: the download client has no token).
+            transport = self._transport()
             client = Client(
                 api_token=token,
                 base_url=options.base_url,
                 timeout=timeout,
-                transport=self._transport(),
+                transport=transport,
                 event_hooks={"response": [_raise_api_errors]},
             )
             client.poll_interval = options.poll_initial_seconds
             http = httpx.AsyncClient(
-                transport=self._transport(), timeout=timeout, follow_redirects=False, trust_env=False
+                transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
             )
             account = hashlib.sha256(token.encode()).hexdigest()[:16]
             session = Session(client=client, http=http, options=options, account=account)
