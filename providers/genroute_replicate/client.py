@@ -208,9 +208,7 @@ class Sessions:
                 event_hooks={"response": [_raise_api_errors]},
             )
             client.poll_interval = options.poll_initial_seconds
-            http = httpx.AsyncClient(
-                transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
-            )
+            http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
             account = hashlib.sha256(token.encode()).hexdigest()[:16]
             session = Session(client=client, http=http, options=options, account=account)
             sessions[key] = session
