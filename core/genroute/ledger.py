@@ -349,6 +349,7 @@ class Ledger:
         self._clock = clock
         self._warn_share = Decimal(str(warn_share))
         self._closed: dict[str, str] = {}
+        self._limit_micros: tuple[tuple[BudgetLimit, ...], list[tuple[BudgetLimit, int]]] = ((), [])
         self._pending_savings: list[str] = []
         self._savings_lock = threading.Lock()
         try:
@@ -476,6 +477,14 @@ class Ledger:
         now = float(self._clock())
         return now, datetime.fromtimestamp(now, tz=UTC)
 
+    def _limits_in_micros(self) -> list[tuple[BudgetLimit, int]]:
+        """``(limit, its amount in micro-dollars)`` for :attr:`limits`, recomputed only when they change."""
+        seen, converted = self._limit_micros
+        if seen is not self.limits:
+            converted = [(limit, usd_to_micros(limit.usd)) for limit in self.limits]
+            self._limit_micros = (self.limits, converted)
+        return converted
+
     @staticmethod
     def _check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
         if isinstance(scopes, str):
@@ -521,7 +530,9 @@ class Ledger:
         job_id: str | None = None,
         note: str = "",
     ) -> LedgerEntry:
-        return LedgerEntry(
+        # Built from the ledger's own checked values: validating them again would only cost time while the
+        # transaction holds the write lock.
+        return LedgerEntry.model_construct(
             id=rid,
             status=status,
             at=at,
@@ -613,11 +624,11 @@ class Ledger:
             if request_key:
                 orphaned_since = self._orphaned_since(state, request_key, provider)
             refusal = self._exhausted_refusal(state, scope_list, keys, micros)
-            for limit in self.limits if refusal is None else ():
+            for limit, limit_micros in self._limits_in_micros() if refusal is None else ():
                 if limit.scope not in scope_list:
                     continue
                 spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
-                if spent + reserved + micros > usd_to_micros(limit.usd):
+                if spent + reserved + micros > limit_micros:
                     refusal = BudgetExceeded(
                         scope=limit.scope,
                         period=limit.period,
@@ -767,12 +778,11 @@ class Ledger:
         """Inside a transaction: warnings newly due for the limits this reservation's scopes touch."""
         warnings: list[BudgetWarning] = []
         keys = {(scope, period): key for scope, period, key in rec["period_keys"]}
-        for limit in self.limits:
+        for limit, limit_micros in self._limits_in_micros():
             key = keys.get((limit.scope, limit.period))
             if key is None:
                 continue
             spent, _reserved = self._get_counter(state, limit.scope, limit.period, key)
-            limit_micros = usd_to_micros(limit.usd)
             if spent <= 0 or spent < self._warn_share * limit_micros:
                 continue
             marker = _SEP.join(("w", limit.scope, limit.period, key, str(limit_micros)))
