@@ -883,11 +883,10 @@ class RewritingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     same transport object to its sync *and* its async httpx client.
     """
 
-    def __init__(self, server: FakeReplicate, limits: httpx.Limits | None = None) -> None:
+    def __init__(self, server: FakeReplicate) -> None:
         self._server = server
-        pool = {} if limits is None else {"limits": limits}  # httpx's defaults unless the caller sizes the pool
-        self._sync = httpx.HTTPTransport(**pool)
-        self._async = httpx.AsyncHTTPTransport(**pool)
+        self._sync = httpx.HTTPTransport()
+        self._async = httpx.AsyncHTTPTransport()
 
     def _rewrite(self, request: httpx.Request) -> None:
         host = request.url.host
@@ -1111,12 +1110,9 @@ class FakeReplicate:
         client.poll_interval = poll_interval
         return client
 
-    def transport(self, limits: httpx.Limits | None = None) -> RewritingTransport:
-        """A transport (sync and async) sending replicate.delivery and api.replicate.com here.
-
-        ``limits``: its connection pool's, as a client would give ``httpx.AsyncHTTPTransport``.
-        """
-        return RewritingTransport(self, limits)
+    def transport(self) -> RewritingTransport:
+        """A transport (sync and async) sending replicate.delivery and api.replicate.com here."""
+        return RewritingTransport(self)
 
     def files_url_for(self, url_or_key: str) -> str:
         """The local address of a ``https://replicate.delivery/…`` output URL (or of a bare key)."""
