@@ -468,7 +468,7 @@ def _connections_row(gr_spans: list[Span], sdk_spans: list[Span]) -> Row:
         return f"{sum(s.connections for s in spans) / max(1, sum(s.predictions for s in spans)):.2f}"
 
     return (
-        "  new TCP connections per prediction (httpx keeps 20 idle per pool): genroute | SDK",
+        "  new TCP connections per prediction, counted at the fake: genroute | SDK",
         f"{per(gr_spans)} | {per(sdk_spans)}",
         "—",
         None,
