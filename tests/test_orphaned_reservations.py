@@ -25,7 +25,8 @@ import genroute_mock.plugin as mock_plugin
 import genroute_replicate.plugin as replicate_plugin
 from fakes import FakeReplicate
 from genroute import errors
-from genroute.config import Settings
+from genroute.config import BudgetLimit, Settings
+from genroute.errors import BudgetExceeded
 from genroute.keys import request_key
 from genroute.ledger import Ledger, Reservation
 from genroute.plugins import make_plugin_manager
@@ -75,14 +76,43 @@ def test_a_dead_process_s_reservation_is_reported_for_the_same_key_and_provider(
     assert dead.orphaned_since is None
     again = reserve_as(ledger, monkeypatch, None)
     assert again.orphaned_since == dead.created_at
-    assert ledger.reservation(dead.id) is not None  # reported, not touched: it stays open until reclaimed
     assert ledger.reservation(again.id) == dataclasses.replace(again, orphaned_since=None)  # nothing stored
+
+
+def test_the_dead_reservation_is_taken_over_so_its_work_is_adopted_once(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = reserve_as(ledger, monkeypatch, (dead_pid(), ledger_module._host()))
+    again = reserve_as(ledger, monkeypatch, None)
+    assert again.orphaned_since == dead.created_at
+    assert [r.id for r in ledger.open_reservations()] == [again.id]  # one reservation holds the money now
+    (closed,) = [e for e in ledger.entries() if e.id == dead.id]
+    assert closed.status == "reclaimed" and closed.actual == 0 and again.id in closed.note
+    (usage,) = [u for u in ledger.usage() if u.scope == "global" and u.period == "total"]
+    assert usage.reserved == D1
+    # A second re-run of the same request finds nothing left to adopt: it would start (and pay for) new work.
+    assert reserve_as(ledger, monkeypatch, None).orphaned_since is None
+    # Should the dead process not be dead after all, its late settlement is still recorded.
+    ledger.settle(dead, D1)
+    assert [e.status for e in ledger.entries() if e.id == dead.id] == ["reclaimed", "settled"]
+
+
+def test_a_refused_reservation_takes_nothing_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limited = Ledger(tmp_path / "limited", [BudgetLimit(scope="global", period="total", usd=D1 + D1 / 2)])
+    with limited:
+        dead = reserve_as(limited, monkeypatch, (dead_pid(), ledger_module._host()))
+        with pytest.raises(BudgetExceeded):
+            reserve_as(limited, monkeypatch, None)
+        assert [r.id for r in limited.open_reservations()] == [dead.id]  # left for its expiry, as before
 
 
 def test_the_earliest_dead_reservation_is_reported(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     first = reserve_as(ledger, monkeypatch, (dead_pid(), ledger_module._host()))
     time.sleep(0.01)
-    reserve_as(ledger, monkeypatch, (dead_pid(), ledger_module._host()))
+    # A second process took the first one's work over, then died too: it may have adopted the first one's
+    # prediction, so whoever comes next must look back to the first one's time, not to the second's.
+    second = reserve_as(ledger, monkeypatch, (dead_pid(), ledger_module._host()))
+    assert second.orphaned_since == first.created_at and [r.id for r in ledger.open_reservations()] == [second.id]
     assert reserve_as(ledger, monkeypatch, None).orphaned_since == first.created_at
 
 
@@ -208,15 +238,19 @@ def test_a_prediction_of_a_killed_process_is_adopted_not_created_again(
     assert result.job_id == first.id and result.actual_cost == PRICE and result.artifacts
     ledger = router.ledger
     mine = [e for e in ledger.entries() if e.request_key == orphan.request_key]
-    assert [(e.status, e.actual, e.job_id) for e in mine] == [("settled", PRICE, first.id)]
-    # The dead process's reservation is left alone: open until it expires, then reclaimed, never settled.
-    assert [r.id for r in ledger.open_reservations()] == [orphan.id]
-    with Ledger(settings.ledger.path, clock=lambda: orphan.expires_at + 1) as later:
-        assert later.reclaim_expired() == 1
-        by_id = {e.id: e for e in later.entries()}
-        assert by_id[orphan.id].status == "reclaimed" and by_id[orphan.id].actual == 0
-        assert later.open_reservations() == []
-        assert [e.status for e in later.entries() if e.request_key == orphan.request_key] == ["settled", "reclaimed"]
+    # The dead process's reservation was taken over (closed, nothing spent); the adopted prediction is
+    # settled once, by the reservation that took it over.
+    assert [(e.id, e.status, e.actual, e.job_id) for e in mine] == [
+        (orphan.id, "reclaimed", 0, None),
+        (mine[1].id, "settled", PRICE, first.id),
+    ]
+    assert ledger.open_reservations() == []
+
+    # Running it again past the store finds nothing to adopt: a new prediction, paid once more, as asked.
+    again = router.run(image().model_copy(update={"cache": "bypass"}))
+    assert again.job_id not in (None, first.id) and creates(slow_fake) == 2
+    paid = [(e.status, e.job_id) for e in ledger.entries() if e.request_key == orphan.request_key][1:]
+    assert paid == [("settled", first.id), ("settled", again.job_id)]
 
 
 def run_to_the_end(settings: Settings, results: Any) -> None:

@@ -299,6 +299,7 @@ def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
         rec["task"],
         rec["request_key"],
         rec.get("owner"),
+        rec.get("since", rec["created_at"]),
     )
 
 
@@ -316,6 +317,7 @@ def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
         "task": task,
         "request_key": request_key,
         "owner": packed[8] if len(packed) > 8 else None,
+        "since": packed[9] if len(packed) > 9 else created_at,
         "period_keys": [[scope, period, keys[period]] for scope in scopes for period in PERIODS],
     }
 
@@ -553,22 +555,31 @@ class Ledger:
         """Inside a transaction: release every expired open reservation (``state`` mutated) as "reclaimed"."""
         expired = [rid for rid, packed in state["open"].items() if packed[1] <= now]
         for rid in expired:
-            rec = self._take_open(state, rid)
-            if rec is None:
-                continue
-            for scope, period, key in rec["period_keys"]:
-                self._add_counter(state, scope, period, key, reserved=-rec["micros"])
-            self._cache.set(f"closed{_SEP}{rid}", {"status": "reclaimed", "res": rec})
-            self._remember(rid, "reclaimed")
-            self._append(self._entry(rid, rec, "reclaimed", at, note="reservation expired; its process likely died"))
-            logger.warning(
-                "reclaimed expired reservation %s (%s/%s, $%s)",
-                rid,
-                rec["provider"],
-                rec["model"],
-                micros_to_usd(rec["micros"]),
-            )
+            rec = self._close_reclaimed(state, rid, at, "reservation expired; its process likely died")
+            if rec is not None:
+                logger.warning(
+                    "reclaimed expired reservation %s (%s/%s, $%s)",
+                    rid,
+                    rec["provider"],
+                    rec["model"],
+                    micros_to_usd(rec["micros"]),
+                )
         return len(expired)
+
+    def _close_reclaimed(self, state: dict[str, Any], rid: str, at: datetime, note: str) -> dict[str, Any] | None:
+        """Inside a transaction: close an open reservation as "reclaimed" (nothing spent); its record.
+
+        A late ``settle`` of it still records the spend (see :meth:`_finished`).
+        """
+        rec = self._take_open(state, rid)
+        if rec is None:
+            return None
+        for scope, period, key in rec["period_keys"]:
+            self._add_counter(state, scope, period, key, reserved=-rec["micros"])
+        self._cache.set(f"closed{_SEP}{rid}", {"status": "reclaimed", "res": rec})
+        self._remember(rid, "reclaimed")
+        self._append(self._entry(rid, rec, "reclaimed", at, note=note))
+        return rec
 
     # ---------------------------------------------------------------- operations
 
@@ -592,7 +603,9 @@ class Ledger:
 
         The reservation records the process making it, so that a later reservation of the same
         ``request_key`` on the same ``provider`` learns (:attr:`Reservation.orphaned_since`) that a process
-        that died may have started that work. ``outlives_process``: the reservation is meant to stay open
+        that died may have started that work, and takes it over: the dead process's open reservations of
+        that key and provider are closed then as "reclaimed", so a second re-run cannot adopt, and pay for,
+        the same work again. ``outlives_process``: the reservation is meant to stay open
         after this process ends (settled by whichever process receives a webhook): no owner is recorded.
         """
         value = to_decimal(amount)
@@ -621,8 +634,10 @@ class Ledger:
         with self._txn():
             state = self._load()
             reclaimed = self._reclaim(state, now, at)
-            if request_key:
-                orphaned_since = self._orphaned_since(state, request_key, provider)
+            orphans = self._orphans(state, request_key, provider) if request_key else {}
+            orphaned_since = min(orphans.values(), default=None)
+            if orphaned_since is not None:
+                rec["since"] = orphaned_since  # should this process die too, the next one looks back as far
             refusal = self._exhausted_refusal(state, scope_list, keys, micros)
             for limit, limit_micros in self._limits_in_micros() if refusal is None else ():
                 if limit.scope not in scope_list:
@@ -642,6 +657,10 @@ class Ledger:
                 for scope, period, key in period_keys:
                     self._add_counter(state, scope, period, key, reserved=micros)
                 state["open"][rid] = _pack(rec)
+                # This reservation takes over the same work from the dead process's: closed now, so that
+                # the work it may have started is adopted, and paid for, by one later reservation only.
+                for orphan in orphans:
+                    self._close_reclaimed(state, orphan, at, f"its process died; taken over by reservation {rid}")
                 seen = set(state["scopes"])
                 if not seen.issuperset(scope_list):
                     state["scopes"] = sorted(seen.union(scope_list))
@@ -659,23 +678,24 @@ class Ledger:
         return reservation
 
     @staticmethod
-    def _orphaned_since(state: dict[str, Any], request_key: str, provider: str) -> float | None:
-        """Inside a transaction: the earliest open reservation of this key and provider whose process died.
+    def _orphans(state: dict[str, Any], request_key: str, provider: str) -> dict[str, float]:
+        """Inside a transaction: open reservations of this key and provider whose process died, with when made.
 
-        None when there is none, or when a live process other than this one holds one too: its work and a
-        dead process's could not be told apart, and live workers never take over each other's work.
+        Empty when a live process other than this one holds one too: its work and a dead process's could
+        not be told apart, and live workers never take over each other's work.
         """
         me = _owner()
-        earliest: float | None = None
-        for packed in state["open"].values():
+        dead: dict[str, float] = {}
+        for rid, packed in state["open"].items():
             if packed[7] != request_key or packed[4] != provider:
                 continue
             owner_state = _owner_state(packed[8] if len(packed) > 8 else None, me)
             if owner_state == "live":
-                return None
-            if owner_state == "dead" and (earliest is None or packed[2] < earliest):
-                earliest = packed[2]
-        return earliest
+                return {}
+            if owner_state == "dead":
+                # when its work began, or the work it took over from an earlier dead process
+                dead[rid] = packed[9] if len(packed) > 9 else packed[2]
+        return dead
 
     def settle(
         self, reservation: Reservation, actual: Decimal, *, job_id: str | None = None, note: str = ""
