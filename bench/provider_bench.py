@@ -30,7 +30,9 @@ in this process instead, to see that effect.
    over median hit.
 
 Rows without a goal explain the figures: CPU per prediction of the client (genroute or the SDK) and of the
-fake (from ``getrusage`` in each process), the latency of one request at a time (genroute vs the SDK,
+fake (from ``getrusage`` in each process), of the Replicate provider's ``run`` called directly (no router,
+store or ledger: genroute's share split into the provider's and the router's), new TCP connections per
+prediction (counted at the fake), the latency of one request at a time (genroute vs the SDK,
 interleaved), the SDK alone on the batch of figure 3, and the machine's CPU and load average during the run
 (the run shares the machine: other work slows both sides and is shown so a figure can be read in context).
 """
@@ -71,7 +73,9 @@ from rich.table import Table  # noqa: E402
 from fakes.replicate_server import FakeReplicate, RewritingTransport  # noqa: E402
 from genroute import Router, TextToImage  # noqa: E402
 from genroute.config import settings_from_dict  # noqa: E402
+from genroute.keys import request_key  # noqa: E402
 from genroute.plugins import make_plugin_manager  # noqa: E402
+from genroute.provider import RunContext  # noqa: E402
 from genroute.types import Result  # noqa: E402
 from genroute_replicate.plugin import ReplicatePlugin  # noqa: E402
 from genroute_replicate.provider import ReplicateProvider  # noqa: E402
@@ -488,30 +492,49 @@ async def _warm(router: Router, client: Client, fake: Fake, count: int, concurre
 
 
 async def _alternating(
-    router: Router,
-    client: Client,
-    fake: Fake,
-    template: dict[str, Any],
-    tag: str,
-    count: int,
-    concurrency: int,
-    rounds: int,
-) -> tuple[list[Span], list[Span]]:
-    """``rounds`` of (SDK batch, genroute batch), which side goes first alternating; (genroute, SDK) spans."""
-    gr_spans: list[Span] = []
-    sdk_spans: list[Span] = []
+    fake: Fake, sides: dict[str, Callable[[str], Awaitable[None]]], tag: str, count: int, rounds: int
+) -> dict[str, list[Span]]:
+    """``rounds`` of one batch per side, the order rotating each round; each side's spans.
+
+    A side is called with a tag to make its prompts unique and runs ``count`` predictions.
+    """
+    spans: dict[str, list[Span]] = {name: [] for name in sides}
+    names = list(sides)
     for r in range(rounds):
-        for side in ("sdk", "genroute") if r % 2 == 0 else ("genroute", "sdk"):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             span = Span()
             with measured(fake, span):
-                if side == "sdk":
-                    await sdk_batch(client, template, f"sdk {tag} {r}", count, concurrency)
-                else:
-                    await genroute_batch(router, f"genroute {tag} {r}", count, concurrency)
+                await sides[name](f"{name} {tag} {r}")
             if span.predictions != count:
-                raise RuntimeError(f"{side}: {span.predictions} predictions for {count} requests")
-            (sdk_spans if side == "sdk" else gr_spans).append(span)
-    return gr_spans, sdk_spans
+                raise RuntimeError(f"{name}: {span.predictions} predictions for {count} requests")
+            spans[name].append(span)
+    return spans
+
+
+async def provider_batch(router: Router, tag: str, count: int, concurrency: int) -> None:
+    """The Replicate provider's ``run`` called directly, as the router would: no store, ledger or offers.
+
+    The offer is the one the router chooses for these requests (all the same size and tier).
+    """
+    provider = router.providers["replicate"]
+    (offer, *_) = (await router.aplan(request(tag, -1))).candidates
+    settings = router.settings
+
+    async def one(i: int) -> None:
+        model = router.parse(request(tag, i))
+        ctx = RunContext(
+            settings=settings,
+            provider_settings=settings.provider("replicate"),
+            options=router.provider_options.get("replicate"),
+            request_key=request_key(model),
+            attempt=1,
+            deadline=asyncio.get_running_loop().time() + 60,
+            http_factory=httpx.AsyncClient,  # unused by the Replicate provider, which has its own clients
+        )
+        output = await provider.run(model, offer, ctx)
+        assert len(output.files) == 1
+
+    await pool(count, concurrency, one)
 
 
 async def _sequential(router: Router, client: Client, template: dict[str, Any], count: int) -> tuple[float, float]:
@@ -538,7 +561,18 @@ async def overhead_figures(fake: Fake, home: Path, sizes: Sizes) -> list[Row]:
     async with make_router(home, fake) as router:
         with measured(fake, warm):
             template = await _warm(router, client, fake, 3 * conc, conc)
-        gr_spans, sdk_spans = await _alternating(router, client, fake, template, "round", n, conc, rounds)
+        spans = await _alternating(
+            fake,
+            {
+                "sdk": lambda tag: sdk_batch(client, template, tag, n, conc),
+                "genroute": lambda tag: genroute_batch(router, tag, n, conc),
+                "provider": lambda tag: provider_batch(router, tag, n, conc),
+            },
+            "round",
+            n,
+            rounds,
+        )
+        gr_spans, sdk_spans, provider_spans = spans["genroute"], spans["sdk"], spans["provider"]
         one_gr, one_sdk = await _sequential(router, client, template, sizes.sequential_requests)
     await client._async_client.aclose()
     ratios = [g.wall / s.wall for g, s in zip(gr_spans, sdk_spans, strict=True)]
@@ -566,6 +600,12 @@ async def overhead_figures(fake: Fake, home: Path, sizes: Sizes) -> list[Row]:
             None,
         ),
         _cpu_row(gr_spans, sdk_spans),
+        (
+            "  CPU per prediction: the provider's run() called directly (no router, store or ledger) | SDK",
+            f"{_cpu_per(provider_spans, 'cpu')} | {_cpu_per(sdk_spans, 'cpu')}",
+            "—",
+            None,
+        ),
         _connections_row(gr_spans, sdk_spans),
         (
             f"  one request at a time, median latency ({sizes.sequential_requests} each): genroute | SDK",
@@ -589,7 +629,17 @@ async def throughput_figures(fake: Fake, home: Path, sizes: Sizes) -> list[Row]:
     client = sdk_client(fake)
     async with make_router(home, fake) as router:
         template = await _warm(router, client, fake, 2 * conc, conc)
-        gr_spans, sdk_spans = await _alternating(router, client, fake, template, "batch", n, conc, rounds)
+        spans = await _alternating(
+            fake,
+            {
+                "sdk": lambda tag: sdk_batch(client, template, tag, n, conc),
+                "genroute": lambda tag: genroute_batch(router, tag, n, conc),
+            },
+            "batch",
+            n,
+            rounds,
+        )
+        gr_spans, sdk_spans = spans["genroute"], spans["sdk"]
     await client._async_client.aclose()
     ideal = math.ceil(n / conc) * seconds
     goal = THROUGHPUT_FACTOR * ideal
