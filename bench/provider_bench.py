@@ -17,8 +17,8 @@ in this process instead, to see that effect.
 1. Overhead: the same predictions through ``router.abatch`` and through the SDK directly
    (``client.models.predictions.async_create(model=…, input=…, wait=60)`` + ``FileOutput.aread()`` of
    every output), same fake, same inputs (taken from what genroute sent), same concurrency, both warmed
-   up first (schema cache, connections, SQLite). Rounds alternate which side goes first; the figure is
-   the median of the genroute/SDK wall-time ratios of the rounds. Every request is a cache miss (unique
+   up first (schema cache, connections, SQLite). The order of the sides rotates from round to round; the
+   figure is the median of the genroute/SDK wall-time ratios of the rounds. Every request is a cache miss (unique
    prompts), so genroute does all its work: validation, key, store lookup, offers, ledger reserve and
    settle, download checks, store write.
 2. HTTP requests per prediction, counted at the fake over the timed genroute rounds of figure 1
