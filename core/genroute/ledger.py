@@ -133,9 +133,11 @@ class Reservation:
     """(scope, period, period_key) triples this reservation counted into."""
     orphaned_since: float | None = None
     """Set by :meth:`Ledger.reserve` when a process that died (on this machine) left a reservation for the
-    same request key on the same provider open, and no other live process holds one: the ``created_at``
-    of the earliest such reservation. That process may have started the work already (say, a paid
-    prediction); a provider that can find its work should look for it before starting anew."""
+    same request key on the same provider open, and no other live process holds one: when the earliest
+    such work began (that reservation's ``created_at``, or that of the dead one it had taken over). That
+    process may have started the work already (say, a paid prediction); a provider that can find its work
+    should look for it before starting anew. The new reservation takes the dead ones over (they are closed
+    as "reclaimed")."""
 
 
 class LedgerEntry(BaseModel):
