@@ -105,3 +105,16 @@ def test_the_hugging_face_client_reuses_its_connection(monkeypatch: pytest.Monke
             reply = client.chat_completion([{"role": "user", "content": f"hello {i}"}], max_tokens=8)
             assert reply.choices[0].message.content
         assert fake.connections_accepted == 1
+
+
+def test_expect_100_continue_is_answered_once_before_the_body(server: FakeReplicate) -> None:
+    body = b'{"input": {"prompt": "a fox"}}'
+    head = (
+        f"POST /v1/models/{SCHNELL}/predictions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Expect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"  # before any body was sent
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 201 ")

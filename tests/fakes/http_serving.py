@@ -45,7 +45,7 @@ class KeepAliveHandler(WSGIRequestHandler):
 
     def run_wsgi(self) -> None:
         if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.flush()  # http.server wrote "100 Continue" into the buffer; the client waits for it
         environ = self.make_environ()
         body: LimitedStream | None = None
         if environ.get("wsgi.input_terminated"):  # chunked request body: its end is not known here
