@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import FakePlugin, section
-from genroute.errors import NoRouteAvailable, ProviderError
+from genroute.errors import NoRouteAvailable, ProviderError, ProviderUnavailable
 from genroute.jobs import Job
 from genroute.provider import Provider, RunContext
 from genroute.router import Router
@@ -37,6 +37,10 @@ class Hooked(Provider):
     async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
         if payload["status"] == "failed":
             raise ProviderError(payload["error"], provider=self.name, incurred=D(payload.get("billed", "0")))
+        if payload["status"] == "download-503":  # the outputs' host failed for a moment
+            raise ProviderUnavailable("download of the outputs failed: HTTP 503", provider=self.name)
+        if payload["status"] == "bug":
+            raise KeyError("output")
         files = [OutputFile(data=PNG + bytes([i]), media_type="image/png") for i in range(payload["outputs"])]
         return ProviderOutput(files=files, usage=Usage(outputs=len(files)), job_id=job.remote_id)
 
@@ -145,3 +149,21 @@ async def test_a_job_asked_to_bypass_the_store_completes_without_storing(setup) 
     assert done.result.artifacts[0].read_bytes() == PNG + bytes([0])  # the caller still gets real files
     assert router.store is not None and router.store.get(job.request_key) is None  # but nothing was kept
     assert [e.status for e in router.ledger.entries()] == ["settled"]  # and the money is settled as usual
+
+
+@pytest.mark.parametrize("trouble", ["download-503", "bug"])
+async def test_a_completion_that_fails_for_now_keeps_the_job_pending_for_the_redelivery(setup, trouble) -> None:  # type: ignore[no-untyped-def]
+    """A retryable failure (or a provider bug) decides nothing: the job stays pending, its reservation open,
+    and the error reaches the webhook receiver, whose non-2xx answer makes the provider deliver again."""
+    router, _, _ = setup
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    with pytest.raises(ProviderError) as info:
+        await router.acomplete("hooked", "pred-1", {"status": trouble})
+    assert info.value.retryable
+    assert router.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    assert [r.id for r in router.ledger.open_reservations()] == [job.reservation_id]
+    assert list(router.ledger.entries()) == []
+
+    done = await router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})  # the redelivery
+    assert done.status == "succeeded" and done.cost == D("0.04") and done.result is not None
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.04"))]

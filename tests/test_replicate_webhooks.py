@@ -29,8 +29,10 @@ from genroute.jobs import Job
 from genroute.money import quantize
 from genroute.router import Router
 from genroute.types import TextToImage, Upscale
+from genroute_replicate.plugin import ReplicatePlugin
+from genroute_replicate.provider import ReplicateProvider
 from genroute_replicate.webhooks import create_app
-from test_replicate_helpers import build_settings, png
+from test_replicate_helpers import TOKEN, build_settings, png
 
 UNREACHABLE = "http://127.0.0.1:9/hooks"  # the discard port: the fake's delivery fails; tests replay it by hand
 OTHER_SECRET = "whsec_" + base64.b64encode(b"not the account's signing secret").decode()
@@ -199,6 +201,37 @@ def test_a_failed_prediction_by_webhook_settles_its_compute(
     assert failed is not None and failed.status == "failed" and "weights corrupted" in (failed.error or "")
     (entry,) = list(submitter.ledger.entries())
     assert entry.status == "settled" and entry.actual == quantize(Decimal("0.000225") * Decimal("0.1"))
+
+
+def test_a_completion_whose_download_fails_for_now_is_answered_503_and_completes_on_redelivery(
+    token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    """The prediction succeeded but its output could not be fetched this time: nothing is decided, the
+    receiver answers 503 so that Replicate delivers again, and the redelivery settles and stores once."""
+    with FakeReplicate(prediction_seconds=0.02, token=TOKEN, catalogue=True, output_mode="url") as server:
+        settings = build_settings(tmp_path, server)
+
+        def router() -> Router:
+            return make_router(settings, ReplicatePlugin(ReplicateProvider(transport_factory=server.transport)))
+
+        submitter, receiver = router(), router()
+        app = create_app(receiver, secret=server.webhook_secret, tolerance=300)
+        job = submitter.submit(TextToImage(prompt="late bytes", tier="fast"), webhook_url=UNREACHABLE)
+        server.faults.add("GET /files/*", 503, times=1)
+
+        first = _replay(app, server, job.remote_id or "")
+        assert first.status_code == 503 and first.json()["retry"] is True
+        assert "HTTP 503" in first.json()["error"]
+        pending = submitter.jobs.get(job.id)
+        assert pending is not None and pending.status == "pending"
+        assert list(submitter.ledger.entries()) == [] and len(submitter.ledger.open_reservations()) == 1
+
+        again = _replay(app, server, job.remote_id or "")  # Replicate's retry of the same delivery
+        assert again.status_code == 200 and again.json()["status"] == "succeeded"
+        done = submitter.jobs.get(job.id)
+        assert done is not None and done.status == "succeeded" and done.result is not None
+        assert [(e.status, e.actual) for e in submitter.ledger.entries()] == [("settled", Decimal("0.003"))]
+    assert server.errors == []
 
 
 def test_tolerance_is_required() -> None:

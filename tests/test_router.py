@@ -34,10 +34,12 @@ from genroute.errors import (
 from genroute.types import (
     TASKS,
     Offer,
+    ProviderOutput,
     RequestModel,
     Result,
     TextGeneration,
     TextToImage,
+    Usage,
 )
 
 D = Decimal
@@ -1063,3 +1065,25 @@ async def test_a_cooldown_reaches_another_router_on_the_same_ledger(settings_fac
     assert not healthy_a.calls  # it never called the provider the first one took out of rotation
     plan = await second.aplan(image(prompt="plan"))
     assert any(r.provider == "a" and "cooling down" in r.reason for r in plan.rejections)
+
+
+@pytest.mark.parametrize(
+    "usage", [{"output_tokens": -5000}, {"media_seconds": math.nan}, {"compute_seconds": math.inf}]
+)
+async def test_impossible_usage_fails_the_offer_instead_of_the_batch(
+    usage: dict[str, float], settings_factory, router_factory
+) -> None:
+    """The ledger settles on usage: a provider reporting nonsense has failed its call (closed, fallen back),
+    and the other requests of a batch are not affected."""
+    bad = FakeProvider("bad", output=lambda r: ProviderOutput(text="hi", usage=Usage(**usage)))
+    good = FakeProvider("good", output=lambda r: ProviderOutput(text="hello"))
+    sections = {
+        "bad": section("bad", {"fast": "0.001"}, task="text-generation", unit="1k_tokens"),
+        "good": section("good", {"fast": "0.002"}, task="text-generation", unit="1k_tokens"),
+    }
+    router = router_factory(settings_factory(sections), FakePlugin(bad, good))
+    outcomes = await router.abatch([TextGeneration(prompt=f"p{i}", tier="fast") for i in range(4)], concurrency=2)
+    assert all(isinstance(o, Result) and o.provider == "good" for o in outcomes)
+    assert router.ledger.open_reservations() == []
+    statuses = sorted({(e.provider, e.status) for e in router.ledger.entries()})
+    assert statuses == [("bad", "released"), ("good", "settled")]

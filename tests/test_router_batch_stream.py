@@ -267,7 +267,11 @@ async def test_a_stream_failing_after_the_first_piece_raises(stream_router):
     assert pieces == ["Hel"]
     assert stream.result is None
     assert not router.b.calls  # no silent switch of provider mid-answer
-    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released")]
+    # The piece the caller holds was generated, so probably billed: settled at the estimate, as when a
+    # stream is abandoned, not released at $0.
+    (entry,) = router.ledger.entries()
+    assert (entry.provider, entry.status, entry.actual) == ("a", "settled", entry.estimate)
+    assert "connection reset" in entry.note and entry.estimate > 0
     assert router.store.stats().entries == 0
 
 
@@ -360,3 +364,54 @@ async def test_leaving_an_async_stream_early_in_async_with_closes_its_reservatio
     assert router.ledger.open_reservations() == []
     (entry,) = [e for e in router.ledger.entries() if e.status != "saving"]
     assert entry.status == "settled" and "abandoned" in entry.note
+
+
+class _StreamNeverStarts(FakeProvider):
+    """A plugin's mistake: ``stream`` as a coroutine (``async def`` without ``yield``), not an async generator."""
+
+    async def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:  # type: ignore[override]
+        raise NotImplementedError("no streaming here")
+
+
+class _StreamRaisesAtCall(FakeProvider):
+    """A plain ``def stream`` that raises before returning any iterator."""
+
+    def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:  # type: ignore[override]
+        raise NotImplementedError("no streaming here")
+
+
+@pytest.mark.parametrize("broken", [_StreamNeverStarts, _StreamRaisesAtCall])
+async def test_a_stream_that_cannot_start_falls_back_and_closes_its_reservation(
+    broken: type[FakeProvider], settings_factory, router_factory
+) -> None:
+    a = broken("a")
+    b = FakeProvider("b", stream_pieces=["from ", "b"])
+    config = settings_factory({"a": text_section("a", "0.001"), "b": text_section("b", "0.002")})
+    router = router_factory(config, FakePlugin(a, b))
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    assert "".join([piece async for piece in stream]) == "from b"
+
+    assert stream.result is not None and stream.result.provider == "b"
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released"), ("b", "settled")]
+    assert router.ledger.open_reservations() == []
+
+
+async def test_another_genroute_error_from_a_stream_fails_the_offer_as_in_run(stream_router) -> None:
+    router = stream_router(a_kwargs={"errors": [InvalidRequest("the model refuses this prompt", field="prompt")]})
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    assert "".join([piece async for piece in stream]) == "from b"
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released"), ("b", "settled")]
+
+
+async def test_an_unexpected_stream_error_never_carries_a_token(stream_router, monkeypatch) -> None:
+    token = "r8_" + "S3cr3tT0k3n" * 3
+    monkeypatch.setenv("REPLICATE_API_TOKEN", token)
+    leak = RuntimeError(f"401 for a request with Authorization: Bearer {token}")
+    router = stream_router(a_kwargs={"stream_error_after": (1, leak)})
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    with pytest.raises(ProviderError) as info:
+        async for _piece in stream:
+            pass
+    assert "unexpected RuntimeError" in str(info.value) and token not in str(info.value)
+    assert all(token not in e.note for e in router.ledger.entries())

@@ -404,7 +404,8 @@ class Router:
         tries = _Tries()
         try:
             output = await self._attempts(request, key, offer, deadline, tries, reservation.orphaned_since)
-            self._check_output(offer, output, billed=quantize(call_cost(offer, request, output)))
+            charge = quantize(call_cost(offer, request, output))
+            self._check_output(offer, output, billed=charge)
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred)
             self._count_failure(offer, exc)
@@ -419,7 +420,7 @@ class Router:
             else:
                 self.ledger.release(reservation, note="cancelled or deadline passed")
             raise
-        cost = quantize(call_cost(offer, request, output) + tries.incurred)
+        cost = quantize(charge + tries.incurred)
         self.ledger.settle(reservation, cost, job_id=output.job_id)
         self.cooldowns.success(offer.provider)
         result = make_result(key, offer, output, cost, time.perf_counter() - started, attempts=tries.count)
@@ -692,7 +693,7 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
         raise ProviderTimeout("timed out", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug: fall back rather than fail the whole request
         log_provider_bug(offer.provider, "run", exc)
-        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
     if not isinstance(output, ProviderOutput):
         raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
     return output

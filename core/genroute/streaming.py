@@ -7,6 +7,7 @@ request's deadline, falls back only while the caller holds nothing yet, and sett
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import traceback
@@ -25,7 +26,7 @@ from .errors import (
 from .ledger import Reservation
 from .money import quantize
 from .outcomes import call_cost, extra_incurred, log_provider_bug, make_result, no_route
-from .provider import RunContext
+from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
 
@@ -144,8 +145,9 @@ async def _stream_offers(
             continue
         ctx = router._context(offer, key, 1, deadline, reservation.orphaned_since)
         pieces: list[str] = []
-        source = router.providers[offer.provider].stream(request, offer, ctx).__aiter__()
+        source: AsyncIterator[str] | None = None
         try:
+            source = _open_source(router.providers[offer.provider], request, offer, ctx)
             while True:
                 # The deadline covers waiting for the provider, never the consumer's time between pieces.
                 try:
@@ -156,7 +158,11 @@ async def _stream_offers(
                 pieces.append(piece)
                 yield piece
         except ProviderError as exc:
-            router._close_failed(reservation, exc)
+            if pieces and not exc.incurred:
+                # The pieces the caller holds were generated, so probably billed: as when a stream is abandoned.
+                _close_abandoned(router, reservation, pieces, f"failed: {redact(exc.message)}"[:200], ctx)
+            else:
+                router._close_failed(reservation, exc)
             router._count_failure(offer, exc)
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
                 raise
@@ -169,7 +175,8 @@ async def _stream_offers(
             _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
             raise
         finally:
-            await _aclose_quietly(source)
+            if source is not None:
+                await _aclose_quietly(source)
         produced = ctx.extra.get("output")
         output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
         if not output.text:
@@ -195,16 +202,41 @@ def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str]
         router.ledger.release(reservation, note=why)
 
 
+def _open_source(provider: Provider, request: TextGeneration, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
+    """The provider's stream as an async iterator; what it raises while starting is a provider failure."""
+    try:
+        produced = provider.stream(request, offer, ctx)
+        if not hasattr(produced, "__aiter__"):
+            if inspect.iscoroutine(produced):  # an `async def stream` without `yield`
+                produced.close()
+            raise TypeError(f"stream() returned {type(produced).__name__}, not an async iterator")
+        return produced.__aiter__()
+    except ProviderError:
+        raise
+    except GenrouteError as exc:
+        raise _offer_failed(exc, offer) from exc
+    except Exception as exc:  # say, a plain `def stream` that raises, or an `async def` that never yields
+        log_provider_bug(offer.provider, "stream", exc)
+        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
+
+
 async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
     try:
         return await anext(source)
-    except (GenrouteError, StopAsyncIteration, asyncio.CancelledError):
+    except (ProviderError, StopAsyncIteration, asyncio.CancelledError):
         raise
+    except GenrouteError as exc:
+        raise _offer_failed(exc, offer) from exc
     except TimeoutError as exc:
         raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
         log_provider_bug(offer.provider, "stream", exc)
-        raise ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=offer.provider) from exc
+        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
+
+
+def _offer_failed(exc: GenrouteError, offer: Offer) -> ProviderError:
+    """Another genroute error raised by a provider (say, InvalidRequest) fails its offer, as in run()."""
+    return ProviderError(exc.message, provider=offer.provider, retryable=False)
 
 
 async def _aclose(source: AsyncIterator[str]) -> None:

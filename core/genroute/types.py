@@ -380,13 +380,19 @@ class OutputFile(BaseModel):
 
 
 class Usage(BaseModel):
-    """Measured quantities the billing units settle on; providers fill what they know."""
+    """Measured quantities the billing units settle on; providers fill what they know.
 
-    outputs: int | None = None
-    compute_seconds: float | None = None
-    media_seconds: float | None = None
-    input_seconds: float | None = None
-    output_tokens: int | None = None
+    Each is a finite, non-negative number: the ledger settles on them, so nonsense is refused here, where
+    the provider hands them over (the router then treats the call as a failed one).
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    outputs: int | None = Field(default=None, ge=0)
+    compute_seconds: float | None = Field(default=None, ge=0)
+    media_seconds: float | None = Field(default=None, ge=0)
+    input_seconds: float | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
 
 
 class ProviderOutput(BaseModel):

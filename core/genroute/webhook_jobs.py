@@ -29,7 +29,7 @@ from .money import quantize
 from .outcomes import call_cost, log_provider_bug, make_result, no_route, scratch_artifacts
 from .provider import Provider, RunContext
 from .secrets import redact
-from .types import Offer, RequestModel, Usage
+from .types import Offer, ProviderOutput, RequestModel, Usage
 
 if TYPE_CHECKING:
     from .router import RequestLike, Router
@@ -126,11 +126,16 @@ async def _complete(router: Router, job: Job, payload: Any) -> Job:
     ctx = router._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + 600)
     remote_id = job.remote_id or ""
     try:
-        output = await router.providers[job.provider].complete(job, payload, ctx)
+        output = await _call_complete(router.providers[job.provider], job, payload, ctx)
         merged = output.model_copy(update={"usage": _merge_usage(output.usage, job.usage_hint)})
         cost = quantize(call_cost(job.offer, None, merged))
         router._check_output(job.offer, output, billed=cost)
     except ProviderError as exc:
+        if exc.retryable:
+            # Say the outputs' download failed, or the prediction has not finished: nothing is decided yet.
+            # The job stays pending and the error reaches the webhook receiver, whose non-2xx answer makes
+            # the provider deliver again.
+            raise
         _settle_job(router, job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
         failed = job.model_copy(
             update={
@@ -192,6 +197,21 @@ def _settle_job(
         router.ledger.settle(stub, cost, job_id=job_id, note="completion after the reservation expired")
     except LedgerError:
         log.warning("job %s: its reservation %s was already settled; not charged again", job.id, stub.id)
+
+
+async def _call_complete(provider: Provider, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
+    try:
+        return await provider.complete(job, payload, ctx)
+    except GenrouteError as exc:
+        if isinstance(exc, ProviderError):
+            raise
+        raise ProviderError(exc.message, provider=job.provider, retryable=False) from exc
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a provider bug: keep the job pending, so a fixed version can still complete it
+        log_provider_bug(job.provider, "complete", exc)
+        message = redact(f"unexpected {type(exc).__name__}: {exc}")
+        raise ProviderError(message, provider=job.provider, retryable=True) from exc
 
 
 async def _call_submit(

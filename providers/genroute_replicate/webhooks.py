@@ -138,9 +138,13 @@ async def handle(
         return 200, {"job": job.id, "status": job.status, "duplicate": True}
     try:
         done = await router.acomplete(PROVIDER, prediction_id, payload)
-    except BaseException:
+    except BaseException as exc:
         # Not handled: let Replicate's retry of this very delivery through instead of ignoring it as a replay.
         router.jobs.forget_sighting(headers["webhook-id"])
+        if isinstance(exc, GenrouteError):  # say, the outputs' download failed for now: the job stays pending
+            why = redact(exc.message)
+            log.warning("job %s (prediction %s) not completed yet: %s", job.id, prediction_id, why)
+            return 503, {"error": why, "retry": True}
         raise
     log.info("job %s (prediction %s): %s", done.id, prediction_id, done.status)
     return 200, {"job": done.id, "status": done.status}
