@@ -118,6 +118,16 @@ def test_shipped_limits_are_decimal(shipped: Settings) -> None:
     assert [lim.usd for lim in limits] == [Decimal("5.00"), Decimal("50.00"), Decimal("5.00")]
 
 
+def test_limits_are_whole_micro_dollars_and_read_as_such() -> None:
+    raw = raw_copy()
+    raw["budget"]["limits"][0]["usd"] = "0.0000015"  # would round to a limit the ledger cannot hold
+    err = config_error(raw)
+    assert err.key == "budget.limits.0.usd" and "6 decimal places" in str(err)
+    raw["budget"]["limits"][0]["usd"] = "1E+2"
+    (first, *_) = settings_from_dict(raw, env={}).limits()
+    assert str(first.usd) == "100.000000"  # shown and exported like every other amount
+
+
 # -- profile selection -----------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -585,6 +586,9 @@ def test_export_csv_parses_back(make: Any, clock: FakeClock, tmp_path: Path) -> 
     assert D(usage["global", "total"]["reserved_usd"]) == D("0.2")
     assert usage["global", "daily"]["limit_usd"] == ""
     assert sorted(p.name for p in tmp_path.iterdir() if "report" in p.name) == ["report.csv"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a private temporary one
 
 
 def test_entries_in_writing_order_and_persisted(make: Any, clock: FakeClock, tmp_path: Path) -> None:

@@ -232,6 +232,33 @@ def test_size_limit_evicts_old_results_without_errors(tmp_path: Path) -> None:
         assert store.stats().entries == len(kept)
 
 
+def test_many_processes_writing_once_each_stay_within_the_limit(tmp_path: Path) -> None:
+    """Each `genroute run` is a process that writes one result: far less than the sixty-fourth of the limit
+    after which a process checks the volume. Its first write checks it, so together they stay bounded."""
+    limit = 512 * 1024  # a process checks after writing 8 KiB; each one here writes 6 KB
+    for n in range(150):  # a fresh ResultStore per result: what 150 separate processes would each have
+        with ResultStore(tmp_path / "shared", max_bytes=limit) as store:
+            key = key_of(f"run{n}")
+            store.put(key, make_result(key), [png(n, size=6_000)])
+    with ResultStore(tmp_path / "shared", max_bytes=limit) as store:
+        ((blob_bytes,),) = store._db().execute("SELECT sum(size) FROM genroute_blobs").fetchall()
+        assert blob_bytes <= limit  # 900 KB were written
+        assert store.get(key_of("run149")) is not None and store.get(key_of("run0")) is None
+
+
+def test_a_shared_blob_never_gets_younger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers of the same bytes: the one that read the clock earlier but commits later must not make
+    the blob look older than the newer result that shares it (it would be evicted before older ones)."""
+    with ResultStore(tmp_path / "s", max_bytes=MIB) as store:
+        shared = png(1)
+        clock = iter([3000.0, 2000.0])
+        monkeypatch.setattr("genroute.store.time.time", lambda: next(clock))
+        store.put(key_of("newer"), make_result(key_of("newer")), [shared])
+        store.put(key_of("late commit"), make_result(key_of("late commit")), [shared])
+        ((stored_at,),) = store._db().execute("SELECT stored_at FROM genroute_blobs").fetchall()
+        assert stored_at == 3000.0
+
+
 def test_result_larger_than_the_store_still_comes_back_with_files(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "tiny", max_bytes=MIB) as store:
         key = key_of("huge")

@@ -51,7 +51,12 @@ class BudgetLimit(_Strict):
 
     scope: str = "global"
     period: Period = "total"
-    usd: Decimal = Field(ge=0)
+    usd: Decimal = Field(ge=0, decimal_places=6, description="dollars, to the micro-dollar (the ledger's unit)")
+
+    @field_validator("usd")
+    @classmethod
+    def _to_the_micro_dollar(cls, value: Decimal) -> Decimal:
+        return value.quantize(Decimal("0.000001"))  # "1E+2" is shown and exported as 100.000000
 
     @field_validator("scope")
     @classmethod

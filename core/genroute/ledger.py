@@ -987,7 +987,7 @@ class Ledger:
                             limit=limit,
                             spent=micros_to_usd(spent),
                             reserved=micros_to_usd(reserved),
-                            left=left if why is None else Decimal(0),
+                            left=left if why is None else micros_to_usd(0),
                             exhausted=why,
                         )
                     )
@@ -1079,12 +1079,22 @@ class Ledger:
         _write_atomically(Path(target), self.report().to_json())
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import: the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _write_atomically(target: Path, text: str) -> None:
     """Write to a temporary file beside ``target``, then rename it over ``target``."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it private; a report is a file like any other
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
                 handle.flush()

@@ -13,10 +13,10 @@ Provider URLs expire, so the store keeps the bytes themselves. Layout under the 
 * ``scratch/`` — outputs the store could not keep (a result larger than ``max_bytes``), named
   ``<sha256><suffix>`` so a result is always handed back with real files.
 
-The size limit (``max_bytes``) counts blob bytes plus the database's used pages. Before a write, once
-about a sixty-fourth of ``max_bytes`` was written since the last check, the least recently stored results
-and blobs are evicted until the new result fits. A result whose blob was evicted is a miss, never an
-error. **An artifact's path can disappear** once a later write evicts its blob (in this or another
+The size limit (``max_bytes``) counts blob bytes plus the database's used pages. Before a process's first
+write, and then once it has written about a sixty-fourth of ``max_bytes`` since its last check, the least
+recently stored results and blobs are evicted until the new result fits. A result whose blob was evicted
+is a miss, never an error. **An artifact's path can disappear** once a later write evicts its blob (in this or another
 process): copy files out promptly with :meth:`Artifact.save <genroute.types.Artifact.save>` or
 :meth:`~genroute.types.Artifact.read_bytes`, and treat a vanished file like a miss.
 
@@ -118,8 +118,11 @@ class ResultStore:
         self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
         self._pending_ops = 0
         self._lock = threading.Lock()
-        self._written = 0
         self._cull_every = max(1, max_bytes // 64)
+        # The first write of each process checks the volume: a process that writes less than a sixty-fourth
+        # of max_bytes in its life (one `genroute run`) would otherwise never check, and many of them
+        # together would grow the store without bound.
+        self._written = self._cull_every
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
             self._data = diskcache.Cache(str(self._path / "data"), eviction_policy="none", cull_limit=0, **HOT_WRITES)
@@ -192,14 +195,14 @@ class ResultStore:
             # again under it, since an eviction may have removed an equal blob's file in between.
             for file, blob in zip(files, blobs, strict=True):
                 _ensure_file(blob, file.data)
-            now = time.time()
             with self._data.transact():
+                now = time.time()  # under the lock, so that writers' times follow their order
                 db = self._db()
                 for file, blob in zip(files, blobs, strict=True):
                     _ensure_file(blob, file.data)
                     db.execute(
                         f"INSERT INTO {_BLOBS} (name, size, stored_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET stored_at = excluded.stored_at",
+                        "ON CONFLICT (name) DO UPDATE SET stored_at = max(stored_at, excluded.stored_at)",
                         (os.path.basename(blob), len(file.data), now),
                     )
                 db.execute(
