@@ -471,3 +471,28 @@ def test_plan_masks_tokens_in_its_per_line_errors(cli, tmp_path):
 
     assert canary not in batch.stdout + batch.stderr and "***" in batch.stdout  # batch masks it
     assert canary not in plan.stdout + plan.stderr
+
+
+def test_an_input_url_reaches_the_router_whole(cli):
+    result = cli("run", "--task", "upscale", "--input", "http://127.0.0.1:9/x.png", rc=4)
+    assert "cannot fetch http://127.0.0.1:9/x.png" in result.stderr  # not "file not found: http:/127…"
+
+
+def test_an_output_dir_that_cannot_be_used_is_refused_before_anything_is_spent(cli, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    before = usage_spent(budget_state(cli), "simulated")
+    result = cli("run", "a fox in the snow", "--output-dir", "afile/out", rc=4)
+    (line,) = error_lines(result.stderr)
+    assert "--output-dir" in line and "Traceback" not in result.stderr
+    assert usage_spent(budget_state(cli), "simulated") == before
+
+
+def test_the_named_task_option_wins_over_param(cli):
+    result = cli("run", "a fox", "--task", "text-to-image", "--param", "task=text-to-speech", "--json", rc=0)
+    assert json.loads(result.stdout)["task"] == "text-to-image"
+
+
+def test_a_budget_export_to_a_directory_is_refused_naming_the_option(cli, tmp_path):
+    (tmp_path / "reports").mkdir()
+    result = cli("budget", "--export-json", "reports", rc=4)
+    assert "--export-json" in result.stderr and ".tmp" not in result.stderr

@@ -7,8 +7,10 @@ Errors print what happened and what to do, with a distinct exit code per kind
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -126,10 +128,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run one request")
     run.add_argument("prompt", nargs="?", help="the prompt (or the text to speak)")
-    run.add_argument("--task", choices=TASKS, default="text-to-image")
+    run.add_argument("--task", choices=TASKS, default=None, help="default: text-to-image")
     run.add_argument("--tier", choices=TIERS, default=None)
-    run.add_argument("--input", type=Path, help="input image or audio file for tasks that take one")
-    run.add_argument("--mask", type=Path, help="mask image for inpaint (white = repaint)")
+    # Strings, not Paths: a Path would fold the "//" of an http(s) URL.
+    run.add_argument("--input", help="input image or audio (file or http(s) URL) for tasks that take one")
+    run.add_argument("--mask", help="mask image for inpaint (white = repaint)")
     run.add_argument("--seed", type=int)
     run.add_argument("--num-outputs", type=int)
     run.add_argument("--aspect-ratio")
@@ -182,12 +185,18 @@ _router = router_from_args
 
 # -- run ------------------------------------------------------------------------------------------------
 def _run_request(args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {"task": args.task}
+    data: dict[str, Any] = {}
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InvalidRequest(f"{item!r} is not KEY=VALUE", field="--param")
         data[key.strip().replace("-", "_")] = _json_or_text(value)
+    # The named options win over --param, --task included.
+    if args.task is not None or "task" not in data:
+        data["task"] = args.task or "text-to-image"
+    if not isinstance(data["task"], str):
+        raise InvalidRequest("must be a task name", field="task", hint=f"one of: {', '.join(TASKS)}")
+    args.task = data["task"]
     if args.prompt is not None:
         data[_TEXT_FIELD.get(args.task, "prompt")] = args.prompt
     if args.input is not None:
@@ -219,6 +228,15 @@ def _json_or_text(value: str) -> Any:
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     data = _run_request(args)
+    created = _check_writable_dir(args.output_dir, "--output-dir")  # before any money moves
+    try:
+        return _run(args, data, out, err)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _run(args: argparse.Namespace, data: dict[str, Any], out: Console, err: Console) -> int:
     with _router(args) as router:
         request = router.parse(data)
         if request.task_name == "text-generation" and not args.json:
@@ -246,6 +264,41 @@ def _run_streaming(router: Router, request: RequestModel, out: Console, err: Con
     if stream.result is not None:
         _print_result_summary(stream.result, [], err)
     return 0
+
+
+def _check_writable_dir(directory: Path, option: str) -> list[Path]:
+    """Make sure, before any work (and any money spent), that ``directory`` exists and can take files.
+
+    Returns the directories it had to create, deepest last, so a run that fails can remove them again.
+    """
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        writable = os.access(directory, os.W_OK | os.X_OK)
+    except FileExistsError:
+        raise InvalidRequest(f"{directory} is not a directory", field=option, hint="give a directory") from None
+    except OSError as exc:
+        _remove_empty(missing)
+        raise InvalidRequest(
+            f"cannot create {directory}: {exc.strerror}", field=option, hint="give a directory you can write"
+        ) from None
+    if not writable:
+        _remove_empty(missing)
+        raise InvalidRequest(f"cannot write in {directory}", field=option, hint="give a directory you can write")
+    return list(reversed(missing))
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories a refused or failed command created, if they are still empty (deepest first)."""
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _check_writable_file(target: Path, option: str) -> None:
+    if target.is_dir():
+        raise InvalidRequest(f"{target} is a directory", field=option, hint="give a file name")
+    _check_writable_dir(target.parent, option)
 
 
 def _save_outputs(result: Result, directory: Path) -> list[Path]:
@@ -513,6 +566,9 @@ def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
+    for target, option in ((args.export_csv, "--export-csv"), (args.export_json, "--export-json")):
+        if target is not None:
+            _check_writable_file(target, option)
     with _router(args) as router:
         report = router.ledger.report()
         if args.export_csv:
