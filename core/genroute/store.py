@@ -394,7 +394,7 @@ class ResultStore:
             raise StoreError(
                 f"result store at {self._path}: could not {action}: {exc}",
                 hint=f"check that {self._path} is writable and on a local disk (not a network share); "
-                "it is only a cache, so deleting it (or `genroute cache clear`) is safe",
+                f"it is only a cache, so deleting the directory {self._path} is safe",
             ) from exc
 
 
