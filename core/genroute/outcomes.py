@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from . import billing
-from .errors import NoRouteAvailable, OverBudget, Rejection
+from .errors import GenrouteError, NoRouteAvailable, OverBudget, ProviderError, Rejection
 from .provider import RunContext
 from .secrets import redact
 from .types import MEDIA_SUFFIXES, Artifact, Offer, OutputFile, ProviderOutput, RequestModel, Result
@@ -28,6 +28,18 @@ def log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
     exception messages may quote them."""
     log.warning("provider %s %s raised %s", provider, method, redact(f"{type(exc).__name__}: {exc}"))
     log.debug("%s", redact("".join(traceback.format_exception(exc))))
+
+
+def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryable: bool = False) -> ProviderError:
+    """What a provider's ``method`` raised (other than a ProviderError), as the ProviderError the router acts on.
+
+    Another genroute error (say, InvalidRequest) fails the call for good; anything else is a provider bug:
+    logged, its message masked (it may quote a token), retryable only if ``bug_retryable``.
+    """
+    if isinstance(exc, GenrouteError):
+        return ProviderError(exc.message, provider=provider, retryable=False)
+    log_provider_bug(provider, method, exc)
+    return ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=provider, retryable=bug_retryable)
 
 
 def extra_incurred(ctx: RunContext) -> Decimal:

@@ -37,7 +37,7 @@ from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
-from .outcomes import call_cost, extra_incurred, log_provider_bug, make_result, no_route, scratch_artifacts
+from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure, scratch_artifacts
 from .plugins import collect_registrations, default_plugin_manager
 from .provider import Provider, RunContext
 from .retry import Backoff
@@ -683,17 +683,12 @@ def _profile_offers_hook(
 async def _call_provider(provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
     try:
         output = await provider.run(request, offer, ctx)
-    except GenrouteError as exc:
-        if isinstance(exc, ProviderError):
-            raise
-        raise ProviderError(exc.message, provider=offer.provider, retryable=False) from exc
-    except asyncio.CancelledError:
+    except ProviderError:
         raise
     except TimeoutError as exc:  # the provider's own timeout, not the router's deadline (that cancels instead)
         raise ProviderTimeout("timed out", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug: fall back rather than fail the whole request
-        log_provider_bug(offer.provider, "run", exc)
-        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
+        raise provider_failure(exc, offer.provider, "run") from exc
     if not isinstance(output, ProviderOutput):
         raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
     return output

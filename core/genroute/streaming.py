@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from .errors import (
     BudgetExceeded,
     DeadlineExceeded,
-    GenrouteError,
     InvalidRequest,
     ProviderError,
     ProviderTimeout,
@@ -25,7 +24,7 @@ from .errors import (
 )
 from .ledger import Reservation
 from .money import quantize
-from .outcomes import call_cost, extra_incurred, log_provider_bug, make_result, no_route
+from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure
 from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
@@ -213,30 +212,19 @@ def _open_source(provider: Provider, request: TextGeneration, offer: Offer, ctx:
         return produced.__aiter__()
     except ProviderError:
         raise
-    except GenrouteError as exc:
-        raise _offer_failed(exc, offer) from exc
     except Exception as exc:  # say, a plain `def stream` that raises, or an `async def` that never yields
-        log_provider_bug(offer.provider, "stream", exc)
-        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
+        raise provider_failure(exc, offer.provider, "stream") from exc
 
 
 async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
     try:
         return await anext(source)
-    except (ProviderError, StopAsyncIteration, asyncio.CancelledError):
+    except (ProviderError, StopAsyncIteration):
         raise
-    except GenrouteError as exc:
-        raise _offer_failed(exc, offer) from exc
     except TimeoutError as exc:
         raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
-    except Exception as exc:  # a provider bug surfaces as a provider failure, like in run()
-        log_provider_bug(offer.provider, "stream", exc)
-        raise ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=offer.provider) from exc
-
-
-def _offer_failed(exc: GenrouteError, offer: Offer) -> ProviderError:
-    """Another genroute error raised by a provider (say, InvalidRequest) fails its offer, as in run()."""
-    return ProviderError(exc.message, provider=offer.provider, retryable=False)
+    except Exception as exc:  # a provider bug, or another genroute error, fails the offer as in run()
+        raise provider_failure(exc, offer.provider, "stream") from exc
 
 
 async def _aclose(source: AsyncIterator[str]) -> None:

@@ -26,7 +26,7 @@ from .errors import (
 from .jobs import Job, now_utc
 from .ledger import Reservation
 from .money import quantize
-from .outcomes import call_cost, log_provider_bug, make_result, no_route, scratch_artifacts
+from .outcomes import call_cost, log_provider_bug, make_result, no_route, provider_failure, scratch_artifacts
 from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, RequestModel, Usage
@@ -202,16 +202,10 @@ def _settle_job(
 async def _call_complete(provider: Provider, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
     try:
         return await provider.complete(job, payload, ctx)
-    except GenrouteError as exc:
-        if isinstance(exc, ProviderError):
-            raise
-        raise ProviderError(exc.message, provider=job.provider, retryable=False) from exc
-    except asyncio.CancelledError:
+    except ProviderError:
         raise
-    except Exception as exc:  # a provider bug: keep the job pending, so a fixed version can still complete it
-        log_provider_bug(job.provider, "complete", exc)
-        message = redact(f"unexpected {type(exc).__name__}: {exc}")
-        raise ProviderError(message, provider=job.provider, retryable=True) from exc
+    except Exception as exc:  # a provider bug keeps the job pending, so a fixed version can still complete it
+        raise provider_failure(exc, job.provider, "complete", bug_retryable=True) from exc
 
 
 async def _call_submit(
