@@ -941,7 +941,7 @@ class Ledger:
         scope_list = self._check_scopes(scopes)
         now, at = self._now()
         keys = period_keys_at(now)
-        applicable = [limit for limit in self.limits if limit.scope in scope_list]
+        applicable = [(limit, micros) for limit, micros in self._limits_in_micros() if limit.scope in scope_list]
         with self._guard():
             state = self._load()
             if self._exhausted_refusal(state, scope_list, keys, 0) is not None:
@@ -954,9 +954,9 @@ class Ledger:
                     if self._reclaim(state, now, at):
                         self._store(state)
         smallest: int | None = None
-        for limit in applicable:
+        for limit, limit_micros in applicable:
             spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
-            left = usd_to_micros(limit.usd) - spent - reserved
+            left = limit_micros - spent - reserved
             smallest = left if smallest is None else min(smallest, left)
         return None if smallest is None else micros_to_usd(smallest)
 
