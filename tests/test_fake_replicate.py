@@ -12,6 +12,7 @@ import base64
 import io
 import itertools
 import json
+import math
 import threading
 import time
 import wave
@@ -26,6 +27,7 @@ from pytest_httpserver import HTTPServer
 from replicate.exceptions import ModelError, ReplicateError
 from replicate.helpers import FileOutput
 from replicate.webhook import InvalidSignatureError, InvalidTimestampError, WebhookSigningSecret
+from werkzeug.wrappers import Response
 
 from fakes import FakeReplicate, default_catalogue
 
@@ -558,7 +560,8 @@ def test_webhook_default_filter_throttling_and_retries(
     assert server.wait_until_idle()
     assert [d.event for d in server.deliveries] == ["completed"]
 
-    # A streaming model with every event: throttled intermediate deliveries, then completed.
+    # A streaming model with every event: throttled intermediate deliveries, then completed. At most one
+    # output/logs webhook per throttle period as sent, so at most ceil(0.45 s / 0.1 s) = 5 of them.
     server.set_predict_time(LLAMA, 0.45)
     client.models.predictions.create(
         model=LLAMA, input={"prompt": "x", "max_tokens": 20}, webhook=httpserver.url_for("/hook"),
@@ -566,10 +569,11 @@ def test_webhook_default_filter_throttling_and_retries(
     )  # fmt: skip
     assert server.wait_until_idle()
     later = server.deliveries[1:]
-    assert later[-1].event == "completed" and 2 <= len(later) <= 7
-    assert all(set(d.event.split(",")) <= {"output", "logs"} for d in later[:-1])
-    gaps = [b.sent_at - a.sent_at for a, b in itertools.pairwise(later[:-1])]
-    assert all(gap >= 0.08 for gap in gaps)
+    intermediate = later[:-1]
+    assert later[-1].event == "completed" and 1 <= len(intermediate) <= math.ceil(0.45 / server.webhook_throttle)
+    assert all(set(d.event.split(",")) <= {"output", "logs"} for d in intermediate)
+    gaps = [b.sent_mono - a.sent_mono for a, b in itertools.pairwise(intermediate)]
+    assert all(gap >= server.webhook_throttle for gap in gaps)
 
     # A failing receiver: completed is retried with the same webhook-id
     httpserver.clear()
@@ -579,6 +583,51 @@ def test_webhook_default_filter_throttling_and_retries(
     failed = [d for d in server.deliveries if d.url.endswith("/broken")]
     assert [d.attempt for d in failed] == [1, 2, 3] and len({d.webhook_id for d in failed}) == 1
     assert all(d.status_code == 500 for d in failed)
+
+
+def test_throttle_holds_on_the_wire_when_the_receiver_was_slow(
+    server: FakeReplicate, client: replicate.Client, httpserver: HTTPServer
+) -> None:
+    # Replicate sends at most one output/logs webhook per throttle period. A receiver that answers the
+    # first one late must not get the ones that piled up meanwhile back to back.
+    server.webhook_throttle = 0.1
+    first = threading.Event()
+
+    def answer(request: Any) -> Response:
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)
+        return Response("ok")
+
+    httpserver.expect_request("/hook", method="POST").respond_with_handler(answer)
+    server.set_predict_time(LLAMA, 0.6)
+    client.models.predictions.create(
+        model=LLAMA, input={"prompt": "x", "max_tokens": 20}, webhook=httpserver.url_for("/hook"),
+        webhook_events_filter=["output", "logs", "completed"],
+    )  # fmt: skip
+    assert server.wait_until_idle()
+    deliveries = server.deliveries
+    intermediate = deliveries[:-1]
+    assert deliveries[-1].event == "completed" and len(intermediate) >= 2
+    sent = [d.sent_mono for d in intermediate]
+    assert all(b - a >= server.webhook_throttle for a, b in itertools.pairwise(sent))
+
+
+def test_wait_until_idle_waits_for_a_webhook_the_sender_has_just_taken(
+    server: FakeReplicate, client: replicate.Client, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    taken = server._webhook_queue.get
+
+    def get_then_pause(*args: Any, **kwargs: Any) -> Any:
+        item = taken(*args, **kwargs)
+        time.sleep(0.05)  # the sender thread descheduled between taking a webhook and sending it
+        return item
+
+    monkeypatch.setattr(server._webhook_queue, "get", get_then_pause)
+    client.models.predictions.create(model=SCHNELL, input={"prompt": "x"}, webhook=httpserver.url_for("/hook"))
+    assert server.wait_until_idle()
+    assert [d.event for d in server.deliveries] == ["completed"]
 
 
 def test_invalid_webhook_filter_is_422(server: FakeReplicate, client: replicate.Client) -> None:

@@ -231,7 +231,8 @@ class Delivery:
     status_code: int | None
     error: str | None
     attempt: int
-    sent_at: float
+    sent_at: float  # wall clock (time.time()) when the POST started
+    sent_mono: float  # the same instant on time.monotonic(), the clock the throttle is kept on
 
     @property
     def ok(self) -> bool:
@@ -336,7 +337,9 @@ class FakePrediction:
     plan: _Plan = field(default_factory=_Plan, repr=False)
     log_cursor: int = 0
     pending_events: set[str] = field(default_factory=set)
+    # output/logs webhooks: when the last one was sent (monotonic), and whether one is queued, not yet sent
     last_intermediate: float = -math.inf
+    intermediate_queued: bool = False
     # set when the prediction ends (or the fake stops): a blocking create sleeps on its own prediction
     wake: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
@@ -1040,7 +1043,7 @@ class FakeReplicate:
         self._file_counter = 0
         self._webhook_counter = 0
         self._webhook_queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._webhook_busy = 0
+        self._webhook_unsent = 0  # enqueued and not yet attempted to the end (queued, taken or being sent)
         self._inflight = 0
         self._server: BaseWSGIServer | None = None
         self._threads: list[threading.Thread] = []
@@ -1264,7 +1267,7 @@ class FakeReplicate:
         while time.monotonic() < deadline:
             with self._lock:
                 self._advance_all(time.monotonic())
-                idle = not self._active and self._webhook_queue.empty() and self._webhook_busy == 0
+                idle = not self._active and self._webhook_unsent == 0
             if idle:
                 return True
             time.sleep(0.005)
@@ -1863,11 +1866,22 @@ class FakeReplicate:
             self._flush_intermediate(p, now)
 
     def _flush_intermediate(self, p: FakePrediction, now: float) -> None:
-        if p.pending_events and not p.terminal and now - p.last_intermediate >= self.webhook_throttle:
+        """Queue the pending output/logs events as one webhook, at most one per throttle period *as sent*.
+
+        The period counts from when the sender actually POSTed the previous one, and nothing is queued while
+        one still waits in the queue: a receiver or a sender that fell behind gets the events merged later,
+        never two webhooks closer together than the throttle (Replicate's "at most one every 500 ms").
+        """
+        if (
+            p.pending_events
+            and not p.terminal
+            and not p.intermediate_queued
+            and now - p.last_intermediate >= self.webhook_throttle
+        ):
             assert p.webhook is not None
-            self._enqueue_webhook(p, ",".join(sorted(p.pending_events)), p.webhook)
+            self._enqueue_webhook(p, ",".join(sorted(p.pending_events)), p.webhook, intermediate=True)
             p.pending_events.clear()
-            p.last_intermediate = now
+            p.intermediate_queued = True
 
     def _advance_all(self, now: float) -> None:
         for p in list(self._active):
@@ -1895,12 +1909,15 @@ class FakeReplicate:
     # ==============================================================================================
     # Webhooks: queue and sender
     # ==============================================================================================
-    def _enqueue_webhook(self, p: FakePrediction, event: str, url: str) -> None:
+    def _enqueue_webhook(self, p: FakePrediction, event: str, url: str, *, intermediate: bool = False) -> None:
+        """Queue one webhook (caller holds the lock); it counts as unsent until its last attempt is recorded."""
         self._webhook_counter += 1
         webhook_id = "msg_" + _b32("webhook", self.seed, self._webhook_counter, length=27)
         body = json.dumps(self._prediction_json(p))
+        self._webhook_unsent += 1
         self._webhook_queue.put({"webhook_id": webhook_id, "prediction_id": p.id, "event": event, "url": url,
-                                 "body": body, "retry": event == "completed"})  # fmt: skip
+                                 "body": body, "retry": event == "completed",
+                                 "intermediate": intermediate})  # fmt: skip
 
     def _webhook_sender(self) -> None:
         with httpx.Client(timeout=self.webhook_timeout, trust_env=False) as http:
@@ -1909,8 +1926,6 @@ class FakeReplicate:
                     item = self._webhook_queue.get(timeout=0.02)
                 except queue.Empty:
                     continue
-                with self._lock:
-                    self._webhook_busy += 1
                 try:
                     attempts = self.webhook_attempts if item["retry"] else 1
                     for attempt in range(1, attempts + 1):
@@ -1921,7 +1936,7 @@ class FakeReplicate:
                     self.errors.append(traceback.format_exc())
                 finally:
                     with self._lock:
-                        self._webhook_busy -= 1
+                        self._webhook_unsent -= 1
 
     def _post_webhook(self, http: httpx.Client, item: dict[str, Any], attempt: int) -> Delivery:
         timestamp = int(time.time() + self.timestamp_offset)
@@ -1935,13 +1950,19 @@ class FakeReplicate:
         }
         status: int | None = None
         error: str | None = None
+        sent_wall, sent_mono = time.time(), time.monotonic()
+        if item.get("intermediate"):
+            with self._lock:  # the next output/logs webhook of this prediction waits a throttle period from now
+                p = self._by_id[item["prediction_id"]]
+                p.last_intermediate, p.intermediate_queued = sent_mono, False
         try:
             status = http.post(item["url"], content=item["body"].encode(), headers=headers).status_code
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         delivery = Delivery(
             webhook_id=item["webhook_id"], prediction_id=item["prediction_id"], event=item["event"], url=item["url"],
-            body=item["body"], headers=headers, status_code=status, error=error, attempt=attempt, sent_at=time.time(),
+            body=item["body"], headers=headers, status_code=status, error=error, attempt=attempt, sent_at=sent_wall,
+            sent_mono=sent_mono,
         )  # fmt: skip
         with self._lock:
             self._deliveries.append(delivery)
