@@ -15,11 +15,13 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from genroute.keys import canonical_request, request_key
-from genroute.media import MediaInput
+from genroute.media import MediaCheck, MediaInput
 from genroute.types import REQUEST_TYPES, TASKS, RequestModel, TextGeneration, TextToImage, TextToVideo
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 40
 OTHER_PNG = b"\x89PNG\r\n\x1a\n" + b"\x02" * 40
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x01" * 32
+MEDIA_HEADS = {"image": PNG[:8], "audio": WAV[:12]}  # what each kind of media field needs its bytes to start with
 
 
 def media_defaults(cls: type[RequestModel]) -> dict[str, Any]:
@@ -29,7 +31,7 @@ def media_defaults(cls: type[RequestModel]) -> dict[str, Any]:
         if not field.is_required():
             continue
         if field.annotation is MediaInput:
-            values[name] = PNG
+            values[name] = WAV if _bounds(field).get("kind") == "audio" else PNG
         elif field.annotation is str:
             values[name] = "a prompt"
         else:  # pragma: no cover - a new required field type needs a value here
@@ -169,6 +171,8 @@ def _bounds(field: FieldInfo) -> dict[str, Any]:
         for attr in ("ge", "gt", "le", "lt", "min_length", "max_length"):
             if isinstance(meta, annotated_types.BaseMetadata) and getattr(meta, attr, None) is not None:
                 found[attr] = getattr(meta, attr)
+        if isinstance(meta, MediaCheck):
+            found["kind"] = meta.kind
     return found
 
 
@@ -198,7 +202,8 @@ def _strategy_for_type(tp: Any, b: dict[str, Any], where: str) -> st.SearchStrat
     if tp is str:
         return st.text(min_size=b.get("min_length", 0), max_size=min(b.get("max_length", 40), 40))
     if tp is MediaInput:
-        return st.binary(min_size=1, max_size=64)
+        head = MEDIA_HEADS[b["kind"]] if "kind" in b else b""
+        return st.binary(min_size=0 if head else 1, max_size=64).map(lambda body: head + body)
     raise AssertionError(f"{where}: no value strategy for type {tp!r}; teach test_keys about it")
 
 

@@ -59,3 +59,24 @@ async def test_unreachable_or_oversized_url_names_the_field_and_spends_nothing(r
         assert info.value.field == "image" and words in str(info.value)
     assert list(router.ledger.entries()) == []
     assert router.store is not None and router.store.stats().entries == 0
+
+
+async def test_url_serving_something_else_than_the_field_needs_is_refused_before_any_money_moves(  # type: ignore[no-untyped-def]
+    router, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/notes.png").respond_with_data(b"shopping list: eggs, flour\n", content_type="image/png")
+    httpserver.expect_request("/photo.png").respond_with_data(_png((0, 0, 0)), content_type="audio/wav")
+    cases = [
+        ({"task": "upscale", "image": httpserver.url_for("/notes.png")}, "image", "not an image"),
+        ({"task": "speech-to-text", "audio": httpserver.url_for("/photo.png")}, "audio", "image/png, not audio"),
+    ]
+    for request, field, words in cases:
+        with pytest.raises(InvalidRequest) as info:
+            await router.arun(request)
+        assert info.value.field == field and words in str(info.value)
+        assert httpserver.url_for("/") in str(info.value)  # names what was fetched
+        with pytest.raises(InvalidRequest) as planned:
+            await router.aplan(request)
+        assert planned.value.field == field
+    assert list(router.ledger.entries()) == []
+    assert router.store is not None and router.store.stats().entries == 0

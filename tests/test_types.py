@@ -440,3 +440,66 @@ def test_arbitrary_dicts_raise_only_invalid_request(task: Any, body: dict[str, A
         assert exc.field is None or isinstance(exc.field, str)
     else:
         assert model.task_name == task
+
+
+# -- media fields hold the kind of file they name --------------------------------------------------------
+
+NOTES = b"shopping list: eggs, flour\n"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 16
+GIF = b"GIF89a" + b"\x00" * 16
+WEBP = b"RIFF\x1a\x00\x00\x00WEBPVP8 " + b"\x00" * 16
+AVI = b"RIFF\x1a\x00\x00\x00AVI LIST" + b"\x00" * 16
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value", "expected"),
+    [
+        ("image-to-image", "image", NOTES, "PNG, JPEG, WEBP or GIF"),
+        ("upscale", "image", wav_bytes(), "audio/wav"),
+        ("remove-background", "image", AVI, "PNG, JPEG, WEBP or GIF"),
+        ("inpaint", "mask", NOTES, "PNG, JPEG, WEBP or GIF"),
+        ("image-to-video", "image", b"\x00\x00\x00\x18ftypisom" + b"\x00" * 16, "video/mp4"),
+        ("speech-to-text", "audio", PNG, "image/png"),
+        ("speech-to-text", "audio", NOTES, "WAV, MP3"),
+        ("speech-to-text", "audio", WEBP, "image/webp"),
+    ],
+)
+def test_media_of_the_wrong_kind_is_refused_naming_the_field(
+    task: str, field: str, value: bytes, expected: str
+) -> None:
+    err = invalid({**good(task), field: value})
+    assert err.field == field
+    assert expected in err.message
+    assert err.exit_code == 4
+
+
+def test_text_file_given_as_image_names_the_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(NOTES)
+    err = invalid({**good("image-to-image"), "image": str(notes)})
+    assert err.field == "image"
+    assert str(notes) in err.message and "not an image" in err.message
+
+
+@pytest.mark.parametrize("image", [PNG, JPEG, GIF, WEBP], ids=["png", "jpeg", "gif", "webp"])
+def test_every_recognised_image_format_is_accepted(image: bytes) -> None:
+    model = Router.parse({**good("inpaint"), "image": image, "mask": image})
+    assert model.media_fields()["image"].data == image
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [
+        wav_bytes(),
+        b"ID3\x04\x00" + b"\x00" * 16,  # MP3 with an ID3 tag
+        b"\xff\xfb\x90\x64" + b"\x00" * 16,  # MP3 starting with a frame
+        b"fLaC" + b"\x00" * 16,
+        b"OggS\x00\x02" + b"\x00" * 16,
+        b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 16,  # M4A (an MP4 container)
+        b"\x1a\x45\xdf\xa3" + b"\x00" * 16,  # WebM
+    ],
+    ids=["wav", "mp3-id3", "mp3-frame", "flac", "ogg", "m4a", "webm"],
+)
+def test_every_recognised_audio_format_is_accepted(audio: bytes) -> None:
+    model = Router.parse({**good("speech-to-text"), "audio": audio})
+    assert model.media_fields()["audio"].data == audio

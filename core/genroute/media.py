@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -20,23 +20,76 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
-    (b"RIFF", "audio/wav"),  # refined below: RIFF is also WEBP
     (b"ID3", "audio/mpeg"),
     (b"fLaC", "audio/flac"),
     (b"OggS", "audio/ogg"),
+    (b"\x1a\x45\xdf\xa3", "video/webm"),  # EBML: WebM (audio or video) and Matroska
 )
 
 
 def sniff_media_type(data: bytes) -> str:
     """Best-effort media type from the first bytes; ``application/octet-stream`` when unknown."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
+    if data[:4] == b"RIFF":  # a container: WAVE is audio, WEBP an image, anything else (AVI…) unknown here
+        return {b"WAVE": "audio/wav", b"WEBP": "image/webp"}.get(data[8:12], "application/octet-stream")
     if data[4:8] == b"ftyp":
-        return "video/mp4"
+        return "video/mp4"  # MP4, M4A, MOV…: the brand does not reliably tell audio-only from video
     for signature, media_type in _SIGNATURES:
         if data.startswith(signature):
             return media_type
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:  # MPEG audio frame, not AAC
+        return "audio/mpeg"
     return "application/octet-stream"
+
+
+MediaKind = Literal["image", "audio"]
+
+MEDIA_KINDS: dict[MediaKind, tuple[frozenset[str], str, str]] = {
+    "image": (frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"}), "an image", "PNG, JPEG, WEBP or GIF"),
+    "audio": (
+        frozenset({"audio/wav", "audio/mpeg", "audio/flac", "audio/ogg", "video/mp4", "video/webm"}),
+        "audio",
+        "WAV, MP3, FLAC, OGG, M4A/MP4 or WEBM",
+    ),
+}
+"""Per kind of media field: the sniffed types it accepts, what to call it, and the formats to name."""
+
+
+def media_kind_problem(media: MediaInput, kind: MediaKind) -> str | None:
+    """Why ``media``'s bytes cannot fill a field of ``kind``, or None when they can (or are not fetched yet)."""
+    if not media.resolved:
+        return None  # a URL: checked once the router has fetched it
+    accepted, noun, formats = MEDIA_KINDS[kind]
+    found = media.media_type
+    if found in accepted:
+        return None
+    if found == "application/octet-stream":
+        return f"{media.describe()} is not {noun} genroute recognises; give a {formats} file"
+    return f"{media.describe()} is {found}, not {noun}; give a {formats} file"
+
+
+class MediaCheck:
+    """Pydantic metadata for a media field: its bytes must be of ``kind`` (``Annotated[MediaInput, MediaCheck(...)]``).
+
+    Paths, bytes and ``data:`` URIs are checked when the request is validated; URL inputs when the router has
+    fetched them (see :meth:`genroute.types._Request.check_media`).
+    """
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: MediaKind) -> None:
+        self.kind: MediaKind = kind
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, media: MediaInput) -> MediaInput:
+        problem = media_kind_problem(media, self.kind)
+        if problem:
+            raise ValueError(problem)
+        return media
+
+    def __repr__(self) -> str:
+        return f"MediaCheck({self.kind!r})"
 
 
 class MediaInput:

@@ -203,6 +203,7 @@ class Router:
                 raise InvalidRequest(
                     f"is {len(media.data)} bytes, over routing.max_input_bytes", field=name, hint="use a smaller file"
                 )
+        model.check_media()  # a fetched URL's bytes must be an image or audio as the field says
         return model, request_key(model)
 
     # -- planning -----------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from .media import MediaInput
+from .errors import InvalidRequest
+from .media import MediaCheck, MediaInput, media_kind_problem
 
 Task = Literal[
     "text-to-image",
@@ -52,6 +53,12 @@ Billing = Literal["free", "paid", "simulated"]
 MIN_SIDE, MAX_SIDE = 64, 2048
 
 
+ImageInput = Annotated[MediaInput, MediaCheck("image")]
+"""A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
+AudioInput = Annotated[MediaInput, MediaCheck("audio")]
+"""A media field that must hold audio (WAV, MP3, FLAC, OGG, M4A/MP4 or WEBM)."""
+
+
 class _Request(BaseModel):
     """Fields every request has."""
 
@@ -75,6 +82,18 @@ class _Request(BaseModel):
     def media_fields(self) -> dict[str, MediaInput]:
         """The request's media inputs by field name."""
         return {name: value for name, value in self if isinstance(value, MediaInput)}
+
+    def check_media(self) -> None:
+        """Refuse a media input whose bytes are not the kind its field needs (an image, audio).
+
+        Validation checks paths, bytes and ``data:`` URIs; a URL input can only be checked once fetched,
+        so the router calls this after fetching, before anything is reserved.
+        """
+        for name, media in self.media_fields().items():
+            for check in type(self).model_fields[name].metadata:
+                problem = media_kind_problem(media, check.kind) if isinstance(check, MediaCheck) else None
+                if problem:
+                    raise InvalidRequest(problem, field=name)
 
 
 class _Visual(_Request):
@@ -131,27 +150,27 @@ class TextToImage(_Visual):
 
 class ImageToImage(_Visual):
     task: Literal["image-to-image"] = "image-to-image"
-    image: MediaInput
+    image: ImageInput
     prompt: _Prompt
     strength: float = Field(default=0.6, ge=0.0, le=1.0)
 
 
 class Inpaint(_Visual):
     task: Literal["inpaint"] = "inpaint"
-    image: MediaInput
-    mask: MediaInput
+    image: ImageInput
+    mask: ImageInput
     prompt: _Prompt
 
 
 class Upscale(_Request):
     task: Literal["upscale"] = "upscale"
-    image: MediaInput
+    image: ImageInput
     scale: int = Field(default=2, ge=2, le=8)
 
 
 class RemoveBackground(_Request):
     task: Literal["remove-background"] = "remove-background"
-    image: MediaInput
+    image: ImageInput
 
 
 class TextToVideo(_Visual):
@@ -163,7 +182,7 @@ class TextToVideo(_Visual):
 
 class ImageToVideo(_Visual):
     task: Literal["image-to-video"] = "image-to-video"
-    image: MediaInput
+    image: ImageInput
     prompt: str | None = Field(default=None, max_length=10_000)
     duration_seconds: float = Field(default=4.0, gt=0, le=30)
     fps: int = Field(default=8, ge=1, le=60)
@@ -178,7 +197,7 @@ class TextToSpeech(_Request):
 
 class SpeechToText(_Request):
     task: Literal["speech-to-text"] = "speech-to-text"
-    audio: MediaInput
+    audio: AudioInput
     language: str | None = Field(default=None, min_length=2, max_length=10)
 
 

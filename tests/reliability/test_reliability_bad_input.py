@@ -665,3 +665,49 @@ def test_every_error_exit_code_is_documented() -> None:
     classes = [c for c in vars(genroute.errors).values() if isinstance(c, type) and issubclass(c, GenrouteError)]
     undocumented = {c.__name__: c.exit_code for c in classes if c.exit_code not in documented_codes()}
     assert undocumented == {}
+
+
+@pytest.fixture
+def notes(cli_home: tuple[Path, Settings]) -> Path:
+    """A text file where an image or audio file belongs."""
+    path = cli_home[0] / "notes.txt"
+    path.write_text("shopping list: eggs, flour\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "at night", "--task", "image-to-image", "--input", "notes.txt"], "image: notes.txt is not an image"),
+        (["run", "--task", "upscale", "--input", "notes.txt"], "image: notes.txt is not an image"),
+        (["run", "--task", "speech-to-text", "--input", "notes.txt"], "audio: notes.txt is not audio"),
+        (["run", "--task", "speech-to-text", "--input", "in.png"], "audio: in.png is image/png, not audio"),
+        (["run", "a hat", "--task", "inpaint", "--input", "in.png", "--mask", "notes.txt"], "mask: notes.txt is not"),
+    ],
+)
+def test_file_that_is_not_the_media_its_field_needs_is_refused_before_any_money_moves(
+    argv: list[str], message: str, notes: Path, cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, settings_ = cli_home
+    (home / "in.png").write_bytes(tiny_png())
+    before = books(settings_)
+    rc = genroute.cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 4, err
+    assert f"genroute: error: {message}" in err and "change the tier" not in err, err
+    assert books(settings_) == before
+
+
+def test_jsonl_line_with_a_text_file_as_image_fails_that_line_only(
+    notes: Path, cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, settings_ = cli_home
+    file = write_jsonl(home / "r.jsonl", [{"task": "upscale", "image": "notes.txt", "tier": "fast"}])
+    before = books(settings_)
+    results = home / "out.jsonl"
+    rc = genroute.cli.main(["batch", str(file), "--results", str(results), "--no-progress"])
+    capsys.readouterr()
+    assert rc == 10
+    [record] = read_jsonl(results)
+    assert record["kind"] == "InvalidRequest" and f"{file}:1: image: notes.txt is not an image" in record["error"]
+    assert books(settings_) == before
