@@ -503,3 +503,32 @@ def test_every_recognised_image_format_is_accepted(image: bytes) -> None:
 def test_every_recognised_audio_format_is_accepted(audio: bytes) -> None:
     model = Router.parse({**good("speech-to-text"), "audio": audio})
     assert model.media_fields()["audio"].data == audio
+
+
+# -- a field of another task says so ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value", "owners"),
+    [
+        ("upscale", "mask", PNG, ["inpaint"]),
+        ("speech-to-text", "prompt", "hello", ["text-to-image", "text-generation"]),
+        ("text-to-image", "strength", 0.5, ["image-to-image"]),
+        ("text-to-speech", "num_outputs", 2, ["text-to-image", "image-to-video"]),
+    ],
+)
+def test_field_of_another_task_does_not_apply(task: str, field: str, value: Any, owners: list[str]) -> None:
+    err = invalid({**good(task), field: value})
+    assert err.field == field
+    assert f"does not apply to {task}" in err.message
+    assert "check the spelling" not in err.message
+    for owner in owners:
+        assert owner in err.message
+    for accepted in REQUEST_TYPES[task].model_fields:  # what this task does take
+        assert accepted in err.message
+
+
+def test_field_that_exists_nowhere_still_says_check_the_spelling() -> None:
+    err = invalid({**good("upscale"), "scal": 4})
+    assert err.field == "scal"
+    assert "check the spelling" in err.message

@@ -30,7 +30,7 @@ from .plugins import default_plugin_manager
 from .provider import catalogue_tasks
 from .router import BatchItem, Router, invalid_request_from
 from .secrets import redact
-from .types import TASKS, TIERS, RequestModel, Result, parse_request
+from .types import REQUEST_TYPES, TASKS, TIERS, RequestModel, Result, parse_request, tasks_with_field
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -45,6 +45,7 @@ _MEDIA_FIELD = {
     "speech-to-text": "audio",
 }
 _TEXT_FIELD = {"text-to-speech": "text"}
+_BY_TASK_NAME: dict[str, type[RequestModel]] = {str(t): c for t, c in REQUEST_TYPES.items()}  # by what users type
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,6 +198,7 @@ def _run_request(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(data["task"], str):
         raise InvalidRequest("must be a task name", field="task", hint=f"one of: {', '.join(TASKS)}")
     args.task = data["task"]
+    _refuse_options_for_other_tasks(args)
     if args.prompt is not None:
         data[_TEXT_FIELD.get(args.task, "prompt")] = args.prompt
     if args.input is not None:
@@ -217,6 +219,29 @@ def _run_request(args: argparse.Namespace) -> dict[str, Any]:
     }
     data.update({k: v for k, v in options.items() if v is not None})
     return data
+
+
+# Named options of `run` that only some tasks take: option → the request field it fills.
+_TASK_OPTIONS = {"--mask": "mask", "--num-outputs": "num_outputs", "--aspect-ratio": "aspect_ratio"}
+
+
+def _refuse_options_for_other_tasks(args: argparse.Namespace) -> None:
+    """A PROMPT, --mask, --num-outputs or --aspect-ratio the task has no field for is refused, naming the option."""
+    fields = _BY_TASK_NAME[args.task].model_fields if args.task in _BY_TASK_NAME else None
+    if fields is None:
+        return  # an unknown task: the request's validation names it
+    if args.prompt is not None and _TEXT_FIELD.get(args.task, "prompt") not in fields:
+        takers = [t for t in TASKS if _TEXT_FIELD.get(t, "prompt") in REQUEST_TYPES[t].model_fields]
+        raise InvalidRequest(
+            f"{args.task} takes no prompt; only {', '.join(takers)} do", field="PROMPT", hint="drop the prompt"
+        )
+    for option, name in _TASK_OPTIONS.items():
+        if getattr(args, name) is not None and name not in fields:
+            raise InvalidRequest(
+                f"does not apply to {args.task}, only to {', '.join(tasks_with_field(name))}",
+                field=option,
+                hint=f"drop {option}, or pick a task it applies to",
+            )
 
 
 def _json_or_text(value: str) -> Any:

@@ -14,10 +14,12 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .errors import InvalidRequest
 from .media import MediaCheck, MediaInput, media_kind_problem
@@ -94,6 +96,26 @@ class _Request(BaseModel):
                 problem = media_kind_problem(media, check.kind) if isinstance(check, MediaCheck) else None
                 if problem:
                     raise InvalidRequest(problem, field=name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_of_other_tasks(cls, data: Any) -> Any:
+        """A field that belongs to other tasks is refused as not applying to this one (not as a misspelling)."""
+        if not isinstance(data, dict):
+            return data
+        task = cls.model_fields["task"].default
+        misplaced = [
+            InitErrorDetails(
+                type=PydanticCustomError("field_not_for_task", not_for_task(task, key)),
+                loc=(key,),
+                input=value,
+            )
+            for key, value in data.items()
+            if isinstance(key, str) and key not in cls.model_fields and tasks_with_field(key)
+        ]
+        if misplaced:
+            raise ValidationError.from_exception_data(cls.__name__, misplaced)
+        return data
 
 
 class _Visual(_Request):
@@ -242,6 +264,21 @@ REQUEST_TYPES: dict[Task, type[_Request]] = {
         TextGeneration,
     )
 }
+
+
+def tasks_with_field(name: str) -> list[Task]:
+    """The tasks whose requests have a field called ``name``."""
+    return [task for task, cls in REQUEST_TYPES.items() if name in cls.model_fields]
+
+
+def not_for_task(task: Task, name: str) -> str:
+    """Why field ``name``, which other tasks have, is refused in a ``task`` request."""
+    common = [field for field in _Request.model_fields if field != "task"]
+    own = [field for field in REQUEST_TYPES[task].model_fields if field not in _Request.model_fields]
+    return (
+        f"does not apply to {task}, only to {', '.join(tasks_with_field(name))}; {task} takes "
+        f"{', '.join(own)} and the fields every task takes ({', '.join(common)})"
+    )
 
 
 def parse_request(data: dict[str, Any]) -> RequestModel:

@@ -711,3 +711,33 @@ def test_jsonl_line_with_a_text_file_as_image_fails_that_line_only(
     [record] = read_jsonl(results)
     assert record["kind"] == "InvalidRequest" and f"{file}:1: image: notes.txt is not an image" in record["error"]
     assert books(settings_) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "takers"),
+    [
+        (["run", "--task", "upscale", "--input", "in.png", "--mask", "in.png"], "--mask", ["inpaint"]),
+        (["run", "hello", "--task", "speech-to-text", "--input", "in.wav"], "PROMPT", ["text-to-speech"]),
+        (["run", "--task", "upscale", "--input", "in.png", "--num-outputs", "2"], "--num-outputs", ["text-to-image"]),
+        (["run", "hi", "--task", "text-to-speech", "--aspect-ratio", "16:9"], "--aspect-ratio", ["text-to-video"]),
+        (["run", "a fox", "--param", "strength=0.5"], "strength", ["image-to-image"]),
+        (["run", "--task", "upscale", "--input", "in.png", "--param", "prompt=x"], "prompt", ["text-generation"]),
+    ],
+)
+def test_option_of_another_task_says_it_does_not_apply(
+    argv: list[str],
+    option: str,
+    takers: list[str],
+    cli_home: tuple[Path, Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home, settings_ = cli_home
+    (home / "in.png").write_bytes(tiny_png())
+    (home / "in.wav").write_bytes(mock_media.wav_audio(1.0, seed=1))
+    before = books(settings_)
+    rc = genroute.cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 4, err
+    assert f"genroute: error: {option}: " in err, err
+    assert "check the spelling" not in err and all(task in err for task in takers), err
+    assert books(settings_) == before
