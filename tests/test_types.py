@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import wave
 from pathlib import Path
 from typing import Any
@@ -532,3 +533,37 @@ def test_field_that_exists_nowhere_still_says_check_the_spelling() -> None:
     err = invalid({**good("upscale"), "scal": 4})
     assert err.field == "scal"
     assert "check the spelling" in err.message
+
+
+# -- JSON types are not coerced ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value"),
+    [
+        ("text-to-image", "seed", True),
+        ("text-to-image", "seed", "3"),
+        ("text-to-image", "num_outputs", "2"),
+        ("text-to-image", "num_outputs", True),
+        ("upscale", "scale", False),
+        ("text-to-video", "duration_seconds", "2"),
+        ("image-to-video", "fps", "8"),
+        ("text-generation", "temperature", "0.5"),
+        ("text-generation", "max_tokens", True),
+        ("image-to-image", "strength", True),
+        ("speech-to-text", "deadline_seconds", "30"),
+    ],
+)
+def test_wrong_json_type_is_refused_not_coerced(task: str, field: str, value: Any) -> None:
+    err = invalid({**good(task), field: value})
+    assert err.field == field
+    assert repr(value) in err.message or json.dumps(value) in err.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [("seed", 7, 7), ("seed", None, None), ("num_outputs", 2, 2), ("deadline_seconds", 5, 5.0)],
+)
+def test_numbers_of_the_right_json_type_still_validate(field: str, value: Any, expected: Any) -> None:
+    model = Router.parse({**good("text-to-image"), field: value})
+    assert getattr(model, field) == expected

@@ -16,7 +16,8 @@ import traceback
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from types import UnionType
+from typing import Annotated, Any, Literal, TextIO, Union, get_args, get_origin
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +26,7 @@ from rich.text import Text
 
 from .config import load_settings
 from .errors import GenrouteError, InvalidRequest
+from .media import MediaInput
 from .money import fmt_usd
 from .plugins import default_plugin_manager
 from .provider import catalogue_tasks
@@ -186,18 +188,19 @@ _router = router_from_args
 
 # -- run ------------------------------------------------------------------------------------------------
 def _run_request(args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {}
+    params: dict[str, str] = {}
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InvalidRequest(f"{item!r} is not KEY=VALUE", field="--param")
-        data[key.strip().replace("-", "_")] = _json_or_text(value)
+        params[key.strip().replace("-", "_")] = value
     # The named options win over --param, --task included.
-    if args.task is not None or "task" not in data:
-        data["task"] = args.task or "text-to-image"
-    if not isinstance(data["task"], str):
+    task: Any = args.task or (_json_or_text(params["task"]) if "task" in params else "text-to-image")
+    if not isinstance(task, str):
         raise InvalidRequest("must be a task name", field="task", hint=f"one of: {', '.join(TASKS)}")
-    args.task = data["task"]
+    args.task = task
+    data: dict[str, Any] = {key: _param_value(task, key, value) for key, value in params.items()}
+    data["task"] = task
     _refuse_options_for_other_tasks(args)
     if args.prompt is not None:
         data[_TEXT_FIELD.get(args.task, "prompt")] = args.prompt
@@ -244,11 +247,48 @@ def _refuse_options_for_other_tasks(args: argparse.Namespace) -> None:
             )
 
 
+def _param_value(task: str, key: str, text: str) -> Any:
+    """A ``--param`` VALUE as the request field ``key`` wants it.
+
+    It is read as JSON when it parses (``2``, ``0.5``, ``true``, ``null``, lists), else as text; then, because
+    request fields refuse the wrong JSON types, text for a number field is read as a number (``.5``, ``08``)
+    and a number for a text field (a voice, a language, a prompt) is kept as the text it was typed as.
+    """
+    value = _json_or_text(text)
+    cls = _BY_TASK_NAME.get(task)
+    field = cls.model_fields.get(key) if cls is not None else None
+    if field is None:
+        return value  # no such field for this task: the request's validation says so
+    kinds = _value_types(field.annotation)
+    numeric = kinds & {int, float}
+    if isinstance(value, str) and numeric and str not in kinds:
+        try:
+            return float(value) if float in kinds else int(value)
+        except ValueError:
+            return value  # still text: refused by the field, which names it
+    if isinstance(value, int | float) and str in kinds and not numeric:  # bool is an int too
+        return text
+    return value
+
+
 def _json_or_text(value: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+def _value_types(annotation: Any) -> set[type]:
+    """The plain types a field's annotation takes: ``int | None`` → {int, NoneType}, a Literal of names → {str}."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(arg) for arg in get_args(annotation)}
+    if origin in (Union, UnionType, Annotated):
+        args = get_args(annotation)
+        return set().union(*(_value_types(arg) for arg in (args[:1] if origin is Annotated else args)))
+    if annotation is MediaInput:
+        return {str}  # a path or URL
+    return {annotation} if isinstance(annotation, type) else set()
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:

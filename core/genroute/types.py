@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime
 from decimal import Decimal
@@ -11,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -55,6 +57,32 @@ Billing = Literal["free", "paid", "simulated"]
 MIN_SIDE, MAX_SIDE = 64, 2048
 
 
+def _no_bool_or_text(kind: str) -> Any:
+    """A before-validator refusing what pydantic's lax mode would coerce into a number: ``true``, ``"2"``.
+
+    Whole floats (``2.0``) stay accepted for integer fields, as lax mode has it; ``2.5`` is still refused.
+    """
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            got = json.dumps(value)
+        elif isinstance(value, str):
+            got = f"the string {json.dumps(value)} (write the number without quotes)"
+        elif isinstance(value, bytes | bytearray):
+            got = "bytes"
+        else:
+            return value
+        raise PydanticCustomError("json_type", "must be {kind}, not {got}", {"kind": kind, "got": got})
+
+    return BeforeValidator(check)
+
+
+_WHOLE, _NUMBER = _no_bool_or_text("a whole number"), _no_bool_or_text("a number")
+# The check sits on the whole annotation (not inside ``| None``), so the fields' annotations stay plain types.
+_Int = Annotated[int, _WHOLE]
+_OptionalInt = Annotated[int | None, _WHOLE]
+_Float = Annotated[float, _NUMBER]
+_OptionalFloat = Annotated[float | None, _NUMBER]
 ImageInput = Annotated[MediaInput, MediaCheck("image")]
 """A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
 AudioInput = Annotated[MediaInput, MediaCheck("audio")]
@@ -68,11 +96,11 @@ class _Request(BaseModel):
 
     task: Task
     tier: Tier = "balanced"
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    seed: _OptionalInt = Field(default=None, ge=0, le=2**32 - 1)
     provider: str | None = Field(default=None, description="pin one provider by name")
     model: str | None = Field(default=None, description="pin one model by name")
     cache: CacheMode = "use"
-    deadline_seconds: float | None = Field(default=None, gt=0, le=24 * 3600)
+    deadline_seconds: _OptionalFloat = Field(default=None, gt=0, le=24 * 3600)
 
     # Fields that change how a request is carried out but not what it produces: left out of the key.
     NON_KEY_FIELDS: ClassVar[tuple[str, ...]] = ("cache", "deadline_seconds")
@@ -122,9 +150,9 @@ class _Visual(_Request):
     """Common fields of image and video generation."""
 
     negative_prompt: str | None = Field(default=None, max_length=4000)
-    num_outputs: int = Field(default=1, ge=1, le=4)
-    width: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
-    height: int | None = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, validate_default=True)
+    num_outputs: _Int = Field(default=1, ge=1, le=4)
+    width: _OptionalInt = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: _OptionalInt = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, validate_default=True)
     aspect_ratio: AspectRatio | None = Field(default=None, validate_default=True)
 
     # Field validators (not a model validator) so the error names the field; order of declaration matters.
@@ -174,7 +202,7 @@ class ImageToImage(_Visual):
     task: Literal["image-to-image"] = "image-to-image"
     image: ImageInput
     prompt: _Prompt
-    strength: float = Field(default=0.6, ge=0.0, le=1.0)
+    strength: _Float = Field(default=0.6, ge=0.0, le=1.0)
 
 
 class Inpaint(_Visual):
@@ -187,7 +215,7 @@ class Inpaint(_Visual):
 class Upscale(_Request):
     task: Literal["upscale"] = "upscale"
     image: ImageInput
-    scale: int = Field(default=2, ge=2, le=8)
+    scale: _Int = Field(default=2, ge=2, le=8)
 
 
 class RemoveBackground(_Request):
@@ -198,16 +226,16 @@ class RemoveBackground(_Request):
 class TextToVideo(_Visual):
     task: Literal["text-to-video"] = "text-to-video"
     prompt: _Prompt
-    duration_seconds: float = Field(default=4.0, gt=0, le=30)
-    fps: int = Field(default=8, ge=1, le=60)
+    duration_seconds: _Float = Field(default=4.0, gt=0, le=30)
+    fps: _Int = Field(default=8, ge=1, le=60)
 
 
 class ImageToVideo(_Visual):
     task: Literal["image-to-video"] = "image-to-video"
     image: ImageInput
     prompt: str | None = Field(default=None, max_length=10_000)
-    duration_seconds: float = Field(default=4.0, gt=0, le=30)
-    fps: int = Field(default=8, ge=1, le=60)
+    duration_seconds: _Float = Field(default=4.0, gt=0, le=30)
+    fps: _Int = Field(default=8, ge=1, le=60)
 
 
 class TextToSpeech(_Request):
@@ -227,8 +255,8 @@ class TextGeneration(_Request):
     task: Literal["text-generation"] = "text-generation"
     prompt: _Prompt
     system_prompt: str | None = Field(default=None, max_length=20_000)
-    max_tokens: int = Field(default=512, ge=1, le=32_000)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: _Int = Field(default=512, ge=1, le=32_000)
+    temperature: _Float = Field(default=0.7, ge=0.0, le=2.0)
 
 
 Request = Annotated[

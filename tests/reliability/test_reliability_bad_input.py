@@ -741,3 +741,57 @@ def test_option_of_another_task_says_it_does_not_apply(
     assert f"genroute: error: {option}: " in err, err
     assert "check the spelling" not in err and all(task in err for task in takers), err
     assert books(settings_) == before
+
+
+def test_jsonl_lines_with_wrong_json_types_or_fields_of_other_tasks_name_line_and_field(
+    cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, settings_ = cli_home
+    lines = [
+        {**fast_image_line("one"), "seed": True},
+        {**fast_image_line("two"), "num_outputs": "2"},
+        {**fast_image_line("three"), "strength": 0.5},
+        {**fast_image_line("four"), "deadline_seconds": "60"},
+        fast_image_line("five"),
+    ]
+    file = write_jsonl(home / "typed.jsonl", lines)
+    expected = {
+        1: "seed: must be a whole number, not true",
+        2: 'num_outputs: must be a whole number, not the string "2"',
+        3: "strength: does not apply to text-to-image, only to image-to-image",
+        4: 'deadline_seconds: must be a number, not the string "60"',
+    }
+
+    rc = genroute.cli.main(["plan", str(file), "--json"])
+    rows = {row["line"]: row for row in json.loads(capsys.readouterr().out)["requests"]}
+    assert rc == 10
+    for number, words in expected.items():
+        assert f"{file}:{number}: {words}" in rows[number]["error"], rows[number]
+    assert "error" not in rows[5]
+
+    results = home / "typed.out.jsonl"
+    rc = genroute.cli.main(["batch", str(file), "--results", str(results), "--no-progress"])
+    capsys.readouterr()
+    records = {r["line"]: r for r in read_jsonl(results)}
+    assert rc == 10 and records[5]["status"] == "ok"
+    for number, words in expected.items():
+        assert f"{file}:{number}: {words}" in records[number]["error"], records[number]
+    assert len([e for e in books(settings_).entries if '"settled"' in e]) == 1  # line 5 alone spent
+
+
+def test_run_reads_param_values_as_the_field_needs(
+    cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _home, settings_ = cli_home
+    params = ["--param", "num_outputs=2", "--param", "deadline_seconds=60.", "--param", "negative_prompt=42"]
+    rc = genroute.cli.main(["run", "a fox", "--tier", "fast", "--seed", "3", *params, "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert len(json.loads(out.out)["saved"]) == 2
+
+    before = books(settings_)
+    for value, words in (("seed=true", "seed: must be a whole number, not true"), ("num_outputs=two", "num_outputs: ")):
+        rc = genroute.cli.main(["run", "a fox", "--tier", "fast", "--param", value])
+        err = capsys.readouterr().err
+        assert rc == 4 and f"genroute: error: {words}" in err, err
+    assert books(settings_) == before
