@@ -495,9 +495,27 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     return 0 if summary["unroutable"] == 0 and summary["fits_budget"] else EXIT_PARTIAL
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path, or through ``./``, ``..``, a symlink or a hard link."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet) or cannot be examined: compare where the paths lead
+        pass
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not a file to read or write anyway
+        return False
+
+
 def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.concurrency < 1:
         raise InvalidRequest("must be at least 1", field="--concurrency")
+    if args.results is not None and _same_file(args.results, args.file):
+        raise InvalidRequest(
+            f"{args.results} is the input file {args.file}: results would be appended to the requests",
+            field="--results",
+            hint="give --results another file, or leave it out to write the results to standard output",
+        )
     lines = sum(1 for _ in _jsonl(args.file))
     failures = 0
     cost = Decimal(0)

@@ -795,3 +795,23 @@ def test_run_reads_param_values_as_the_field_needs(
         err = capsys.readouterr().err
         assert rc == 4 and f"genroute: error: {words}" in err, err
     assert books(settings_) == before
+
+
+@pytest.mark.parametrize("how", ["same-path", "dot-slash", "symlink", "hard-link"])
+def test_results_file_that_is_the_input_file_is_refused_before_any_request_runs(
+    how: str, cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, settings_ = cli_home
+    file = write_jsonl(home / "r.jsonl", [fast_image_line("x")])
+    original = file.read_bytes()
+    results: str | Path = {"same-path": file, "dot-slash": "./r.jsonl"}.get(how, home / f"{how}.jsonl")
+    if how == "symlink":
+        (home / "symlink.jsonl").symlink_to(file)
+    elif how == "hard-link":
+        (home / "hard-link.jsonl").hardlink_to(file)
+    before = books(settings_)
+    rc = genroute.cli.main(["batch", "r.jsonl", "--results", str(results), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 4 and "genroute: error: --results: " in err, err
+    assert file.read_bytes() == original
+    assert books(settings_) == before
