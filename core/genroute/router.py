@@ -513,7 +513,7 @@ class Router:
     def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
         if self.store is not None and request.cache != "bypass":
             return self.store.put(key, result, files)
-        return result.model_copy(update={"artifacts": scratch_artifacts(self.settings.store.path / "scratch", files)})
+        return result.model_copy(update={"artifacts": scratch_artifacts(self.settings.store, files)})
 
     # -- streaming ----------------------------------------------------------------------------------
     def astream(self, request: RequestLike) -> TextStream:

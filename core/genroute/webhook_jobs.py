@@ -155,9 +155,7 @@ async def _complete(router: Router, job: Job, payload: Any) -> Job:
     if router.store is not None and job.keep:
         result = router.store.put(job.request_key, result, output.files)
     else:
-        result = result.model_copy(
-            update={"artifacts": scratch_artifacts(router.settings.store.path / "scratch", output.files)}
-        )
+        result = result.model_copy(update={"artifacts": scratch_artifacts(router.settings.store, output.files)})
     done = job.model_copy(update={"status": "succeeded", "result": result, "cost": cost, "finished_at": now_utc()})
     router.jobs.update(done)
     return done

@@ -1,0 +1,125 @@
+"""The scratch folder: where a result's files go when the store does not keep them.
+
+With ``[store] enabled = false``, and for ``cache = "bypass"`` requests, every result's files are written to
+``<store.path>/scratch/``. The folder stays under ``store.scratch_max_bytes``: the oldest files go first,
+never the ones a call is returning nor any written in the last ``SCRATCH_GRACE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FakePlugin, FakeProvider, section, tiny_png
+from genroute.config import Settings
+from genroute.errors import ConfigError
+from genroute.outcomes import SCRATCH_GRACE_SECONDS
+from genroute.router import Router
+from genroute.types import OutputFile, ProviderOutput, RequestModel, TextToImage
+
+
+def _png(seed: int) -> bytes:
+    """One output per seed, every one the same size, so the limits below count files."""
+    return tiny_png() + seed.to_bytes(4, "big")
+
+
+SIZE = len(_png(0))
+
+
+def _png_per_seed(request: RequestModel) -> ProviderOutput:
+    assert isinstance(request, TextToImage) and request.seed is not None
+    return ProviderOutput(files=[OutputFile(data=_png(request.seed), media_type="image/png")])
+
+
+def _image(seed: int, **fields: Any) -> TextToImage:
+    return TextToImage(prompt="a lighthouse", tier="balanced", seed=seed, **fields)
+
+
+def _age(directory: Path, seconds: float) -> None:
+    """Make every file in ``directory`` older by ``seconds``, keeping their order (time passing)."""
+    for path in directory.iterdir():
+        st = path.stat()
+        os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def _scratch_files(router: Router) -> set[Path]:
+    return set((router.settings.store.path / "scratch").iterdir())
+
+
+@pytest.fixture
+def scratch_router(
+    settings_factory: Callable[..., Settings], router_factory: Callable[..., Router]
+) -> Callable[..., Router]:
+    def build(**store: Any) -> Router:
+        provider = FakeProvider("a", output=_png_per_seed)
+        return router_factory(settings_factory({"a": section("a")}, store=store), FakePlugin(provider))
+
+    return build
+
+
+def test_store_disabled_keeps_scratch_under_its_limit_oldest_first(scratch_router: Callable[..., Router]) -> None:
+    router = scratch_router(enabled=False, scratch_max_bytes=2 * SIZE)
+    paths = []
+    for seed in range(1, 6):
+        result = router.run(_image(seed))
+        path = result.artifacts[0].path
+        assert path.parent == router.settings.store.path / "scratch"
+        assert path.read_bytes() == _png(seed)  # there, whole, when the call returns
+        paths.append(path)
+        _age(path.parent, 2 * SCRATCH_GRACE_SECONDS)  # the next call comes minutes later
+
+    assert _scratch_files(router) == set(paths[-2:])  # the two newest fit; the older ones were removed
+    assert sum(p.stat().st_size for p in paths[-2:]) <= 2 * SIZE
+
+
+def test_bypass_requests_are_bounded_too_and_the_store_is_left_alone(scratch_router: Callable[..., Router]) -> None:
+    router = scratch_router(scratch_max_bytes=SIZE)
+    stored = router.run(_image(1))  # kept by the store, not in scratch
+    for seed in range(2, 5):
+        result = router.run(_image(seed, cache="bypass"))
+        assert result.artifacts[0].path.exists()
+        _age(result.artifacts[0].path.parent, 2 * SCRATCH_GRACE_SECONDS)
+
+    assert _scratch_files(router) == {result.artifacts[0].path}
+    assert stored.artifacts[0].path.exists() and router.run(_image(1)).cached
+
+
+def test_a_result_larger_than_the_limit_is_still_returned_whole(scratch_router: Callable[..., Router]) -> None:
+    router = scratch_router(enabled=False, scratch_max_bytes=0)
+    result = router.run(_image(7))
+    assert result.artifacts[0].read_bytes() == _png(7)
+
+
+def test_recent_files_are_not_removed_even_over_the_limit(scratch_router: Callable[..., Router]) -> None:
+    # Another caller (another process, say) may still be copying a file it was handed a moment ago.
+    router = scratch_router(enabled=False, scratch_max_bytes=0)
+    first = router.run(_image(1)).artifacts[0].path
+    second = router.run(_image(2)).artifacts[0].path
+    assert first.exists() and second.exists()
+
+    _age(first.parent, 2 * SCRATCH_GRACE_SECONDS)
+    third = router.run(_image(3)).artifacts[0].path
+    assert _scratch_files(router) == {third}  # once old enough, they go
+
+
+def test_a_file_handed_out_again_counts_as_new(scratch_router: Callable[..., Router]) -> None:
+    router = scratch_router(enabled=False, scratch_max_bytes=2 * SIZE)
+    x = router.run(_image(1)).artifacts[0].path
+    _age(x.parent, 2 * SCRATCH_GRACE_SECONDS)
+    y = router.run(_image(2)).artifacts[0].path
+    _age(x.parent, 2 * SCRATCH_GRACE_SECONDS)
+    assert router.run(_image(1)).artifacts[0].path == x  # same output again: same file, now the newest
+    _age(x.parent, 2 * SCRATCH_GRACE_SECONDS)
+
+    z = router.run(_image(3)).artifacts[0].path
+    assert _scratch_files(router) == {x, z} and not y.exists()
+
+
+def test_scratch_limit_is_checked(settings_factory: Callable[..., Settings]) -> None:
+    assert settings_factory().store.scratch_max_bytes == 256 * 1024**2
+    with pytest.raises(ConfigError, match="scratch_max_bytes"):
+        settings_factory(store={"scratch_max_bytes": -1})
