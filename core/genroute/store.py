@@ -66,6 +66,7 @@ _SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS {_BLOBS}_age ON {_BLOBS} (stored_at)",
 )
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
+_LOCAL_PATHS = {"result": {"artifacts"}}  # a record keeps no local paths: they are rebuilt when read
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
 _EVICT_BATCH = 64  # oldest items looked at per eviction query
 
@@ -173,8 +174,12 @@ class ResultStore:
         go to ``scratch/`` and the next ``get`` is a miss.
         """
         digests = [hashlib.sha256(file.data).hexdigest() for file in files]
+        # Built from values computed here (a digest, a length, an OutputFile's checked fields): validating
+        # them again would only cost time on every miss.
         stored = [
-            _StoredArtifact(media_type=f.media_type, sha256=d, size=len(f.data), source_url=f.source_url)
+            _StoredArtifact.model_construct(
+                media_type=f.media_type, sha256=d, size=len(f.data), source_url=f.source_url
+            )
             for f, d in zip(files, digests, strict=True)
         ]
         total = sum(len(file.data) for file in files)
@@ -187,7 +192,7 @@ class ResultStore:
                 spilled = [self._scratch(f, d) for f, d in zip(files, digests, strict=True)]
             return self._with_artifacts(result, stored, spilled)
 
-        raw = _Record(result=result.model_copy(update={"artifacts": []}), artifacts=stored).model_dump_json()
+        raw = _Record.model_construct(result=result, artifacts=stored).model_dump_json(exclude=_LOCAL_PATHS)
         blobs = [self._blob_file(d, f.media_type) for f, d in zip(files, digests, strict=True)]
         self._maybe_cull(total + len(raw))  # before writing, so this result is never its own victim
         with self._guard(f"write result {key}"):
@@ -399,7 +404,8 @@ class ResultStore:
 
 
 def _artifact(stored: _StoredArtifact, path: str | Path) -> Artifact:
-    return Artifact(
+    # The store's own checked values: no validation needed (and it costs on every miss and hit).
+    return Artifact.model_construct(
         media_type=stored.media_type,
         path=Path(path),
         sha256=stored.sha256,
