@@ -463,6 +463,7 @@ async def test_configured_deadline_applies_and_covers_fallbacks(settings_factory
         await router.arun(image())
 
     assert "a · a/balanced" in str(info.value)  # says what was tried before time ran out
+    assert "b · b/balanced [balanced]: cut short by the deadline" in str(info.value)  # and which call time ran out on
     assert b.cancelled == 1
     assert statuses(router) == [("a", "released"), ("b", "released")]
 

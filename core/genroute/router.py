@@ -348,16 +348,20 @@ class Router:
         deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
         deadline = loop.time() + deadline_seconds
         candidates, rejections = self._candidates(request)
+        running: Offer | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                for offer in candidates:
-                    result = await self._try_offer(request, key, offer, deadline, started, rejections)
+                for running in candidates:
+                    result = await self._try_offer(request, key, running, deadline, started, rejections)
                     if result is not None:
                         return result
+                running = None
         except TimeoutError:
+            if running is not None:  # the offer whose call the deadline cut short
+                rejections.append(Rejection(running.provider, running.model, running.tier, "cut short by the deadline"))
             raise DeadlineExceeded(
                 f"request did not finish within {deadline_seconds:g}s"
-                + (f" (after: {'; '.join(str(r) for r in rejections)})" if rejections else "")
+                + (f" (offers: {'; '.join(str(r) for r in rejections)})" if rejections else "")
             ) from None
         raise no_route(
             f"no provider could serve this {request.task_name} request "
