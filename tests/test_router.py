@@ -22,6 +22,7 @@ from genroute.errors import (
     AuthenticationFailed,
     DeadlineExceeded,
     GenrouteError,
+    InputRefused,
     InvalidRequest,
     ModelFailed,
     ModelNotFound,
@@ -423,6 +424,32 @@ async def test_cooling_down_is_listed_when_nothing_else_can_serve(settings_facto
 
     assert "cooling down" in str(info.value)
     assert len(a.calls) == 3
+
+
+async def test_input_refused_by_every_provider_that_tried_it_says_so(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderRejectedInput("image: truncated PNG", provider="a")])
+    b = FakeProvider("b", errors=[ProviderRejectedInput("image: not a readable image", provider="b")])
+    router = two_providers(settings_factory, router_factory, a, b)
+
+    with pytest.raises(InputRefused) as info:
+        await router.arun(image())
+
+    assert info.value.exit_code == 4  # the request must change, not the tier or profile
+    assert "truncated PNG" in str(info.value) and "not a readable image" in str(info.value)
+    assert "change the tier" not in str(info.value)
+    assert all(r.refused_input for r in info.value.rejections if r.reason.startswith("failed"))
+
+
+async def test_a_refused_input_beside_another_failure_is_no_route(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderRejectedInput("image: truncated PNG", provider="a")])
+    b = FakeProvider("b", errors=[ProviderUnavailable] * 5)
+    router = two_providers(settings_factory, router_factory, a, b)
+
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(image())
+
+    assert not isinstance(info.value, InputRefused)  # b might serve it later: the input may be fine
+    assert info.value.exit_code == 6
 
 
 async def test_rejected_input_does_not_cool_a_provider_down(settings_factory, router_factory, fake_provider):

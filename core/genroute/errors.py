@@ -96,6 +96,8 @@ class Rejection:
     model: str
     tier: str
     reason: str
+    refused_input: bool = False
+    """The provider tried the request and refused its input (not a fault of the provider's)."""
 
     def __str__(self) -> str:
         return f"{self.provider} · {self.model} [{self.tier}]: {self.reason}"
@@ -113,6 +115,13 @@ class NoRouteAvailable(GenrouteError):
             lines.append("  (no provider made any offer for this task)")
         super().__init__("\n".join(lines), hint=hint)
         self.rejections = rejections
+
+
+class InputRefused(NoRouteAvailable):
+    """Every provider that tried the request refused its input: the request, not the routing, must change."""
+
+    exit_code = 4
+    default_hint = "fix the input the message names (its file, format, size or allowed range) and run again"
 
 
 class OverBudget(NoRouteAvailable):

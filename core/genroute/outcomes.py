@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import billing
 from .config import StoreSettings
-from .errors import GenrouteError, NoRouteAvailable, OverBudget, ProviderError, Rejection
+from .errors import GenrouteError, InputRefused, NoRouteAvailable, OverBudget, ProviderError, Rejection
 from .provider import RunContext
 from .secrets import redact
 from .types import MEDIA_SUFFIXES, Artifact, Offer, OutputFile, ProviderOutput, RequestModel, Result
@@ -61,6 +61,9 @@ def no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
     reasons = [r.reason for r in rejections]
     if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
         return OverBudget(message, rejections)
+    tried = [r for r in rejections if r.reason.startswith("failed")]
+    if tried and all(r.refused_input for r in tried) and not any(r.startswith("over budget") for r in reasons):
+        return InputRefused(message, rejections)
     return NoRouteAvailable(message, rejections)
 
 

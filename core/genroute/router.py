@@ -415,7 +415,8 @@ class Router:
             self._close_failed(reservation, exc, tries.incurred)
             self._count_failure(offer, exc)
             reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+            refused = isinstance(exc, ProviderRejectedInput)
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused))
             log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
             return None
         except BaseException:

@@ -19,6 +19,7 @@ from .errors import (
     DeadlineExceeded,
     InvalidRequest,
     ProviderError,
+    ProviderRejectedInput,
     ProviderTimeout,
     Rejection,
 )
@@ -165,7 +166,9 @@ async def _stream_offers(
             router._count_failure(offer, exc)
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
                 raise
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+            refused = isinstance(exc, ProviderRejectedInput)
+            reason = f"failed: {redact(exc.message)}"
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused))
             continue
         except TimeoutError:
             _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)

@@ -20,6 +20,7 @@ from .errors import (
     InvalidRequest,
     LedgerError,
     ProviderError,
+    ProviderRejectedInput,
     Rejection,
     RemoteCanceled,
 )
@@ -79,7 +80,9 @@ async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> J
             remote_id = await _call_submit(provider, model, offer, ctx, webhook_url)
         except ProviderError as exc:
             router._close_failed(reservation, exc)
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"failed: {redact(exc.message)}"))
+            refused = isinstance(exc, ProviderRejectedInput)
+            reason = f"failed: {redact(exc.message)}"
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused))
             continue
         except BaseException:
             router.ledger.release(reservation, note="submission cancelled")

@@ -698,6 +698,21 @@ def test_file_that_is_not_the_media_its_field_needs_is_refused_before_any_money_
     assert books(settings_) == before
 
 
+def test_an_image_cut_short_is_refused_by_the_provider_as_bad_input_at_no_cost(
+    cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its first bytes say PNG, so validation lets it through; the provider that tries it refuses it.
+    home, settings_ = cli_home
+    (home / "cut.png").write_bytes(tiny_png()[:40])
+    rc = genroute.cli.main(["run", "--task", "upscale", "--input", "cut.png", "--tier", "fast"])
+    err = capsys.readouterr().err
+    assert rc == 4, err
+    assert "not a readable image" in err and "change the tier" not in err, err
+    after = books(settings_)
+    assert all(spent == 0 for _scope, _period, _key, spent, _reserved in after.usage)
+    assert after.open_reservations == 0 and after.store[0] == 0  # released, and nothing stored
+
+
 def test_jsonl_line_with_a_text_file_as_image_fails_that_line_only(
     notes: Path, cli_home: tuple[Path, Settings], capsys: pytest.CaptureFixture[str]
 ) -> None:
