@@ -148,6 +148,18 @@ def test_a_broken_plugin_package_raises_plugin_error(site):
     assert "genroute_broken_missing" in str(info.value)
 
 
+def test_a_plugin_that_raises_on_import_is_named_with_its_distribution(site):
+    (site / "genroute_broken_boom.py").write_text("raise RuntimeError('boom at import')\n", encoding="utf-8")
+    install_dist(site, "genroute-broken", "[genroute]\nboom = genroute_broken_boom\n", version="2.1")
+
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=True)
+
+    # Which package to fix or uninstall, not only what it raised.
+    assert "plugin 'boom' (genroute_broken_boom, from genroute-broken 2.1)" in str(info.value)
+    assert "boom at import" in str(info.value)
+
+
 def test_a_plugin_with_a_bad_hook_signature_raises_plugin_error(site):
     package = site / "genroute_broken"
     package.mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -22,7 +23,9 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # a broken third-party package must say who it is
-            raise PluginError(f"a plugin in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}") from exc
+            raise PluginError(
+                f"{_failing_entry_point()} in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}"
+            ) from exc
     for plugin in plugins:
         pm.register(plugin)
     try:
@@ -30,6 +33,20 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
     return pm
+
+
+def _failing_entry_point() -> str:
+    """Which plugin of the group fails to load: its entry point and distribution (loading is cached, so cheap)."""
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP:
+                continue
+            try:
+                ep.load()
+            except Exception:
+                name = dist.metadata["Name"] or "an unnamed distribution"
+                return f"plugin {ep.name!r} ({ep.value}, from {name} {dist.version})"
+    return "a plugin"
 
 
 @lru_cache(maxsize=1)
