@@ -32,8 +32,11 @@ from genroute.errors import (
     ProviderUnavailable,
     RateLimited,
 )
+from genroute.keys import request_key
+from genroute.router import Router
 from genroute.types import (
     TASKS,
+    ImageToVideo,
     Offer,
     ProviderOutput,
     RequestModel,
@@ -991,6 +994,30 @@ async def test_every_task_produces_the_right_kind_of_result_with_the_mock(task, 
     again = await mock_router.arun(_mock_request(task, media_inputs))
     assert again.cached is True
     assert [a.read_bytes() for a in again.artifacts] == files
+
+
+async def test_an_artifact_feeds_the_next_request_like_its_file(mock_router):
+    # story → storyboard → video: one result's output is the next request's input, as it is.
+    still = await mock_router.arun(TextToImage(prompt="a fox in the snow", tier="fast"))
+    (frame,) = still.artifacts
+
+    from_artifact = ImageToVideo(image=frame, prompt="the fox runs", tier="fast")
+    from_path = ImageToVideo(image=frame.path, prompt="the fox runs", tier="fast")
+    assert from_artifact.image.sha256 == frame.sha256
+    assert request_key(from_artifact) == request_key(from_path)  # the same request, the same store entry
+    video = await mock_router.arun(Router.parse({"task": "image-to-video", "image": frame, "tier": "fast"}))
+    assert video.artifacts[0].media_type == "image/gif"
+
+
+async def test_an_artifact_whose_file_is_gone_is_refused_naming_the_field(mock_router):
+    still = await mock_router.arun(TextToImage(prompt="a fox in the snow", tier="fast"))
+    (frame,) = still.artifacts
+    frame.path.unlink()  # evicted by a later write, say
+
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": frame, "tier": "fast"})
+
+    assert info.value.field == "image" and "is gone" in info.value.message and "Artifact.save" in info.value.message
 
 
 async def test_mock_faults_are_retried_and_reported(settings_factory, router_factory):

@@ -111,9 +111,12 @@ class MediaInput:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def parse(cls, value: Any) -> MediaInput:
-        """Accept a path, bytes, ``data:`` URI, http(s) URL or another MediaInput."""
+        """Accept a path, bytes, ``data:`` URI, http(s) URL, another MediaInput, or a result's
+        :class:`~genroute.types.Artifact` (so one request's output feeds the next)."""
         if isinstance(value, MediaInput):
             return value
+        if isinstance(getattr(value, "path", None), Path) and isinstance(getattr(value, "sha256", None), str):
+            return cls._from_artifact(value.path, value.sha256)
         if isinstance(value, bytes | bytearray | memoryview):
             data = bytes(value)
             if not data:
@@ -137,7 +140,19 @@ class MediaInput:
             except RuntimeError as exc:  # "~unknown-user/…"
                 raise ValueError(f"cannot expand {value!r}: {exc}") from exc
             return cls._from_path(path)
-        raise ValueError(f"expected a file path, bytes or an http(s) URL, got {type(value).__name__}")
+        raise ValueError(f"expected a file path, bytes, an http(s) URL or an Artifact, got {type(value).__name__}")
+
+    @classmethod
+    def _from_artifact(cls, path: Path, sha256: str) -> MediaInput:
+        if not path.is_file():
+            raise ValueError(
+                f"the artifact's file {path} is gone (evicted from the result store, or deleted); copy outputs "
+                "you chain with Artifact.save, or run the request that made it again"
+            )
+        media = cls._from_path(path)
+        if media.sha256 != sha256:
+            raise ValueError(f"the artifact's file {path} no longer holds the bytes it was stored with")
+        return media
 
     @classmethod
     def _from_path(cls, path: Path) -> MediaInput:
