@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -139,6 +140,31 @@ def file_creation_cost(directory: Path, count: int = 300) -> Figure:
     return Figure("machine note: creating one 1 KB file on the store's disk", spent * 1e6, "µs")
 
 
+def sqlite_commit_cost(directory: Path, count: int = 2000) -> Figure:
+    """What one small SQLite write transaction costs there (WAL, as the ledger and store use): a miss commits three.
+
+    Beside the overhead because this machine's system calls and page writes vary in speed from hour to hour
+    (the same code's miss figure moved by 2× within a day), and this row moves with them.
+    """
+    with tempfile.TemporaryDirectory(prefix="sqlite-", dir=directory) as scratch:
+        db = sqlite3.connect(os.path.join(scratch, "t.db"), isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=wal")
+            db.execute("PRAGMA synchronous=normal")
+            db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)")
+            row = b"x" * 400
+            started = time.perf_counter()
+            for i in range(count):
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO t VALUES ('state', ?)", (row,))
+                db.execute("INSERT INTO t VALUES (?, ?)", (str(i), row))
+                db.execute("COMMIT")
+            spent = (time.perf_counter() - started) / count
+        finally:
+            db.close()
+    return Figure("machine note: one small SQLite write transaction (WAL) on the store's disk", spent * 1e6, "µs")
+
+
 async def throughput(router: Router, count: int, concurrency: int) -> Figure:
     started = time.perf_counter()
     outcomes = await router.abatch([request("batch", i) for i in range(count)], concurrency=concurrency)
@@ -164,6 +190,7 @@ def main() -> int:
         with make_router(Path(home) / "overhead") as router:
             figures += asyncio.run(overhead(router, args.requests))
         figures.append(file_creation_cost(Path(home)))
+        figures.append(sqlite_commit_cost(Path(home)))
     ram = Path("/dev/shm")
     if ram.is_dir() and os.access(ram, os.W_OK):
         # The same figures with the store and ledger in memory: what genroute's own code costs, whatever the disk.
