@@ -17,8 +17,8 @@ import pytest
 from conftest import FakePlugin, FakeProvider, section, tiny_png
 from genroute.config import Settings
 from genroute.errors import ConfigError
-from genroute.outcomes import SCRATCH_GRACE_SECONDS
 from genroute.router import Router
+from genroute.store import SCRATCH_GRACE_SECONDS
 from genroute.types import OutputFile, ProviderOutput, RequestModel, TextToImage
 
 
@@ -123,3 +123,74 @@ def test_scratch_limit_is_checked(settings_factory: Callable[..., Settings]) -> 
     assert settings_factory().store.scratch_max_bytes == 256 * 1024**2
     with pytest.raises(ConfigError, match="scratch_max_bytes"):
         settings_factory(store={"scratch_max_bytes": -1})
+
+
+# -- one folder, one writer: the store's own overflow is bounded the same way ---------------------------------
+
+BIG = 1024**2 + 1  # a result the smallest store (max_bytes = 1 MiB) cannot keep
+
+
+def _big(seed: int) -> bytes:
+    return _png(seed) + b"\x00" * (BIG - SIZE)
+
+
+def _big_png_per_seed(request: RequestModel) -> ProviderOutput:
+    assert isinstance(request, TextToImage) and request.seed is not None
+    return ProviderOutput(files=[OutputFile(data=_big(request.seed), media_type="image/png")])
+
+
+def test_results_too_large_for_the_store_go_to_the_bounded_scratch_folder(
+    settings_factory: Callable[..., Settings], router_factory: Callable[..., Router]
+) -> None:
+    provider = FakeProvider("a", output=_big_png_per_seed)
+    config = settings_factory({"a": section("a")}, store={"max_bytes": 1024**2, "scratch_max_bytes": 2 * BIG})
+    router = router_factory(config, FakePlugin(provider))
+    paths = []
+    for seed in range(1, 5):
+        result = router.run(_image(seed))
+        path = result.artifacts[0].path
+        assert path.parent == config.store.path / "scratch" and path.read_bytes() == _big(seed)
+        paths.append(path)
+        _age(path.parent, 2 * SCRATCH_GRACE_SECONDS)
+
+    assert router.store is not None and router.store.get(result.request_key) is None  # not kept, as before
+    assert _scratch_files(router) == set(paths[-2:])  # the store's overflow no longer piles up
+
+
+def test_overflow_and_bypass_files_share_one_limit(
+    settings_factory: Callable[..., Settings], router_factory: Callable[..., Router]
+) -> None:
+    def output(request: RequestModel) -> ProviderOutput:
+        return (_big_png_per_seed if request.cache == "use" else _png_per_seed)(request)
+
+    provider = FakeProvider("a", output=output)
+    config = settings_factory({"a": section("a")}, store={"max_bytes": 1024**2, "scratch_max_bytes": BIG})
+    router = router_factory(config, FakePlugin(provider))
+    bypassed = router.run(_image(1, cache="bypass")).artifacts[0].path
+    _age(bypassed.parent, 2 * SCRATCH_GRACE_SECONDS)
+    overflow = router.run(_image(2)).artifacts[0].path
+
+    assert _scratch_files(router) == {overflow}  # the overflow trimmed the older bypass file
+
+
+def test_store_used_directly_bounds_its_overflow(tmp_path: Path) -> None:
+    from genroute.store import ResultStore
+
+    with ResultStore(tmp_path / "s", max_bytes=1024**2, scratch_max_bytes=BIG) as store:
+        first = store.put("a" * 64, _result("a" * 64), [OutputFile(data=_big(1), media_type="image/png")])
+        _age(store.path / "scratch", 2 * SCRATCH_GRACE_SECONDS)
+        second = store.put("b" * 64, _result("b" * 64), [OutputFile(data=_big(2), media_type="image/png")])
+        assert second.artifacts[0].read_bytes() == _big(2) and not first.artifacts[0].path.exists()
+        assert set((store.path / "scratch").iterdir()) == {second.artifacts[0].path}
+
+
+def _result(key: str) -> Any:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from genroute.types import Result
+
+    return Result(
+        request_key=key, task="text-to-image", provider="a", model="a/balanced", tier="balanced",
+        estimated_cost=Decimal(0), actual_cost=Decimal(0), latency_seconds=0.0, created_at=datetime.now(UTC),
+    )  # fmt: skip

@@ -82,7 +82,8 @@ class StoreSettings(_Strict):
     enabled: bool = True
     path: Path = Path(".genroute/store")
     max_bytes: int = Field(default=2 * 1024**3, ge=1024**2, le=2**62)
-    # <path>/scratch/: the files of results the store does not keep (store disabled, cache bypass)
+    # <path>/scratch/: the files of results the store does not keep (store disabled, cache bypass, or a
+    # result larger than max_bytes); genroute.store.SCRATCH_MAX_BYTES is the same default
     scratch_max_bytes: int = Field(default=256 * 1024**2, ge=0, le=2**62)
 
 

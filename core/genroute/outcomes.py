@@ -6,30 +6,21 @@ the warning when a provider raised something unexpected.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
-import time
 import traceback
-from contextlib import suppress
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from . import billing
 from .config import StoreSettings
 from .errors import GenrouteError, InputRefused, NoRouteAvailable, OverBudget, ProviderError, Rejection
 from .provider import RunContext
 from .secrets import redact
-from .types import MEDIA_SUFFIXES, Artifact, Offer, OutputFile, ProviderOutput, RequestModel, Result
+from .store import write_scratch
+from .types import Artifact, Offer, OutputFile, ProviderOutput, RequestModel, Result
 
 # The router's logger: these messages belong to a request's way through the router.
 log = logging.getLogger("genroute.router")
-
-# A scratch file this young is never removed to bound the folder: the caller that got it may not have
-# copied it yet.
-SCRATCH_GRACE_SECONDS = 60.0
 
 
 def log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
@@ -100,73 +91,7 @@ def call_cost(offer: Offer, request: RequestModel | None, output: ProviderOutput
 def scratch_artifacts(store: StoreSettings, files: list[OutputFile]) -> list[Artifact]:
     """Write files the store does not keep (store disabled, cache bypass) to ``<store.path>/scratch/``.
 
-    Files are named by content, so equal outputs are written once (and count as just written again). Then
-    the folder is brought back under ``store.scratch_max_bytes`` by removing its oldest files — never the
-    ones just returned, nor any written in the last ``SCRATCH_GRACE_SECONDS`` (another call's, maybe
-    another process's, that its caller has yet to copy). The returned paths exist on return.
+    The folder is the store's own overflow folder and has one writer, :func:`genroute.store.write_scratch`,
+    which keeps it under ``store.scratch_max_bytes``. The returned paths exist on return.
     """
-    if not files:
-        return []
-    directory = store.path / "scratch"
-    directory.mkdir(parents=True, exist_ok=True)
-    artifacts = []
-    for file in files:
-        digest = hashlib.sha256(file.data).hexdigest()
-        path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
-        if _holds(path, len(file.data)):
-            with suppress(OSError):  # its age restarts: it was just handed out again
-                os.utime(path)
-        else:
-            tmp = directory / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
-            tmp.write_bytes(file.data)
-            tmp.replace(path)
-        artifacts.append(
-            Artifact(
-                media_type=file.media_type, path=path, sha256=digest, size=len(file.data), source_url=file.source_url
-            )
-        )
-    _bound_scratch(directory, store.scratch_max_bytes, keep={a.path.name for a in artifacts})
-    return artifacts
-
-
-def _holds(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
-        return False
-
-
-def _bound_scratch(directory: Path, max_bytes: int, keep: set[str]) -> None:
-    """Remove the oldest scratch files until the folder holds at most ``max_bytes`` (see scratch_artifacts)."""
-    try:
-        files: list[tuple[float, int, str]] = []  # (modified, size, name)
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                with suppress(OSError):  # a file removed meanwhile by another process
-                    if entry.is_file(follow_symlinks=False):
-                        info = entry.stat(follow_symlinks=False)
-                        files.append((info.st_mtime, info.st_size, entry.name))
-    except OSError as exc:
-        log.warning("scratch folder %s: could not list it to remove old files: %s", directory, exc)
-        return
-    total = sum(size for _, size, _ in files)
-    if total <= max_bytes:
-        return
-    recent = time.time() - SCRATCH_GRACE_SECONDS
-    removed = 0
-    for modified, size, name in sorted(files):
-        if total <= max_bytes or modified >= recent:
-            break
-        if name in keep:
-            continue
-        try:
-            (directory / name).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("scratch folder %s: could not remove %s: %s", directory, name, exc)
-            continue
-        total -= size
-        removed += 1
-    if removed:
-        log.debug("scratch folder %s: removed %d old file(s); %d bytes left", directory, removed, total)
+    return write_scratch(store.path / "scratch", files, max_bytes=store.scratch_max_bytes)

@@ -125,7 +125,13 @@ class Router:
             on_warning=self._on_budget_warning,
         )
         self.store = (
-            ResultStore(settings.store.path, max_bytes=settings.store.max_bytes) if settings.store.enabled else None
+            ResultStore(
+                settings.store.path,
+                max_bytes=settings.store.max_bytes,
+                scratch_max_bytes=settings.store.scratch_max_bytes,
+            )
+            if settings.store.enabled
+            else None
         )
         self.cooldowns = SharedCooldowns(
             Cooldowns(routing.cooldown_after_failures, routing.cooldown_seconds),

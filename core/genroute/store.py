@@ -10,8 +10,12 @@ Provider URLs expire, so the store keeps the bytes themselves. Layout under the 
   ``data/blobs/ab/<sha256><suffix>``, so equal outputs of different requests are kept once, and an
   :class:`~genroute.types.Artifact`'s ``path`` points straight at one, no copy made.
 * ``stats/`` — a small diskcache that never evicts, holding the hit, miss and saved-money counters.
-* ``scratch/`` — outputs the store could not keep (a result larger than ``max_bytes``), named
-  ``<sha256><suffix>`` so a result is always handed back with real files.
+* ``scratch/`` — the files of results the store does not keep, named ``<sha256><suffix>`` so a result
+  is always handed back with real files: a result larger than ``max_bytes`` (:meth:`ResultStore.put`), and,
+  written by the router through :func:`write_scratch`, results with the store disabled or ``cache =
+  "bypass"``. :func:`write_scratch` is the one writer of the folder: it keeps it under
+  ``scratch_max_bytes`` (``[store] scratch_max_bytes``), oldest files first, never removing the files it
+  is returning nor any written or handed out in the last ``SCRATCH_GRACE_SECONDS``.
 
 The size limit (``max_bytes``) counts blob bytes plus the database's used pages. Before a process's first
 write, and then once it has written about a sixty-fourth of ``max_bytes`` since its last check, the least
@@ -52,7 +56,7 @@ from .money import micros_to_usd, usd_to_micros
 from .sqlite_settings import HOT_WRITES
 from .types import MEDIA_SUFFIXES, Artifact, OutputFile, Result
 
-__all__ = ["ResultStore", "StoreStats"]
+__all__ = ["SCRATCH_GRACE_SECONDS", "SCRATCH_MAX_BYTES", "ResultStore", "StoreStats", "write_scratch"]
 
 log = logging.getLogger("genroute.store")
 
@@ -68,6 +72,10 @@ _SCHEMA = (
 _HITS, _MISSES, _SAVED = "hits", "misses", "saved_micros"
 _LOCAL_PATHS = {"result": {"artifacts"}}  # a record keeps no local paths: they are rebuilt when read
 _FLUSH_EVERY = 64  # counter updates kept in memory before one write; a crash loses at most this many
+SCRATCH_MAX_BYTES = 256 * 1024**2  # the default size limit of scratch/ ([store] scratch_max_bytes)
+# A scratch file this young is never removed to bound the folder: the caller that got it (in this or
+# another process) may not have copied it yet.
+SCRATCH_GRACE_SECONDS = 60.0
 _EVICT_BATCH = 64  # oldest items looked at per eviction query
 
 
@@ -108,10 +116,13 @@ class _Record(BaseModel):
 class ResultStore:
     """Results and their output bytes by request key, bounded by ``max_bytes`` on disk."""
 
-    def __init__(self, path: Path, *, max_bytes: int = 2 * 1024**3) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 2 * 1024**3, scratch_max_bytes: int = SCRATCH_MAX_BYTES) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if scratch_max_bytes < 0:
+            raise ValueError("scratch_max_bytes cannot be negative")
         self._path = Path(path).expanduser().resolve()
+        self._scratch_max_bytes = scratch_max_bytes
         self._blob_root = os.path.join(str(self._path), "data", "blobs")
         self._max_bytes = max_bytes
         self._data: Any = None
@@ -171,7 +182,8 @@ class ResultStore:
 
         ``result.artifacts`` is ignored (rebuilt from ``files``); every other field is kept. The returned
         artifact paths exist on return. If the result cannot be kept (larger than ``max_bytes``) its files
-        go to ``scratch/`` and the next ``get`` is a miss.
+        go to ``scratch/`` (through :func:`write_scratch`, so the folder stays under ``scratch_max_bytes``)
+        and the next ``get`` is a miss.
         """
         digests = [hashlib.sha256(file.data).hexdigest() for file in files]
         # Built from values computed here (a digest, a length, an OutputFile's checked fields): validating
@@ -189,8 +201,8 @@ class ResultStore:
                 self._path, key, total, self._max_bytes,
             )  # fmt: skip
             with self._guard(f"write result {key} to scratch"):
-                spilled = [self._scratch(f, d) for f, d in zip(files, digests, strict=True)]
-            return self._with_artifacts(result, stored, spilled)
+                spilled = write_scratch(self._path / "scratch", files, max_bytes=self._scratch_max_bytes)
+            return result.model_copy(update={"artifacts": spilled})
 
         raw = _Record.model_construct(result=result, artifacts=stored).model_dump_json(exclude=_LOCAL_PATHS)
         blobs = [self._blob_file(d, f.media_type) for f, d in zip(files, digests, strict=True)]
@@ -348,7 +360,10 @@ class ResultStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ResultStore({str(self._path)!r}, max_bytes={self._max_bytes})"
+        return (
+            f"ResultStore({str(self._path)!r}, max_bytes={self._max_bytes}, "
+            f"scratch_max_bytes={self._scratch_max_bytes})"
+        )
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -368,17 +383,6 @@ class ResultStore:
     def _count_results(self) -> int:
         (count,) = self._db().execute(f"SELECT count(*) FROM {_RESULTS}").fetchone()
         return int(count)
-
-    def _scratch(self, file: OutputFile, digest: str) -> Path:
-        """Write ``file`` outside the cache, content-addressed, atomically."""
-        directory = self._path / "scratch"
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
-        if not target.exists():
-            tmp = directory / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
-            tmp.write_bytes(file.data)
-            tmp.replace(target)
-        return target
 
     @staticmethod
     def _with_artifacts(result: Result, stored: list[_StoredArtifact], paths: Sequence[str | Path]) -> Result:
@@ -412,6 +416,90 @@ def _artifact(stored: _StoredArtifact, path: str | Path) -> Artifact:
         size=stored.size,
         source_url=stored.source_url,
     )
+
+
+def write_scratch(directory: Path, files: Sequence[OutputFile], *, max_bytes: int) -> list[Artifact]:
+    """Write files no store keeps to the scratch folder ``directory``; return one artifact per file.
+
+    Files are named by content (``<sha256><suffix>``), so equal outputs are written once; one already there
+    is handed out again and its age restarts. Then the folder is brought back under ``max_bytes`` by
+    removing its oldest files — never the ones just returned, nor any written or handed out in the last
+    ``SCRATCH_GRACE_SECONDS`` (another call's, maybe another process's, whose caller has yet to copy it).
+    The returned paths exist on return. Every writer of a scratch folder goes through here.
+    """
+    if not files:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for file in files:
+        digest = hashlib.sha256(file.data).hexdigest()
+        path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
+        if not _hand_out_again(path, len(file.data)):
+            tmp = directory / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_bytes(file.data)
+            tmp.replace(path)
+        artifacts.append(
+            Artifact.model_construct(
+                media_type=file.media_type, path=path, sha256=digest, size=len(file.data), source_url=file.source_url
+            )
+        )
+    _bound_scratch(directory, max_bytes, keep={a.path.name for a in artifacts})
+    return artifacts
+
+
+def _hand_out_again(path: Path, size: int) -> bool:
+    """Whether ``path`` already holds the ``size`` bytes to hand out; if so its age restarts."""
+    try:
+        if os.stat(path).st_size != size:
+            return False
+    except OSError:
+        return False
+    with suppress(OSError):
+        os.utime(path)
+    return True
+
+
+def _scratch_listing(directory: Path) -> list[tuple[float, int, str]]:
+    """The files in a scratch folder as ``(modified, size, name)``; raises OSError if it cannot be listed."""
+    files: list[tuple[float, int, str]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            with suppress(OSError):  # a file removed meanwhile by another process
+                if entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    files.append((info.st_mtime, info.st_size, entry.name))
+    return files
+
+
+def _bound_scratch(directory: Path, max_bytes: int, keep: set[str]) -> None:
+    """Remove the oldest scratch files until the folder holds at most ``max_bytes`` (see write_scratch)."""
+    try:
+        files = _scratch_listing(directory)
+    except OSError as exc:
+        log.warning("scratch folder %s: could not list it to remove old files: %s", directory, exc)
+        return
+    total = sum(size for _, size, _ in files)
+    if total <= max_bytes:
+        return
+    recent = time.time() - SCRATCH_GRACE_SECONDS
+    removed = 0
+    for modified, size, name in sorted(files):
+        if total <= max_bytes or modified >= recent:
+            break
+        if name in keep:
+            continue
+        path = directory / name
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("scratch folder %s: could not remove %s: %s", directory, name, exc)
+            continue
+        total -= size
+        removed += 1
+    if removed:
+        log.debug("scratch folder %s: removed %d old file(s); %d bytes left", directory, removed, total)
 
 
 def _holds(path: str, size: int) -> bool:
