@@ -194,3 +194,52 @@ def _result(key: str) -> Any:
         request_key=key, task="text-to-image", provider="a", model="a/balanced", tier="balanced",
         estimated_cost=Decimal(0), actual_cost=Decimal(0), latency_seconds=0.0, created_at=datetime.now(UTC),
     )  # fmt: skip
+
+
+# -- across processes: a file handed out again must not be removed under its caller -------------------------
+
+
+def test_a_file_removed_just_before_it_is_handed_out_again_is_written_anew(
+    scratch_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = scratch_router(enabled=False)
+    first = router.run(_image(1)).artifacts[0].path
+    touch = os.utime
+
+    def removed_meanwhile(path: Any, *args: Any, **kwargs: Any) -> None:
+        # Another process's trim removes the file between the check that it is there and the touch.
+        Path(path).unlink(missing_ok=True)
+        touch(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", removed_meanwhile)
+    again = router.run(_image(1)).artifacts[0].path
+
+    assert again == first and again.read_bytes() == _png(1)  # the path handed out exists
+
+
+def test_a_file_handed_out_again_after_the_listing_is_not_removed(
+    scratch_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = scratch_router(enabled=False, scratch_max_bytes=SIZE)
+    old = router.run(_image(1)).artifacts[0].path
+    _age(old.parent, 2 * SCRATCH_GRACE_SECONDS)
+    scandir = os.scandir
+
+    class ListingThenHandOut:
+        """The listing is taken; right after it another process hands ``old`` out again (touches it)."""
+
+        def __init__(self, path: Any) -> None:
+            self._inner = scandir(path)
+
+        def __enter__(self) -> Any:
+            return self._inner.__enter__()
+
+        def __exit__(self, *exc: Any) -> None:
+            self._inner.__exit__(*exc)
+            if old.exists():
+                os.utime(old)
+
+    monkeypatch.setattr(os, "scandir", ListingThenHandOut)
+    new = router.run(_image(2)).artifacts[0].path
+
+    assert new.exists() and old.read_bytes() == _png(1)  # still there for the caller it was handed to

@@ -448,14 +448,17 @@ def write_scratch(directory: Path, files: Sequence[OutputFile], *, max_bytes: in
 
 
 def _hand_out_again(path: Path, size: int) -> bool:
-    """Whether ``path`` already holds the ``size`` bytes to hand out; if so its age restarts."""
+    """Whether ``path`` already holds the ``size`` bytes to hand out; if so its age restarts.
+
+    False when it is missing, cut short, or cannot be touched — say another process's trim removed it
+    between the two calls: the caller then writes it anew rather than hand out a path that is gone.
+    """
     try:
         if os.stat(path).st_size != size:
             return False
+        os.utime(path)
     except OSError:
         return False
-    with suppress(OSError):
-        os.utime(path)
     return True
 
 
@@ -490,6 +493,9 @@ def _bound_scratch(directory: Path, max_bytes: int, keep: set[str]) -> None:
             continue
         path = directory / name
         try:
+            # The listing may be stale: another process may have handed this file out again since.
+            if os.stat(path).st_mtime >= recent:
+                continue
             path.unlink()
         except FileNotFoundError:
             pass
