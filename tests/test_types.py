@@ -506,6 +506,21 @@ def test_every_recognised_audio_format_is_accepted(audio: bytes) -> None:
     assert model.media_fields()["audio"].data == audio
 
 
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 16  # an iPhone photo
+AVIF = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 16
+MIF1_AVIF = b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf" + b"\x00" * 16
+
+
+@pytest.mark.parametrize(("photo", "found"), [(HEIC, "image/heic"), (AVIF, "image/avif"), (MIF1_AVIF, "image/avif")])
+def test_a_heic_or_avif_photo_is_called_an_image_and_never_taken_for_audio(photo: bytes, found: str) -> None:
+    # An ISO BMFF still image is not a video: the message must not tell the user their photo is video/mp4.
+    err = invalid({**good("upscale"), "image": photo})
+    assert err.field == "image" and f"is {found}, a format genroute does not take" in err.message
+    assert "video/mp4" not in err.message and "not an image" not in err.message
+    err = invalid({**good("speech-to-text"), "audio": photo})
+    assert err.field == "audio" and f"is {found}, not audio" in err.message
+
+
 # -- a field of another task says so ------------------------------------------------------------------------
 
 

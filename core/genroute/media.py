@@ -27,11 +27,21 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+# Major brands of an ISO BMFF (``ftyp``) file that make it a HEIF still image (iPhone photos), not a movie.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
 def sniff_media_type(data: bytes) -> str:
     """Best-effort media type from the first bytes; ``application/octet-stream`` when unknown."""
     if data[:4] == b"RIFF":  # a container: WAVE is audio, WEBP an image, anything else (AVI…) unknown here
         return {b"WAVE": "audio/wav", b"WEBP": "image/webp"}.get(data[8:12], "application/octet-stream")
     if data[4:8] == b"ftyp":
+        major = data[8:12]
+        if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and any(b in data[16:64] for b in _AVIF_BRANDS)):
+            return "image/avif"
+        if major in _HEIF_BRANDS:
+            return "image/heic"
         return "video/mp4"  # MP4, M4A, MOV…: the brand does not reliably tell audio-only from video
     for signature, media_type in _SIGNATURES:
         if data.startswith(signature):
@@ -64,6 +74,8 @@ def media_kind_problem(media: MediaInput, kind: MediaKind) -> str | None:
         return None
     if found == "application/octet-stream":
         return f"{media.describe()} is not {noun} genroute recognises; give a {formats} file"
+    if found.startswith(f"{kind}/"):  # the right kind, in a format genroute does not take (HEIC, AVIF)
+        return f"{media.describe()} is {found}, a format genroute does not take here; give a {formats} file"
     return f"{media.describe()} is {found}, not {noun}; give a {formats} file"
 
 
