@@ -177,8 +177,27 @@ def test_a_plugin_with_a_bad_hook_signature_raises_plugin_error(site):
     )
     install_dist(site, "genroute-broken", "[genroute]\nbroken = genroute_broken\n")
 
-    with pytest.raises(PluginError, match="budget"):
+    with pytest.raises(PluginError, match="budget") as info:
         make_plugin_manager(entry_points=True)
+
+    assert "plugin 'broken' (genroute_broken, from genroute-broken 0.1.0)" in str(info.value)
+
+
+def test_a_plugin_implementing_an_unknown_hook_is_named_with_its_distribution(site):
+    (site / "genroute_broken_typo.py").write_text(
+        "from genroute import hookimpl\n\n@hookimpl\ndef genroute_offer(request, settings):\n    return []\n",
+        encoding="utf-8",
+    )
+    install_dist(site, "genroute-broken", "[genroute]\ntypo = genroute_broken_typo\n", version="1.2")
+
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=True)
+
+    # As docs/cli.md says: the entry point, its module and the distribution to fix or uninstall.
+    assert "plugin 'typo' (genroute_broken_typo, from genroute-broken 1.2) implements an unknown hook" in str(
+        info.value
+    )
+    assert "genroute_offer" in str(info.value)
 
 
 class _RegistersTwice:

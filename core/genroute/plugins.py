@@ -13,6 +13,7 @@ from .errors import PluginError
 from .provider import Provider
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+_FAILED = object()  # what an entry point that fails to load stands for
 
 
 def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -23,27 +24,33 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # a broken third-party package must say who it is
+            # A hook implementation the specs refuse (say, a bad signature) loaded fine: name its plugin.
+            culprit = exc.plugin if isinstance(exc, pluggy.PluginValidationError) else None
             raise PluginError(
-                f"{_failing_entry_point()} in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}"
+                f"{_entry_point_of(culprit)} in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}"
             ) from exc
     for plugin in plugins:
         pm.register(plugin)
     try:
         pm.check_pending()  # a misspelled hook name would otherwise be ignored in silence
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+        raise PluginError(f"{_entry_point_of(exc.plugin)} implements an unknown hook: {exc}") from exc
     return pm
 
 
-def _failing_entry_point() -> str:
-    """Which plugin of the group fails to load: its entry point and distribution (loading is cached, so cheap)."""
+def _entry_point_of(plugin: object | None = None) -> str:
+    """The plugin of the group that fails to load, or whose loaded object is ``plugin``: its entry point and
+    distribution. Loading again is cheap for the plugins that loaded (modules are cached); ``"a plugin"``
+    when none matches (say ``plugin`` was registered directly, not through an entry point)."""
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
             if ep.group != ENTRY_POINT_GROUP:
                 continue
             try:
-                ep.load()
+                loaded: object = ep.load()
             except Exception:
+                loaded = _FAILED
+            if loaded is _FAILED or (plugin is not None and loaded is plugin):
                 name = dist.metadata["Name"] or "an unnamed distribution"
                 return f"plugin {ep.name!r} ({ep.value}, from {name} {dist.version})"
     return "a plugin"
