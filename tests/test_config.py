@@ -376,6 +376,46 @@ def test_bad_value_names_the_key(label: str, mutate: Mutation, key: str) -> None
     assert err.exit_code == 3
 
 
+# TOML has real numbers and booleans: a quoted number or a boolean where a number goes (or the other way
+# round) is a mistake to report, not a value to coerce (``reservation_ttl_seconds = true`` would be 1 s).
+COERCIONS: list[tuple[tuple[str | int, ...], Any, str]] = [
+    (("providers", "mock", "enabled"), "yes", 'must be true or false, not the string "yes"'),
+    (("providers", "mock", "enabled"), 1, "must be true or false, not 1"),
+    (("store", "enabled"), "false", 'must be true or false, not the string "false"'),
+    (("providers", "mock", "priority"), True, "must be a whole number, not true"),
+    (("providers", "mock", "priority"), "5", 'must be a whole number, not the string "5"'),
+    (("routing", "max_attempts"), True, "must be a whole number, not true"),
+    (("routing", "max_attempts"), "3", 'must be a whole number, not the string "3"'),
+    (("routing", "deadline_seconds"), "60", 'must be a number, not the string "60"'),
+    (("routing", "cooldown_seconds"), False, "must be a number, not false"),
+    (("ledger", "reservation_ttl_seconds"), True, "must be a number, not true"),
+    (("budget", "warn_share"), "0.5", 'must be a number, not the string "0.5"'),
+    (("store", "max_bytes"), "2147483648", "must be a whole number"),
+    (("store", "scratch_max_bytes"), True, "must be a whole number, not true"),
+    (("providers", "replicate", "models", "text-to-image", "quality", "max_outputs"), True, "must be a whole number"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), COERCIONS, ids=[f"{c[0][-1]}={c[1]!r}" for c in COERCIONS])
+def test_numbers_and_booleans_are_not_coerced(path: tuple[str | int, ...], value: Any, expected: str) -> None:
+    raw = raw_copy()
+    _set(path, value)(raw)
+    err = config_error(raw)
+    assert err.key == ".".join(str(part) for part in path)
+    assert expected in str(err) and "conf.toml" in str(err)
+
+
+def test_whole_floats_and_ints_still_read_as_numbers() -> None:
+    raw = raw_copy()
+    raw["providers"]["mock"]["priority"] = 5.0  # a whole float is still a whole number
+    raw["routing"]["deadline_seconds"] = 60  # an integer is a number
+    raw["store"]["enabled"] = False
+    settings = settings_from_dict(raw, env={})
+    assert settings.providers["mock"].priority == 5 and isinstance(settings.providers["mock"].priority, int)
+    assert settings.routing.deadline_seconds == 60.0
+    assert settings.store.enabled is False
+
+
 def test_compute_second_without_est_seconds_refused() -> None:
     raw = raw_copy()
     del raw["providers"]["mock"]["models"]["upscale"]["fast"]["est_seconds"]

@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict
 from genroute.config import ProviderSettings
 from genroute.errors import ConfigError
 from genroute.provider import Provider, catalogue_tasks
+from genroute_huggingface.provider import HuggingFaceProvider
 from genroute_mock import MockOptions, MockProvider
+from genroute_replicate.provider import ReplicateProvider
 
 
 class _Bare(Provider):
@@ -37,6 +39,27 @@ def test_mock_options_are_validated_with_the_key_path() -> None:
     assert "my.toml" in str(info.value) and "providers.mock.options.failure_rate" in str(info.value)
     with pytest.raises(ConfigError, match=r"providers\.mock\.options\.latency"):
         provider.check_options(ProviderSettings(options={"latency": 1}))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"failure_rate": "0.5"}, 'providers.mock.options.failure_rate: must be a number, not the string "0.5"'),
+        ({"video_side": True}, "providers.mock.options.video_side: must be a whole number, not true"),
+        ({"seed": "7"}, 'providers.mock.options.seed: must be a whole number, not the string "7"'),
+    ],
+)
+def test_mock_options_refuse_quoted_numbers_and_booleans(options: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        MockProvider().check_options(ProviderSettings(options=options))
+    assert expected in str(info.value)
+
+
+def test_built_in_options_refuse_coerced_booleans_and_numbers() -> None:
+    with pytest.raises(ConfigError, match=r'allow_paid: must be true or false, not the string "yes"'):
+        HuggingFaceProvider().check_options(ProviderSettings(options={"allow_paid": "yes"}))
+    with pytest.raises(ConfigError, match=r"wait_seconds: must be a whole number, not true"):
+        ReplicateProvider().check_options(ProviderSettings(options={"wait_seconds": True}))
 
 
 def test_a_provider_without_options_refuses_any() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .types import Billing, ModelEntry, Task, Tier
+from .types import Billing, Flag, ModelEntry, Number, Task, Tier, WholeNumber
 
 CONFIG_FILE_NAME = "plugins.toml"
 ENV_CONFIG = "GENROUTE_CONFIG"
@@ -39,8 +39,8 @@ class _Strict(BaseModel):
 class ProviderSettings(_Strict):
     """A provider's section: ``[providers.<name>]``."""
 
-    enabled: bool = True
-    priority: int = Field(default=100, description="lower goes first among offers of equal price")
+    enabled: Flag = True
+    priority: WholeNumber = Field(default=100, description="lower goes first among offers of equal price")
     billing: Billing = "paid"
     options: dict[str, Any] = Field(default_factory=dict, description="provider-specific, checked by the plugin")
     models: dict[Task, dict[Tier, ModelEntry]] = Field(default_factory=dict)
@@ -67,24 +67,24 @@ class BudgetLimit(_Strict):
 
 
 class BudgetSettings(_Strict):
-    warn_share: float = Field(default=0.8, gt=0, le=1, description="warn once when a scope passes this share")
+    warn_share: Number = Field(default=0.8, gt=0, le=1, description="warn once when a scope passes this share")
     limits: list[BudgetLimit] = Field(default_factory=list)
 
 
 class LedgerSettings(_Strict):
     path: Path = Path(".genroute/ledger")
-    reservation_ttl_seconds: float = Field(
+    reservation_ttl_seconds: Number = Field(
         default=900, gt=0, description="a reservation older than this (its process died) is reclaimed"
     )
 
 
 class StoreSettings(_Strict):
-    enabled: bool = True
+    enabled: Flag = True
     path: Path = Path(".genroute/store")
-    max_bytes: int = Field(default=2 * 1024**3, ge=1024**2, le=2**62)
+    max_bytes: WholeNumber = Field(default=2 * 1024**3, ge=1024**2, le=2**62)
     # <path>/scratch/: the files of results the store does not keep (store disabled, cache bypass, or a
     # result larger than max_bytes); genroute.store.SCRATCH_MAX_BYTES is the same default
-    scratch_max_bytes: int = Field(default=256 * 1024**2, ge=0, le=2**62)
+    scratch_max_bytes: WholeNumber = Field(default=256 * 1024**2, ge=0, le=2**62)
 
 
 class JobsSettings(_Strict):
@@ -92,14 +92,14 @@ class JobsSettings(_Strict):
 
 
 class RoutingSettings(_Strict):
-    max_attempts: int = Field(default=3, ge=1, le=20, description="tries per offer before falling back")
-    backoff_initial_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=20, ge=0)
-    deadline_seconds: float = Field(default=600, gt=0)
-    cooldown_after_failures: int = Field(default=3, ge=1)
-    cooldown_seconds: float = Field(default=60, ge=0)
-    max_input_bytes: int = Field(default=50 * 1024**2, ge=1024)
-    max_output_bytes: int = Field(default=200 * 1024**2, ge=1024)
+    max_attempts: WholeNumber = Field(default=3, ge=1, le=20, description="tries per offer before falling back")
+    backoff_initial_seconds: Number = Field(default=0.5, ge=0)
+    backoff_max_seconds: Number = Field(default=20, ge=0)
+    deadline_seconds: Number = Field(default=600, gt=0)
+    cooldown_after_failures: WholeNumber = Field(default=3, ge=1)
+    cooldown_seconds: Number = Field(default=60, ge=0)
+    max_input_bytes: WholeNumber = Field(default=50 * 1024**2, ge=1024)
+    max_output_bytes: WholeNumber = Field(default=200 * 1024**2, ge=1024)
 
 
 class Profile(_Strict):

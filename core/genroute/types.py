@@ -83,6 +83,25 @@ _Int = Annotated[int, _WHOLE]
 _OptionalInt = Annotated[int | None, _WHOLE]
 _Float = Annotated[float, _NUMBER]
 _OptionalFloat = Annotated[float | None, _NUMBER]
+
+
+def _only_bool(value: Any) -> Any:
+    """A before-validator refusing what pydantic's lax mode would coerce into a boolean: ``1``, ``"yes"``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        got = f"the string {json.dumps(value)} (write true or false without quotes)"
+    else:
+        got = repr(value)
+    raise PydanticCustomError("flag_type", "must be true or false, not {got}", {"got": got})
+
+
+# Public forms of the checks above, for configuration models (``plugins.toml`` gives real numbers and booleans)
+# and plugins' ``options_model``: ``max_attempts = true`` or ``enabled = "yes"`` is refused, not coerced.
+WholeNumber = _Int
+OptionalWholeNumber = _OptionalInt
+Number = _Float
+Flag = Annotated[bool, BeforeValidator(_only_bool)]
 ImageInput = Annotated[MediaInput, MediaCheck("image")]
 """A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
 AudioInput = Annotated[MediaInput, MediaCheck("audio")]
@@ -330,7 +349,7 @@ class ModelEntry(BaseModel):
     hardware: str | None = None
     est_seconds: Decimal | None = Field(default=None, gt=0, description="expected compute seconds per output")
     deployment: str | None = None
-    max_outputs: int | None = Field(default=None, ge=1)
+    max_outputs: _OptionalInt = Field(default=None, ge=1)
     inputs: dict[str, Any] = Field(default_factory=dict, description="fixed model inputs")
 
     @model_validator(mode="after")

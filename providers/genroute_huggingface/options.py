@@ -6,6 +6,8 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.types import Flag, Number, WholeNumber
+
 NAME = "huggingface"
 """The provider's name: its ``[providers.huggingface]`` section, profile entry and ``free:huggingface`` scope."""
 
@@ -32,13 +34,13 @@ class HuggingFaceOptions(BaseModel):
         description="the account's monthly included credit, the monthly budget limit on free:huggingface unless "
         "[budget].limits sets one; 0 makes no free offers",
     )
-    allow_paid: bool = Field(
+    allow_paid: Flag = Field(
         default=False,
         description="also offer paid Hugging Face work (scope global), chosen once the free credit is used up",
     )
-    request_timeout_seconds: float = Field(default=120.0, gt=0, description="one HTTP call to the service")
-    max_output_bytes: int = Field(default=32 * 1024**2, ge=1024, description="largest image or audio accepted")
-    max_loading_wait_seconds: float = Field(
+    request_timeout_seconds: Number = Field(default=120.0, gt=0, description="one HTTP call to the service")
+    max_output_bytes: WholeNumber = Field(default=32 * 1024**2, ge=1024, description="largest image or audio accepted")
+    max_loading_wait_seconds: Number = Field(
         default=60.0,
         ge=0,
         description="longest one run waits for a model that is loading (503 with estimated_time) before "

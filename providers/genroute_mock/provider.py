@@ -15,6 +15,7 @@ from genroute.types import (
     ImageToImage,
     ImageToVideo,
     Inpaint,
+    Number,
     Offer,
     OutputFile,
     ProviderOutput,
@@ -28,6 +29,7 @@ from genroute.types import (
     TextToVideo,
     Upscale,
     Usage,
+    WholeNumber,
 )
 
 from . import media
@@ -45,13 +47,13 @@ class MockOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latency_seconds: float = Field(default=0.0, ge=0, description="wait this long before answering")
-    token_latency_seconds: float = Field(default=0.0, ge=0, description="wait between streamed words")
-    failure_rate: float = Field(default=0.0, ge=0, le=1, description="share of attempts that fail")
+    latency_seconds: Number = Field(default=0.0, ge=0, description="wait this long before answering")
+    token_latency_seconds: Number = Field(default=0.0, ge=0, description="wait between streamed words")
+    failure_rate: Number = Field(default=0.0, ge=0, le=1, description="share of attempts that fail")
     failure_kinds: list[FaultKind] = Field(default_factory=_default_fault_kinds, min_length=1)
-    retry_after_seconds: float = Field(default=0.05, ge=0, description="Retry-After sent with rate limits")
-    seed: int = Field(default=0, description="changes which attempts fail, not what succeeds")
-    video_side: int = Field(default=256, ge=16, le=1024, description="long side of generated videos in pixels")
+    retry_after_seconds: Number = Field(default=0.05, ge=0, description="Retry-After sent with rate limits")
+    seed: WholeNumber = Field(default=0, description="changes which attempts fail, not what succeeds")
+    video_side: WholeNumber = Field(default=256, ge=16, le=1024, description="long side of generated videos in pixels")
 
 
 class MockProvider(Provider):

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genroute.config import Settings
+from genroute.types import Number, WholeNumber
 
 DEFAULT_OUTPUT_HOSTS = ("replicate.delivery",)
 TOKEN_VARIABLE = "REPLICATE_API_TOKEN"
@@ -21,46 +22,58 @@ class ReplicateOptions(BaseModel):
     base_url: str | None = Field(
         default=None, description="API root; None is the real https://api.replicate.com (tests point it at a fake)"
     )
-    wait_seconds: int = Field(default=60, ge=1, le=60, description="Prefer: wait=N on creates (Replicate allows 1-60)")
-    poll_initial_seconds: float = Field(default=0.5, gt=0, le=60, description="first wait between polls")
-    poll_max_seconds: float = Field(default=5.0, gt=0, le=300, description="longest wait between polls")
-    poll_backoff: float = Field(default=1.5, ge=1, le=4, description="factor applied to the poll wait each time")
-    poll_error_limit: int = Field(default=5, ge=1, le=100, description="consecutive failed polls before giving up")
-    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    read_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="reads other than a held create")
-    create_timeout_seconds: float = Field(
+    wait_seconds: WholeNumber = Field(
+        default=60, ge=1, le=60, description="Prefer: wait=N on creates (Replicate allows 1-60)"
+    )
+    poll_initial_seconds: Number = Field(default=0.5, gt=0, le=60, description="first wait between polls")
+    poll_max_seconds: Number = Field(default=5.0, gt=0, le=300, description="longest wait between polls")
+    poll_backoff: Number = Field(default=1.5, ge=1, le=4, description="factor applied to the poll wait each time")
+    poll_error_limit: WholeNumber = Field(
+        default=5, ge=1, le=100, description="consecutive failed polls before giving up"
+    )
+    connect_timeout_seconds: Number = Field(default=10.0, gt=0, le=120)
+    read_timeout_seconds: Number = Field(default=30.0, gt=0, le=600, description="reads other than a held create")
+    create_timeout_seconds: Number = Field(
         default=30.0, gt=0, le=600, description="limit for a create sent without wait (the client sets none)"
     )
-    max_output_bytes: int = Field(default=200 * 1024**2, ge=1024, description="largest single downloaded output")
+    max_output_bytes: WholeNumber = Field(
+        default=200 * 1024**2, ge=1024, description="largest single downloaded output"
+    )
     allowed_output_hosts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_OUTPUT_HOSTS),
         description="output URLs must be https on one of these hosts or their subdomains (plus base_url's host)",
     )
-    inline_media_max_bytes: int = Field(
+    inline_media_max_bytes: WholeNumber = Field(
         default=256 * 1024, ge=0, description="media inputs up to this size go as data: URIs; larger ones are uploaded"
     )
     schema_cache_dir: Path | None = Field(default=None, description="default: <state_dir>/schemas")
-    schema_cache_ttl_seconds: float = Field(default=24 * 3600, ge=0, description="refetch a model's schema after this")
+    schema_cache_ttl_seconds: Number = Field(default=24 * 3600, ge=0, description="refetch a model's schema after this")
     state_dir: Path | None = Field(default=None, description="default: 'replicate' beside the result store")
-    credit_cooldown_seconds: float = Field(
+    credit_cooldown_seconds: Number = Field(
         default=600, ge=0, description="after HTTP 402 (out of credit) make no offers for this long"
     )
-    reconcile_window_seconds: float = Field(
+    reconcile_window_seconds: Number = Field(
         default=600, gt=0, description="how far back an ambiguous create is looked for among recent predictions"
     )
-    reconcile_attempts: int = Field(default=3, ge=1, le=20, description="listings tried after an ambiguous create")
-    reconcile_interval_seconds: float = Field(default=0.5, ge=0, le=30)
-    reconcile_settle_seconds: float = Field(
+    reconcile_attempts: WholeNumber = Field(
+        default=3, ge=1, le=20, description="listings tried after an ambiguous create"
+    )
+    reconcile_interval_seconds: Number = Field(default=0.5, ge=0, le=30)
+    reconcile_settle_seconds: Number = Field(
         default=30, ge=0, description="after this long unseen, an ambiguous create is taken to have made nothing"
     )
-    logs_tail_chars: int = Field(default=2000, ge=0, le=100_000, description="prediction logs kept in a failure")
+    logs_tail_chars: WholeNumber = Field(
+        default=2000, ge=0, le=100_000, description="prediction logs kept in a failure"
+    )
     webhook_secret_env: str = Field(
         default="REPLICATE_WEBHOOK_SECRET",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="environment variable holding the webhook signing secret (else fetched from the API)",
     )
-    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600, description="oldest webhook timestamp accepted")
-    webhook_replay_keep_seconds: float = Field(
+    webhook_tolerance_seconds: WholeNumber = Field(
+        default=300, ge=1, le=3600, description="oldest webhook timestamp accepted"
+    )
+    webhook_replay_keep_seconds: Number = Field(
         default=7 * 24 * 3600, gt=0, description="remember webhook ids this long"
     )
 
