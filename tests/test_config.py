@@ -416,6 +416,70 @@ def test_whole_floats_and_ints_still_read_as_numbers() -> None:
     assert settings.store.enabled is False
 
 
+def _documented_config_errors() -> list[str]:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    block = text.split("## Errors", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    return [line.removeprefix("genroute: error: ") for line in block.splitlines()]
+
+
+DOC_SOURCE = "/srv/app/plugins.toml"
+DOC_MUTATIONS: dict[str, Mutation] = {
+    "routing.max_atempts": _set(("routing", "max_atempts"), 3),
+    "providers.mock.models.upscale.fast": lambda raw: raw["providers"]["mock"]["models"]["upscale"]["fast"].pop(
+        "est_seconds"
+    ),
+    "providers.mock.models.upscale.fats": lambda raw: raw["providers"]["mock"]["models"]["upscale"].update(
+        fats={"model": "m", "unit": "output", "price": "1"}
+    ),
+    "budget.limits.2.scope": _set(("budget", "limits", 2, "scope"), "team:x"),
+    "routing.max_attempts": _set(("routing", "max_attempts"), "3"),
+    "providers.mock.options.failure_rate": _set(("providers", "mock", "options", "failure_rate"), 2),
+}
+
+
+def test_documented_config_errors_are_what_genroute_prints(tmp_path: Path) -> None:
+    from genroute_mock import MockProvider
+
+    lines = _documented_config_errors()
+    assert len(lines) == len(DOC_MUTATIONS) + 1
+    for line in lines:
+        raw = raw_copy()
+        key = line.removeprefix(f"{DOC_SOURCE}: ").split(": ", 1)[0]
+        if key.startswith("profile "):  # the file as a whole: no key
+            err = config_error(raw, source=DOC_SOURCE, profile="staging")
+        elif key.startswith("providers.mock.options."):  # checked by the plugin when a Router starts
+            DOC_MUTATIONS[key](raw)
+            settings = settings_from_dict(raw, source=DOC_SOURCE, env={"GENROUTE_HOME": str(tmp_path)})
+            with pytest.raises(ConfigError) as info:
+                MockProvider().check_options(settings.provider("mock"), DOC_SOURCE)
+            err = info.value
+        else:
+            DOC_MUTATIONS[key](raw)
+            err = config_error(raw, source=DOC_SOURCE)
+        assert str(err) == line
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("providers", "mock", "models", "text-to-image", "ultra"), {}, "unknown key: expected 'fast', 'balanced' or"),
+        (("providers", "mock", "models", "text-to-imag"), {}, "unknown key: expected 'text-to-image', "),
+        (("budget",), 3, "must be a table ("),
+        (("providers", "mock", "models", "upscale", "fast"), "m", "must be a table ("),
+        (("store", "path"), 3, "must be a path, written as a string"),
+        (("profiles", "offline", "providers"), "mock", "must be an array"),
+        (("default_profile",), 3, "Input should be a valid string —"),  # once: not again as "profile"
+    ],
+)
+def test_wrong_shapes_say_what_is_expected(path: tuple[str, ...], value: Any, expected: str) -> None:
+    raw = raw_copy()
+    _set(path, value)(raw)
+    err = config_error(raw)
+    assert err.key == ".".join(path)
+    assert expected in str(err)
+    assert "[key]" not in str(err) and "<class" not in str(err) and "BudgetSettings" not in str(err)
+
+
 def test_compute_second_without_est_seconds_refused() -> None:
     raw = raw_copy()
     del raw["providers"]["mock"]["models"]["upscale"]["fast"]["est_seconds"]

@@ -62,6 +62,18 @@ def test_built_in_options_refuse_coerced_booleans_and_numbers() -> None:
         ReplicateProvider().check_options(ProviderSettings(options={"wait_seconds": True}))
 
 
+def test_option_errors_read_like_the_rest_of_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        MockProvider().check_options(ProviderSettings(options={"latncy_seconds": 1}), "my.toml")
+    assert str(info.value) == (
+        "my.toml: providers.mock.options.latncy_seconds: unknown key (check the spelling against "
+        "docs/configuration.md) — remove or rename the key"
+    )
+    assert info.value.file == "my.toml" and info.value.key == "providers.mock.options.latncy_seconds"
+    with pytest.raises(ConfigError, match=r"options\.seed: must be a whole number.* \(and 1 more problem\(s\)\)"):
+        MockProvider().check_options(ProviderSettings(options={"latncy_seconds": 1, "seed": "x"}), "my.toml")
+
+
 def test_a_provider_without_options_refuses_any() -> None:
     assert _Bare().check_options(ProviderSettings()) is None
     with pytest.raises(ConfigError, match=r"providers\.bare\.options"):

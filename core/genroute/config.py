@@ -62,7 +62,10 @@ class BudgetLimit(_Strict):
     @classmethod
     def _scope_shape(cls, value: str) -> str:
         if not _SCOPE.match(value):
-            raise ValueError("scope must be 'global', 'simulated', 'provider:<name>' or 'free:<name>'")
+            raise ValueError(
+                "scope must be 'global', 'simulated', 'provider:<name>' or 'free:<name>'"
+                " (name in lowercase letters, digits, '_' and '-')"
+            )
         return value
 
 
@@ -211,21 +214,27 @@ def settings_from_dict(
             "is not a configuration key", file=source, key=reserved, hint="use default_profile, or GENROUTE_PROFILE"
         )
     chosen = profile or env.get(ENV_PROFILE) or data.get("default_profile", "offline")
-    data["profile"] = chosen
+    # A default_profile that is not a string is reported at its own key, not a second time as "profile".
+    data["profile"] = chosen if isinstance(chosen, str) else ""
     data["source"] = source
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key: str | None = ".".join(str(part) for part in first["loc"]) or None
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(
-            f"{_expectation(first)}{more}",
-            file=source,
-            key=key,
-            hint=_hint_for(first),
-        ) from None
+        raise config_error_from(exc, file=source) from None
     return _resolve_paths(settings, env)
+
+
+def config_error_from(exc: ValidationError, *, file: str, key_prefix: tuple[str, ...] = ()) -> ConfigError:
+    """The first problem pydantic found, as a ConfigError naming the file, the key path and what is expected.
+
+    Provider plugins' options are reported through this too (``key_prefix`` ``providers.<name>.options``),
+    so every key of the file reads alike.
+    """
+    first = exc.errors()[0]
+    # "[key]" marks a problem with a table's key itself (a misspelt task or tier): the path up to it names it.
+    parts = [*key_prefix, *(str(part) for part in first["loc"] if part != "[key]")]
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return ConfigError(f"{_expectation(first)}{more}", file=file, key=".".join(parts) or None, hint=_hint_for(first))
 
 
 def _expectation(error: Any) -> str:
@@ -234,12 +243,22 @@ def _expectation(error: Any) -> str:
         return "unknown key (check the spelling against docs/configuration.md)"
     if error["type"] == "missing":
         return "required key is missing"
+    if "[key]" in error["loc"]:
+        return f"unknown key: expected {message.removeprefix('Input should be ')}"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a table ([section] or { key = value, … })"
+    if error["type"] == "list_type":
+        return "must be an array ([…])"
+    if error["type"] == "path_type":
+        return "must be a path, written as a string"
     return message
 
 
 def _hint_for(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden" or "[key]" in error["loc"]:
         return "remove or rename the key"
+    if error["type"] == "missing":
+        return "add the key and run again"
     if "has no [providers." in str(error["msg"]):
         return "add that [providers.<name>] section, or remove the provider from the profile"
     if "profile" in str(error["msg"]):

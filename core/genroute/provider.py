@@ -12,7 +12,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from . import billing
-from .config import ProviderSettings, Settings
+from .config import ProviderSettings, Settings, config_error_from
 from .errors import ConfigError, ProviderError
 from .types import TASKS, TIERS, Billing, Offer, ProviderOutput, RequestModel, Task, Tier
 
@@ -67,14 +67,14 @@ class Provider(ABC):
         if self.options_model is None:
             if settings.options:
                 key = f"providers.{self.name}.options"
-                raise ConfigError("this provider takes no options", file=source, key=key)
+                raise ConfigError(
+                    "this provider takes no options", file=source, key=key, hint="remove the options table"
+                )
             return None
         try:
             return self.options_model.model_validate(settings.options)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(["providers", self.name, "options", *(str(p) for p in first["loc"])])
-            raise ConfigError(str(first["msg"]), file=source, key=key) from None
+            raise config_error_from(exc, file=source, key_prefix=("providers", self.name, "options")) from None
 
     def unavailable_reason(self, settings: Settings) -> str | None:
         """Why this provider cannot make offers right now (say, a missing token), or None."""
