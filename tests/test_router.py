@@ -817,6 +817,7 @@ async def test_an_observer_that_raises_does_not_break_the_request(settings_facto
 
     assert result.provider == "a"
     assert "observer hook" in caplog.text
+    assert f"(plugin {__name__}._Broken)" in caplog.text  # the plugin by its class, not pluggy's id number
 
 
 async def test_a_raising_observer_does_not_hide_events_from_other_observers(settings_factory, router_factory):
@@ -1104,8 +1105,9 @@ def test_plugins_bring_budget_limits_the_file_can_replace(settings_factory, rout
     limits = {(lim.scope, lim.period): lim.usd for lim in router.ledger.limits}
     assert limits == {("global", "total"): D("5"), ("free:a", "monthly"): D("0.10")}  # the file's global wins
 
-    with pytest.raises(PluginError, match="not a BudgetLimit"):
+    with pytest.raises(PluginError, match="not a BudgetLimit") as info:
         router_factory(config, FakePlugin(FakeProvider("a")), LimitsPlugin({"scope": "global"}))
+    assert f"plugin {LimitsPlugin.__module__}.LimitsPlugin: genroute_budget_limits returned dict" in str(info.value)
 
 
 async def test_a_cooldown_reaches_another_router_on_the_same_ledger(settings_factory, router_factory, fake_provider):

@@ -214,8 +214,10 @@ def test_a_duplicate_provider_name_raises_plugin_error(settings_factory):
     impostor = FakeProvider("mock")
     pm = make_plugin_manager(entry_points=True, plugins=[FakePlugin(impostor)])
 
-    with pytest.raises(PluginError, match="two plugins register a provider named 'mock'"):
+    with pytest.raises(PluginError, match="two plugins register a provider named 'mock'") as info:
         Router(settings_factory({"mock": mock_section()}), plugin_manager=pm)
+    # both named: the built-in by module and distribution, the one registered in code by its class
+    assert f"(genroute_mock.plugin (genroute 0.1.0), {FakePlugin.__module__}.FakePlugin)" in str(info.value)
 
 
 def test_a_duplicate_name_within_one_plugin_raises_plugin_error():

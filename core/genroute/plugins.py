@@ -56,6 +56,24 @@ def _entry_point_of(plugin: object | None = None) -> str:
     return "a plugin"
 
 
+def describe_plugin(pm: pluggy.PluginManager, plugin: object) -> str:
+    """Who a loaded plugin is, for messages: ``genroute_echo (genroute-echo 0.1.0)``, or its module or class.
+
+    Pluggy names a plugin registered in code by a number (its ``id``), which tells the user nothing.
+    """
+    module = _module_or_class(plugin)
+    for loaded, dist in pm.list_plugin_distinfo():
+        if loaded is plugin:
+            return f"{module} ({dist.project_name} {dist.version})"
+    return module
+
+
+def _module_or_class(plugin: object) -> str:
+    """A module plugin by its name, an object registered in code by its class."""
+    name = getattr(plugin, "__name__", None)
+    return name if isinstance(name, str) else f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+
+
 @lru_cache(maxsize=1)
 def default_plugin_manager() -> pluggy.PluginManager:
     """The process's plugin manager, created on first use (genroute's only global state)."""
@@ -77,7 +95,7 @@ def collect_registrations(pm: pluggy.PluginManager) -> dict[str, tuple[Provider,
     providers: dict[str, tuple[Provider, str, object]] = {}
     distributions = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
     for impl in pm.hook.genroute_register_providers.get_hookimpls():
-        module = getattr(impl.plugin, "__name__", impl.plugin_name)
+        module = _module_or_class(impl.plugin)
         dist = distributions.get(id(impl.plugin))
         source = f"{module} ({dist})" if dist else str(module)
 

@@ -38,7 +38,7 @@ from .keys import request_key
 from .ledger import Ledger, Reservation
 from .money import quantize
 from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure, scratch_artifacts
-from .plugins import collect_registrations, default_plugin_manager
+from .plugins import collect_registrations, default_plugin_manager, describe_plugin
 from .provider import Provider, RunContext
 from .retry import Backoff
 from .secrets import redact
@@ -658,7 +658,7 @@ class Router:
                 log.warning(
                     "observer hook %s raised (plugin %s); ignored: %s",
                     hook,
-                    impl.plugin_name,
+                    describe_plugin(self.pm, impl.plugin),
                     redact(f"{type(sys.exc_info()[1]).__name__}: {sys.exc_info()[1]}"),
                 )
                 log.debug("%s", redact(traceback.format_exc()))
@@ -672,10 +672,15 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
     configured = settings.limits()
     taken = {(limit.scope, limit.period) for limit in configured}
     brought: list[BudgetLimit] = []
-    for answer in pm.hook.genroute_budget_limits(settings=settings):
+    # One implementation at a time (in pluggy's calling order), so that a bad answer names its plugin.
+    for impl in reversed(pm.hook.genroute_budget_limits.get_hookimpls()):
+        answer: Any = impl.function(**{name: settings for name in impl.argnames if name == "settings"})
         for limit in answer or ():
             if not isinstance(limit, BudgetLimit):
-                raise PluginError(f"genroute_budget_limits returned {type(limit).__name__}, not a BudgetLimit")
+                raise PluginError(
+                    f"plugin {describe_plugin(pm, impl.plugin)}: genroute_budget_limits returned "
+                    f"{type(limit).__name__}, not a BudgetLimit (genroute.config.BudgetLimit)"
+                )
             if (limit.scope, limit.period) not in taken:
                 brought.append(limit)
     return [*configured, *brought]
