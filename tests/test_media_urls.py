@@ -80,3 +80,20 @@ async def test_url_serving_something_else_than_the_field_needs_is_refused_before
         assert planned.value.field == field
     assert list(router.ledger.entries()) == []
     assert router.store is not None and router.store.stats().entries == 0
+
+
+async def test_an_input_over_max_input_bytes_names_the_limit_and_how_to_raise_it(  # type: ignore[no-untyped-def]
+    router, httpserver: HTTPServer, tmp_path
+) -> None:
+    big = b"\x89PNG\r\n\x1a\n" + bytes(70 * 1024)
+    (tmp_path / "big.png").write_bytes(big)
+    httpserver.expect_request("/big.png").respond_with_data(big, content_type="image/png")
+    for image, words in (
+        (str(tmp_path / "big.png"), f"is {len(big)} bytes, over routing.max_input_bytes (65536)"),
+        (httpserver.url_for("/big.png"), "is larger than 65536 bytes (routing.max_input_bytes)"),
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            await router.arun({"task": "upscale", "image": image})
+        assert info.value.field == "image" and words in str(info.value)
+        assert "raise [routing] max_input_bytes" in str(info.value)
+    assert list(router.ledger.entries()) == []

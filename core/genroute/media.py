@@ -27,6 +27,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+INPUT_TOO_LARGE_HINT = "use a smaller file, or raise [routing] max_input_bytes in plugins.toml"
+
 # Major brands of an ISO BMFF (``ftyp``) file that make it a HEIF still image (iPhone photos), not a movie.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
@@ -222,9 +224,9 @@ class MediaInput:
                     size += len(chunk)
                     if size > max_bytes:
                         raise InvalidRequest(
-                            f"{self.url} is larger than {max_bytes} bytes",
+                            f"{self.url} is larger than {max_bytes} bytes (routing.max_input_bytes)",
                             field=field,
-                            hint="download, shrink and pass the file instead",
+                            hint=INPUT_TOO_LARGE_HINT,
                         )
                     chunks.append(chunk)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

@@ -36,6 +36,7 @@ from .errors import (
 from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Ledger, Reservation
+from .media import INPUT_TOO_LARGE_HINT
 from .money import quantize
 from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure, scratch_artifacts
 from .plugins import collect_registrations, default_plugin_manager, describe_plugin
@@ -205,9 +206,12 @@ class Router:
         model = self.parse(request)
         for name, media in model.media_fields().items():
             await media.aresolve(self._http_client(), max_bytes=self.settings.routing.max_input_bytes, field=name)
-            if len(media.data) > self.settings.routing.max_input_bytes:
+            limit = self.settings.routing.max_input_bytes
+            if len(media.data) > limit:
                 raise InvalidRequest(
-                    f"is {len(media.data)} bytes, over routing.max_input_bytes", field=name, hint="use a smaller file"
+                    f"is {len(media.data)} bytes, over routing.max_input_bytes ({limit})",
+                    field=name,
+                    hint=INPUT_TOO_LARGE_HINT,
                 )
         model.check_media()  # a fetched URL's bytes must be an image or audio as the field says
         return model, request_key(model)
