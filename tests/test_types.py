@@ -582,3 +582,12 @@ def test_wrong_json_type_is_refused_not_coerced(task: str, field: str, value: An
 def test_numbers_of_the_right_json_type_still_validate(field: str, value: Any, expected: Any) -> None:
     model = Router.parse({**good("text-to-image"), field: value})
     assert getattr(model, field) == expected
+
+
+def test_the_errors_getting_started_names_are_importable_from_genroute() -> None:
+    import genroute
+    from genroute import errors
+
+    for name in ("InvalidRequest", "NoRouteAvailable", "OverBudget", "InputRefused", "DeadlineExceeded"):
+        assert getattr(genroute, name) is getattr(errors, name), name
+    assert issubclass(genroute.OverBudget, genroute.NoRouteAvailable)

@@ -15,6 +15,7 @@ from .errors import (
     InputRefused,
     InvalidRequest,
     NoRouteAvailable,
+    OverBudget,
     ProviderError,
 )
 from .hookspecs import hookimpl
@@ -62,6 +63,7 @@ __all__ = [
     "NoRouteAvailable",
     "Offer",
     "OutputFile",
+    "OverBudget",
     "Provider",
     "ProviderError",
     "ProviderOutput",
