@@ -47,6 +47,7 @@ def test_mock_options_are_validated_with_the_key_path() -> None:
         ({"failure_rate": "0.5"}, 'providers.mock.options.failure_rate: must be a number, not the string "0.5"'),
         ({"video_side": True}, "providers.mock.options.video_side: must be a whole number, not true"),
         ({"seed": "7"}, 'providers.mock.options.seed: must be a whole number, not the string "7"'),
+        ({"video_side": 32}, "providers.mock.options.video_side: Input should be greater than or equal to 64"),
     ],
 )
 def test_mock_options_refuse_quoted_numbers_and_booleans(options: dict[str, object], expected: str) -> None:

@@ -53,7 +53,9 @@ class MockOptions(BaseModel):
     failure_kinds: list[FaultKind] = Field(default_factory=_default_fault_kinds, min_length=1)
     retry_after_seconds: Number = Field(default=0.05, ge=0, description="Retry-After sent with rate limits")
     seed: WholeNumber = Field(default=0, description="changes which attempts fail, not what succeeds")
-    video_side: WholeNumber = Field(default=256, ge=16, le=1024, description="long side of generated videos in pixels")
+    # Sides are rounded to a multiple of 8 and never below 64 (genroute.types.MIN_SIDE): a smaller long side
+    # would come out as 64 anyway, so it is refused rather than silently ignored.
+    video_side: WholeNumber = Field(default=256, ge=64, le=1024, description="long side of generated videos in pixels")
 
 
 class MockProvider(Provider):
