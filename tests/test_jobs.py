@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from conftest import FakePlugin, section
-from genroute.errors import NoRouteAvailable, ProviderError, ProviderUnavailable
-from genroute.jobs import Job
+from genroute.errors import NoRouteAvailable, ProviderError, ProviderUnavailable, StoreError
+from genroute.jobs import Job, JobStore
 from genroute.provider import Provider, RunContext
 from genroute.router import Router
 from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, TextToImage, Usage
@@ -167,3 +167,12 @@ async def test_a_completion_that_fails_for_now_keeps_the_job_pending_for_the_red
     done = await router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})  # the redelivery
     assert done.status == "succeeded" and done.cost == D("0.04") and done.result is not None
     assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.04"))]
+
+
+def test_a_file_at_the_jobs_path_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(StoreError) as info:
+        JobStore(mine)
+    assert f"job store at {mine}: a file is there, not a directory" in str(info.value)
+    assert "jobs.path" in info.value.hint

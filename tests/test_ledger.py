@@ -613,6 +613,14 @@ def test_uncreatable_directory_is_a_ledger_error(tmp_path: Path) -> None:
     assert str(blocker / "ledger") in str(info.value)
 
 
+def test_a_file_at_the_ledger_path_is_named(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(LedgerError) as info:
+        Ledger(mine)
+    assert f"{mine}: a file is there, not a directory" in str(info.value) and "ledger.path" in info.value.hint
+
+
 def test_storage_errors_become_ledger_errors(make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = make([BudgetLimit(scope="global", period="total", usd=D("1"))])
 

@@ -337,6 +337,16 @@ def test_unusable_directory_raises_store_error(tmp_path: Path) -> None:
     assert "local disk" in info.value.hint
 
 
+def test_a_file_at_the_store_path_is_named_and_not_to_be_deleted(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.txt"  # store.path pointed at a user's file by mistake
+    mine.write_text("keep me")
+    with pytest.raises(StoreError) as info:
+        ResultStore(mine)
+    assert str(info.value).startswith(f"result store at {mine}: a file is there, not a directory")
+    assert "store.path" in info.value.hint and "delet" not in info.value.hint
+    assert mine.read_text() == "keep me"
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     text=st.none() | st.text(max_size=200),

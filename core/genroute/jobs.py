@@ -62,6 +62,11 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(
+                f"job store at {self.path}: a file is there, not a directory",
+                hint="point jobs.path in plugins.toml at a directory (the file is not genroute's; leave it)",
+            )
         with self._guard("open"):
             self.path.mkdir(parents=True, exist_ok=True)
             self._cache: Any = diskcache.Cache(str(self.path), eviction_policy="none", cull_limit=0)

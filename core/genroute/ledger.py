@@ -356,6 +356,11 @@ class Ledger:
         self._limit_micros: tuple[tuple[BudgetLimit, ...], list[tuple[BudgetLimit, int]]] = ((), [])
         self._pending_savings: list[str] = []
         self._savings_lock = threading.Lock()
+        if self.path.exists() and not self.path.is_dir():
+            raise LedgerError(
+                f"the ledger at {self.path}: a file is there, not a directory",
+                hint="point ledger.path in plugins.toml at a directory (the file is not genroute's; leave it)",
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

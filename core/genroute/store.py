@@ -135,6 +135,11 @@ class ResultStore:
         # of max_bytes in its life (one `genroute run`) would otherwise never check, and many of them
         # together would grow the store without bound.
         self._written = self._cull_every
+        if self._path.exists() and not self._path.is_dir():  # a user's file: never advise deleting it
+            raise StoreError(
+                f"result store at {self._path}: a file is there, not a directory",
+                hint="point store.path in plugins.toml at a directory (the file is not genroute's; leave it)",
+            )
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
             self._data = diskcache.Cache(str(self._path / "data"), eviction_policy="none", cull_limit=0, **HOT_WRITES)
