@@ -204,6 +204,7 @@ def test_profile_and_source_are_not_file_keys() -> None:
         raw[key] = "prod"
         err = config_error(raw)
         assert err.key == key
+        assert ("GENROUTE_PROFILE" in err.hint) == (key == "profile")  # the profile hint only for "profile"
 
 
 # -- file and home selection -----------------------------------------------------------------------

@@ -210,9 +210,12 @@ def settings_from_dict(
     data = dict(raw)
     if "profile" in data or "source" in data:
         reserved = "profile" if "profile" in data else "source"
-        raise ConfigError(
-            "is not a configuration key", file=source, key=reserved, hint="use default_profile, or GENROUTE_PROFILE"
+        hint = (
+            "use default_profile, or GENROUTE_PROFILE"
+            if reserved == "profile"
+            else "remove it (genroute records where the settings came from itself)"
         )
+        raise ConfigError("is not a configuration key", file=source, key=reserved, hint=hint)
     chosen = profile or env.get(ENV_PROFILE) or data.get("default_profile", "offline")
     # A default_profile that is not a string is reported at its own key, not a second time as "profile".
     data["profile"] = chosen if isinstance(chosen, str) else ""
