@@ -282,6 +282,8 @@ async def test_a_stream_with_no_usable_offer_raises_no_route(stream_router):
         [piece async for piece in router.astream(TextGeneration(prompt="x"))]
 
     assert {r.provider for r in info.value.rejections} == {"a", "b"}
+    # worded like run's: which task and tier could not be served
+    assert info.value.message.startswith("no provider could stream this text-generation request (tier balanced, ")
 
 
 async def test_only_text_generation_streams(stream_router):

@@ -189,8 +189,11 @@ async def _stream_offers(
         result = make_result(key, offer, output, cost, time.perf_counter() - started)
         stream.result = router._keep(request, key, result, [])
         return
-    profile = router.settings.profile
-    raise no_route(f"no provider could stream this request (profile {profile!r}):", rejections)
+    raise no_route(  # worded as run's, so the CLI reads the same whichever path the request took
+        f"no provider could stream this {request.task_name} request "
+        f"(tier {request.tier}, profile {router.settings.profile!r}):",
+        rejections,
+    )
 
 
 def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str], why: str, ctx: RunContext) -> None:
