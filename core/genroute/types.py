@@ -78,11 +78,13 @@ def _no_bool_or_text(kind: str) -> Any:
 
 
 _WHOLE, _NUMBER = _no_bool_or_text("a whole number"), _no_bool_or_text("a number")
-# The check sits on the whole annotation (not inside ``| None``), so the fields' annotations stay plain types.
-_Int = Annotated[int, _WHOLE]
-_OptionalInt = Annotated[int | None, _WHOLE]
-_Float = Annotated[float, _NUMBER]
-_OptionalFloat = Annotated[float | None, _NUMBER]
+# Numbers as requests, configuration models (``plugins.toml`` gives real numbers) and plugins' ``options_model``
+# take them: ``max_attempts = true`` or ``"seed": "2"`` is refused, not coerced. The check sits on the whole
+# annotation (not inside ``| None``), so the fields' annotations stay plain types.
+WholeNumber = Annotated[int, _WHOLE]
+OptionalWholeNumber = Annotated[int | None, _WHOLE]
+Number = Annotated[float, _NUMBER]
+OptionalNumber = Annotated[float | None, _NUMBER]
 
 
 def _only_bool(value: Any) -> Any:
@@ -96,11 +98,7 @@ def _only_bool(value: Any) -> Any:
     raise PydanticCustomError("flag_type", "must be true or false, not {got}", {"got": got})
 
 
-# Public forms of the checks above, for configuration models (``plugins.toml`` gives real numbers and booleans)
-# and plugins' ``options_model``: ``max_attempts = true`` or ``enabled = "yes"`` is refused, not coerced.
-WholeNumber = _Int
-OptionalWholeNumber = _OptionalInt
-Number = _Float
+# A boolean as configuration models take it: ``enabled = "yes"`` is refused, not coerced.
 Flag = Annotated[bool, BeforeValidator(_only_bool)]
 ImageInput = Annotated[MediaInput, MediaCheck("image")]
 """A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
@@ -115,11 +113,11 @@ class _Request(BaseModel):
 
     task: Task
     tier: Tier = "balanced"
-    seed: _OptionalInt = Field(default=None, ge=0, le=2**32 - 1)
+    seed: OptionalWholeNumber = Field(default=None, ge=0, le=2**32 - 1)
     provider: str | None = Field(default=None, description="pin one provider by name")
     model: str | None = Field(default=None, description="pin one model by name")
     cache: CacheMode = "use"
-    deadline_seconds: _OptionalFloat = Field(default=None, gt=0, le=24 * 3600)
+    deadline_seconds: OptionalNumber = Field(default=None, gt=0, le=24 * 3600)
 
     # Fields that change how a request is carried out but not what it produces: left out of the key.
     NON_KEY_FIELDS: ClassVar[tuple[str, ...]] = ("cache", "deadline_seconds")
@@ -169,9 +167,9 @@ class _Visual(_Request):
     """Common fields of image and video generation."""
 
     negative_prompt: str | None = Field(default=None, max_length=4000)
-    num_outputs: _Int = Field(default=1, ge=1, le=4)
-    width: _OptionalInt = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
-    height: _OptionalInt = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, validate_default=True)
+    num_outputs: WholeNumber = Field(default=1, ge=1, le=4)
+    width: OptionalWholeNumber = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE)
+    height: OptionalWholeNumber = Field(default=None, ge=MIN_SIDE, le=MAX_SIDE, validate_default=True)
     aspect_ratio: AspectRatio | None = Field(default=None, validate_default=True)
 
     # Field validators (not a model validator) so the error names the field; order of declaration matters.
@@ -221,7 +219,7 @@ class ImageToImage(_Visual):
     task: Literal["image-to-image"] = "image-to-image"
     image: ImageInput
     prompt: _Prompt
-    strength: _Float = Field(default=0.6, ge=0.0, le=1.0)
+    strength: Number = Field(default=0.6, ge=0.0, le=1.0)
 
 
 class Inpaint(_Visual):
@@ -234,7 +232,7 @@ class Inpaint(_Visual):
 class Upscale(_Request):
     task: Literal["upscale"] = "upscale"
     image: ImageInput
-    scale: _Int = Field(default=2, ge=2, le=8)
+    scale: WholeNumber = Field(default=2, ge=2, le=8)
 
 
 class RemoveBackground(_Request):
@@ -245,16 +243,16 @@ class RemoveBackground(_Request):
 class TextToVideo(_Visual):
     task: Literal["text-to-video"] = "text-to-video"
     prompt: _Prompt
-    duration_seconds: _Float = Field(default=4.0, gt=0, le=30)
-    fps: _Int = Field(default=8, ge=1, le=60)
+    duration_seconds: Number = Field(default=4.0, gt=0, le=30)
+    fps: WholeNumber = Field(default=8, ge=1, le=60)
 
 
 class ImageToVideo(_Visual):
     task: Literal["image-to-video"] = "image-to-video"
     image: ImageInput
     prompt: str | None = Field(default=None, max_length=10_000)
-    duration_seconds: _Float = Field(default=4.0, gt=0, le=30)
-    fps: _Int = Field(default=8, ge=1, le=60)
+    duration_seconds: Number = Field(default=4.0, gt=0, le=30)
+    fps: WholeNumber = Field(default=8, ge=1, le=60)
 
 
 class TextToSpeech(_Request):
@@ -274,8 +272,8 @@ class TextGeneration(_Request):
     task: Literal["text-generation"] = "text-generation"
     prompt: _Prompt
     system_prompt: str | None = Field(default=None, max_length=20_000)
-    max_tokens: _Int = Field(default=512, ge=1, le=32_000)
-    temperature: _Float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: WholeNumber = Field(default=512, ge=1, le=32_000)
+    temperature: Number = Field(default=0.7, ge=0.0, le=2.0)
 
 
 Request = Annotated[
@@ -349,7 +347,7 @@ class ModelEntry(BaseModel):
     hardware: str | None = None
     est_seconds: Decimal | None = Field(default=None, gt=0, description="expected compute seconds per output")
     deployment: str | None = None
-    max_outputs: _OptionalInt = Field(default=None, ge=1)
+    max_outputs: OptionalWholeNumber = Field(default=None, ge=1)
     inputs: dict[str, Any] = Field(default_factory=dict, description="fixed model inputs")
 
     @model_validator(mode="after")
