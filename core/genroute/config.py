@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .store import SCRATCH_MAX_BYTES
 from .types import Billing, Flag, ModelEntry, Number, Task, Tier, WholeNumber
 
 CONFIG_FILE_NAME = "plugins.toml"
@@ -86,8 +87,8 @@ class StoreSettings(_Strict):
     path: Path = Path(".genroute/store")
     max_bytes: WholeNumber = Field(default=2 * 1024**3, ge=1024**2, le=2**62)
     # <path>/scratch/: the files of results the store does not keep (store disabled, cache bypass, or a
-    # result larger than max_bytes); genroute.store.SCRATCH_MAX_BYTES is the same default
-    scratch_max_bytes: WholeNumber = Field(default=256 * 1024**2, ge=0, le=2**62)
+    # result larger than max_bytes)
+    scratch_max_bytes: WholeNumber = Field(default=SCRATCH_MAX_BYTES, ge=0, le=2**62)
 
 
 class JobsSettings(_Strict):

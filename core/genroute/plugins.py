@@ -93,11 +93,8 @@ def collect_providers_by_plugin(pm: pluggy.PluginManager) -> dict[str, tuple[Pro
 def collect_registrations(pm: pluggy.PluginManager) -> dict[str, tuple[Provider, str, object]]:
     """Every provider with the plugin that registered it: its description and the plugin object itself."""
     providers: dict[str, tuple[Provider, str, object]] = {}
-    distributions = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
     for impl in pm.hook.genroute_register_providers.get_hookimpls():
-        module = _module_or_class(impl.plugin)
-        dist = distributions.get(id(impl.plugin))
-        source = f"{module} ({dist})" if dist else str(module)
+        source = describe_plugin(pm, impl.plugin)
 
         def register(provider: Provider, source: str = source, plugin: object = impl.plugin) -> None:
             if not isinstance(provider, Provider):

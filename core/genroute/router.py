@@ -204,9 +204,9 @@ class Router:
 
     async def _prepare(self, request: RequestLike) -> tuple[RequestModel, str]:
         model = self.parse(request)
+        limit = self.settings.routing.max_input_bytes
         for name, media in model.media_fields().items():
-            await media.aresolve(self._http_client(), max_bytes=self.settings.routing.max_input_bytes, field=name)
-            limit = self.settings.routing.max_input_bytes
+            await media.aresolve(self._http_client(), max_bytes=limit, field=name)
             if len(media.data) > limit:
                 raise InvalidRequest(
                     f"is {len(media.data)} bytes, over routing.max_input_bytes ({limit})",
