@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import wave
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from genroute.errors import InvalidRequest
-from genroute.media import MediaInput
+from genroute.media import MediaInput, sniff_media_type
 from genroute.router import Router
 from genroute.types import (
     ASPECT_RATIOS,
@@ -488,22 +489,90 @@ def test_every_recognised_image_format_is_accepted(image: bytes) -> None:
     assert model.media_fields()["image"].data == image
 
 
+MP3_HEADER = b"\xff\xfb\x90\x64"
+"""MPEG-1 layer III, 128 kbit/s, 44.1 kHz, no padding, no CRC: its frames are 144 * 128000 // 44100 = 417 bytes."""
+MP3_MPEG2_HEADER = b"\xff\xf3\x80\xc4"
+"""MPEG-2 layer III, 64 kbit/s, 22.05 kHz (as LAME writes speech): its frames are 72 * 64000 // 22050 = 208 bytes."""
+
+
+def mp3_frames(count: int = 3, header: bytes = MP3_HEADER, length: int = 417) -> bytes:
+    """A minimal MP3 without an ID3 tag: ``count`` frames of ``length`` bytes (all-zero data: silence)."""
+    return (header + b"\x00" * (length - 4)) * count
+
+
 @pytest.mark.parametrize(
     "audio",
     [
         wav_bytes(),
         b"ID3\x04\x00" + b"\x00" * 16,  # MP3 with an ID3 tag
-        b"\xff\xfb\x90\x64" + b"\x00" * 16,  # MP3 starting with a frame
+        mp3_frames(),  # MP3 starting with a frame, no ID3 tag
+        mp3_frames(header=MP3_MPEG2_HEADER, length=208),  # MPEG-2 layer III
         b"fLaC" + b"\x00" * 16,
         b"OggS\x00\x02" + b"\x00" * 16,
         b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 16,  # M4A (an MP4 container)
         b"\x1a\x45\xdf\xa3" + b"\x00" * 16,  # WebM
     ],
-    ids=["wav", "mp3-id3", "mp3-frame", "flac", "ogg", "m4a", "webm"],
+    ids=["wav", "mp3-id3", "mp3-frame", "mp3-mpeg2-frame", "flac", "ogg", "m4a", "webm"],
 )
 def test_every_recognised_audio_format_is_accepted(audio: bytes) -> None:
     model = Router.parse({**good("speech-to-text"), "audio": audio})
     assert model.media_fields()["audio"].data == audio
+
+
+# UTF-16 LE text starts with the byte-order mark FF FE, which reads as an MPEG-1 layer I frame header.
+UTF16_NOTES = b"\xff\xfe" + ("Hello, these are my meeting notes.\n" * 20).encode("utf-16-le")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        UTF16_NOTES,
+        b"\xff\xfe" + "Notizen zur Sitzung: Übersicht, nächste Schritte\n".encode("utf-16-le"),  # shorter than a frame
+        MP3_HEADER + random.Random(7).randbytes(2000),  # one valid header, then noise where the next should be
+        mp3_frames(count=1),  # a lone frame: nothing confirms it is audio
+        MP3_HEADER + b"\x00" * 413 + MP3_MPEG2_HEADER + b"\x00" * 204,  # the next frame changes version
+        random.Random(11).randbytes(4096),
+    ],
+    ids=["utf16le-text", "utf16le-short-text", "header-then-noise", "one-frame", "mixed-versions", "random"],
+)
+def test_bytes_that_only_look_like_an_mp3_frame_are_refused_naming_the_field(data: bytes) -> None:
+    err = invalid({**good("speech-to-text"), "audio": data})
+    assert err.field == "audio"
+    assert "is not audio genroute recognises" in err.message and "WAV, MP3" in err.message
+
+
+def test_a_utf16_text_file_given_as_audio_is_refused_naming_the_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(UTF16_NOTES)
+    err = invalid({**good("speech-to-text"), "audio": str(notes)})
+    assert err.field == "audio" and f"{notes} is not audio genroute recognises" in err.message
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (b"\xff\xfb\xf0\x64", "bitrate index 15"),
+        (b"\xff\xfb\x00\x64", "bitrate index 0 (free format: no length to find the next frame)"),
+        (b"\xff\xfb\x9c\x64", "sample-rate index 3"),
+        (b"\xff\xf9\x90\x64", "layer 0 (AAC's ADTS)"),
+        (b"\xff\xeb\x90\x64", "version 0b01 (reserved)"),
+        (b"\xff\xfb\x90\x66", "emphasis 0b10 (reserved)"),
+    ],
+    ids=["bitrate-15", "free-format", "rate-3", "layer-0", "version-01", "emphasis-10"],
+)
+def test_mp3_frames_with_a_reserved_header_field_are_not_mp3(header: bytes, why: str) -> None:
+    assert sniff_media_type(mp3_frames(header=header)) != "audio/mpeg", why
+
+
+def test_mp3_frames_are_found_at_their_computed_length() -> None:
+    assert sniff_media_type(mp3_frames(count=2)) == "audio/mpeg"
+    padded = b"\xff\xfb\x92\x64"  # the padding bit: a 418-byte frame
+    assert sniff_media_type(padded + b"\x00" * 414 + MP3_HEADER + b"\x00" * 413) == "audio/mpeg"
+    assert sniff_media_type(padded + b"\x00" * 413 + MP3_HEADER + b"\x00" * 413) != "audio/mpeg"  # one byte short
+    layer_2 = b"\xff\xfd\x80\x04"  # MPEG-1 layer II, 128 kbit/s, 44.1 kHz, no CRC: also 417 bytes
+    assert sniff_media_type(mp3_frames(header=layer_2)) == "audio/mpeg"
+    layer_1 = b"\xff\xff\x40\x00"  # MPEG-1 layer I, 128 kbit/s, 44.1 kHz: (12 * 128000 // 44100) * 4 = 136 bytes
+    assert sniff_media_type(mp3_frames(header=layer_1, length=136)) == "audio/mpeg"
 
 
 HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 16  # an iPhone photo

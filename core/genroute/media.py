@@ -48,9 +48,63 @@ def sniff_media_type(data: bytes) -> str:
     for signature, media_type in _SIGNATURES:
         if data.startswith(signature):
             return media_type
-    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:  # MPEG audio frame, not AAC
+    if _starts_with_mpeg_audio_frames(data):
         return "audio/mpeg"
     return "application/octet-stream"
+
+
+# MPEG audio frame headers (ISO 11172-3, ISO 13818-3 and the unofficial MPEG 2.5), for MP3 without an ID3 tag.
+_MPEG_VERSIONS = {0b11: 1, 0b10: 2, 0b00: 25}  # 0b01 is reserved
+_MPEG_LAYERS = {0b11: 1, 0b10: 2, 0b01: 3}  # 0b00 is reserved (and is what AAC's ADTS headers carry)
+_MPEG_SAMPLE_RATES = {1: (44100, 48000, 32000), 2: (22050, 24000, 16000), 25: (11025, 12000, 8000)}
+_MPEG_KBPS = {  # by (MPEG-1 or not, layer); index 0 is "free format", 15 is invalid
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+
+
+def _mpeg_frame(data: bytes, at: int) -> tuple[tuple[int, int, int], int] | None:
+    """The MPEG audio frame header at ``at``: its (version, layer, sample-rate index) and the frame's length.
+
+    None unless the four bytes are a valid header: 11 sync bits, a version and layer that are not reserved,
+    a bitrate index neither free format (0, whose length cannot be computed) nor invalid (15), a sample-rate
+    index that is not reserved (3), and an emphasis that is not reserved (2).
+    """
+    if len(data) < at + 4:
+        return None
+    b1, b2, b3 = data[at + 1], data[at + 2], data[at + 3]
+    if data[at] != 0xFF or b1 & 0xE0 != 0xE0:
+        return None
+    version = _MPEG_VERSIONS.get((b1 >> 3) & 0b11)
+    layer = _MPEG_LAYERS.get((b1 >> 1) & 0b11)
+    bitrate_index, rate_index, padding = b2 >> 4, (b2 >> 2) & 0b11, (b2 >> 1) & 1
+    if version is None or layer is None or bitrate_index in (0, 15) or rate_index == 3 or b3 & 0b11 == 0b10:
+        return None
+    bitrate = _MPEG_KBPS[(version == 1, layer)][bitrate_index] * 1000
+    rate = _MPEG_SAMPLE_RATES[version][rate_index]
+    if layer == 1:
+        length = (12 * bitrate // rate + padding) * 4
+    else:
+        length = (72 if layer == 3 and version != 1 else 144) * bitrate // rate + padding
+    return (version, layer, rate_index), length
+
+
+def _starts_with_mpeg_audio_frames(data: bytes) -> bool:
+    """Whether ``data`` starts with two MPEG audio frames in a row (MP3, or MP2/MP1) of one version, layer and rate.
+
+    One header is not enough: four bytes of other data pass for one often enough (UTF-16 LE text, which starts
+    ``FF FE``, reads as MPEG-1 layer I). So the next frame's header must follow where the first frame ends.
+    """
+    first = _mpeg_frame(data, 0)
+    if first is None:
+        return False
+    kind, length = first
+    second = _mpeg_frame(data, length)
+    return second is not None and second[0] == kind
 
 
 MediaKind = Literal["image", "audio"]
