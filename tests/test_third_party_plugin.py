@@ -193,11 +193,64 @@ def test_a_plugin_implementing_an_unknown_hook_is_named_with_its_distribution(si
     with pytest.raises(PluginError) as info:
         make_plugin_manager(entry_points=True)
 
-    # As docs/cli.md says: the entry point, its module and the distribution to fix or uninstall.
-    assert "plugin 'typo' (genroute_broken_typo, from genroute-broken 1.2) implements an unknown hook" in str(
-        info.value
+    # As docs/plugins.md says: the entry point, its module and the distribution to fix or uninstall, once,
+    # and the hook the author meant.
+    assert info.value.message == (
+        "plugin 'typo' (genroute_broken_typo, from genroute-broken 1.2) implements an unknown hook 'genroute_offer'"
     )
-    assert "genroute_offer" in str(info.value)
+    assert info.value.hint == "did you mean genroute_offers? Rename it in the plugin, or uninstall the plugin"
+    assert str(info.value).count("unknown hook") == 1 and str(info.value).count("genroute_broken_typo") == 1
+    assert info.value.exit_code == 11
+
+
+class _Misspelt:
+    @hookimpl
+    def genroute_chose(self, request, offers):
+        return None
+
+    @hookimpl
+    def genroute_request_finishd(self, request, key, result, error):
+        return None
+
+
+class _Unrelated:
+    @hookimpl
+    def pytest_configure(self, config):
+        return None
+
+
+class _OptionalHook:
+    @hookimpl(optionalhook=True)
+    def genroute_some_future_hook(self):
+        return None
+
+
+def test_each_misspelt_hook_of_a_plugin_registered_in_code_is_named_with_the_hook_meant():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=False, plugins=[_Misspelt()])
+
+    assert info.value.message == (
+        f"{__name__}._Misspelt implements unknown hooks 'genroute_chose', 'genroute_request_finishd'"
+    )
+    assert info.value.hint == (
+        "did you mean genroute_choose for genroute_chose, genroute_request_finished for genroute_request_finishd? "
+        "Rename them in the plugin, or uninstall the plugin"
+    )
+
+
+def test_an_unknown_hook_like_no_genroute_hook_lists_the_hooks_there_are():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=False, plugins=[_Unrelated()])
+
+    assert "implements an unknown hook 'pytest_configure'" in info.value.message
+    assert "did you mean" not in info.value.hint
+    assert info.value.hint.startswith("genroute's hooks are genroute_budget_limits, genroute_budget_warning,")
+    assert "genroute_offers" in info.value.hint
+
+
+def test_an_optional_hook_genroute_does_not_define_is_allowed():
+    pm = make_plugin_manager(entry_points=False, plugins=[_OptionalHook()])
+    assert pm.is_registered(next(p for p in pm.get_plugins() if isinstance(p, _OptionalHook)))
 
 
 class _RegistersTwice:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 from collections.abc import Iterable
 from functools import lru_cache
@@ -31,11 +32,39 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
             ) from exc
     for plugin in plugins:
         pm.register(plugin)
-    try:
-        pm.check_pending()  # a misspelled hook name would otherwise be ignored in silence
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{_entry_point_of(exc.plugin)} implements an unknown hook: {exc}") from exc
+    _refuse_unknown_hooks(pm)  # a misspelled hook name would otherwise be ignored in silence
     return pm
+
+
+def _refuse_unknown_hooks(pm: pluggy.PluginManager) -> None:
+    """Raise PluginError for the first plugin implementing hooks genroute does not define, naming each with the
+    closest hook genroute does define (what :meth:`pluggy.PluginManager.check_pending` checks, said usefully)."""
+    unknown: dict[int, tuple[object, list[str]]] = {}
+    for name, caller in vars(pm.hook).items():
+        if name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                unknown.setdefault(id(impl.plugin), (impl.plugin, []))[1].append(name)
+    if not unknown:
+        return
+    plugin, names = next(iter(unknown.values()))
+    who = _entry_point_of(plugin)
+    if who == "a plugin":  # registered in code, not through an entry point
+        who = describe_plugin(pm, plugin)
+    known = sorted(name for name, caller in vars(pm.hook).items() if not name.startswith("_") and caller.has_spec())
+    guesses = {name: difflib.get_close_matches(name, known, n=1) for name in names}
+    quoted = ", ".join(repr(name) for name in names)
+    what = f"an unknown hook {quoted}" if len(names) == 1 else f"unknown hooks {quoted}"
+    it = "it" if len(names) == 1 else "them"
+    if len(names) == 1 and guesses[names[0]]:
+        hint = f"did you mean {guesses[names[0]][0]}? Rename it in the plugin, or uninstall the plugin"
+    elif any(guesses.values()):
+        meant = ", ".join(f"{guess[0]} for {name}" for name, guess in guesses.items() if guess)
+        hint = f"did you mean {meant}? Rename {it} in the plugin, or uninstall the plugin"
+    else:
+        hint = f"genroute's hooks are {', '.join(known)}: rename {it} in the plugin, or uninstall the plugin"
+    raise PluginError(f"{who} implements {what}", hint=hint)
 
 
 def _entry_point_of(plugin: object | None = None) -> str:
