@@ -1,6 +1,6 @@
 """genroute benchmarks: one command, one table of figures beside their goals.
 
-    python bench/run.py [--requests N] [--markdown]
+    python bench/run.py [--requests N] [--markdown] [--providers-full] [--instructions]
 
 Router overhead is measured on the mock provider with zero latency, with the shipped configuration
 (budget limits raised so they never bind, but still checked) and a fresh store and ledger on the working
@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for docs/benchmarks.md)")
     parser.add_argument("--providers-full", action="store_true", help="full-size Replicate figures (slower)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions per miss and hit (valgrind, ~2 min)"
+    )
     args = parser.parse_args()
     # The store and ledger live on the working directory's disk, as they would for a user (GENROUTE_HOME
     # defaults to it). Disks differ by an order of magnitude in what creating a file costs (a miss creates
@@ -210,6 +213,10 @@ def main() -> int:
     from memory_bench import figures as memory_figures  # bench/memory_bench.py, also runnable alone
 
     figures += ledger_figures(scratch=scratch) + memory_figures(scratch=scratch)
+    if args.instructions:
+        from instructions_bench import figures as instruction_figures  # bench/instructions_bench.py
+
+        figures += instruction_figures(scratch=scratch)
     from provider_bench import figures as provider_figures  # bench/provider_bench.py, also runnable alone
 
     rows = [figure.row() for figure in figures]
