@@ -405,14 +405,37 @@ def test_cache_stats_and_clear(cli, tmp_path):
 
     assert stats["entries"] == 1 and stats["bytes"] > 0 and stats["hits"] == 1
     assert Decimal(stats["saved_usd"]) == Decimal("0.003")
-    assert "removed 1 result(s)" in cleared.stdout
-    assert json.loads(cli("cache", "clear", "--json", rc=0).stdout) == {"removed": 0}
+    assert "removed 1 result(s) and 0 scratch file(s)" in cleared.stdout
+    assert json.loads(cli("cache", "clear", "--json", rc=0).stdout) == {
+        "removed": 0,
+        "scratch_files": 0,
+        "bytes_freed": 0,
+    }
     after = json.loads(cli("cache", "stats", "--json", rc=0).stdout)
     assert (after["entries"], after["hits"], after["misses"], Decimal(after["saved_usd"])) == (0, 0, 0, 0)
     assert after["bytes"] < stats["bytes"]  # what is left is the databases' own pages
     assert not [p for p in (tmp_path / ".genroute" / "store").rglob("*.png")]
     rerun = cli("run", "a lighthouse", "--tier", "fast", rc=0)
     assert "cached" not in rerun.stderr
+
+
+def test_cache_clear_counts_the_scratch_files_it_removes(cli, tmp_path):
+    # A bypassed result is not kept by the store: its file goes to the store's scratch folder, which clear empties.
+    cli("run", "a lighthouse", "--tier", "fast", "--cache", "bypass", rc=0)
+    cli("run", "a harbour", "--tier", "fast", "--cache", "bypass", rc=0)
+    scratch = tmp_path / ".genroute" / "store" / "scratch"
+    sizes = [p.stat().st_size for p in scratch.iterdir()]
+    assert len(sizes) == 2
+
+    cleared = cli("cache", "clear", "--json", rc=0)
+
+    assert json.loads(cleared.stdout) == {"removed": 0, "scratch_files": 2, "bytes_freed": sum(sizes)}
+    assert not list(scratch.iterdir())
+    cli("run", "a lighthouse", "--tier", "fast", "--cache", "bypass", rc=0)
+    (left,) = scratch.iterdir()
+    size = left.stat().st_size
+    said = cli("cache", "clear", rc=0).stdout
+    assert said == f"removed 0 result(s) and 1 scratch file(s); {size / 1000:.1f} kB freed\n"
 
 
 # --------------------------------------------------------------------------------------------------- secrets

@@ -32,6 +32,7 @@ from .plugins import default_plugin_manager
 from .provider import catalogue_tasks
 from .router import BatchItem, Router, invalid_request_from
 from .secrets import redact
+from .store import ResultStore
 from .types import REQUEST_TYPES, TASKS, TIERS, RequestModel, Result, parse_request, tasks_with_field
 
 EXIT_INTERNAL = 70
@@ -690,9 +691,7 @@ def cmd_cache(args: argparse.Namespace, out: Console, err: Console) -> int:
         if router.store is None:
             raise GenrouteError("the result store is disabled", hint="set [store] enabled = true in plugins.toml")
         if args.action == "clear":
-            removed = router.store.clear()
-            out.print(json.dumps({"removed": removed}) if args.json else f"removed {removed} result(s)", markup=False)
-            return 0
+            return _clear_store(router.store, out, as_json=args.json)
         stats = router.store.stats()
     if args.json:
         out.print(stats.model_dump_json(indent=2), markup=False)
@@ -703,6 +702,46 @@ def cmd_cache(args: argparse.Namespace, out: Console, err: Console) -> int:
             markup=False,
         )
     return 0
+
+
+def _clear_store(store: ResultStore, out: Console, *, as_json: bool) -> int:
+    """Clear the store and say what went: its results, the files of its scratch folder, and the bytes freed.
+
+    ``ResultStore.clear`` counts only results, yet it empties ``scratch/`` too (the files of results the store
+    did not keep: ``cache = "bypass"``, results over ``max_bytes``), so the folder is measured before and after.
+    """
+    scratch = store.path / "scratch"
+    held_before, scratch_before = store.stats().bytes, _files_in(scratch)
+    results = store.clear()
+    held_after, scratch_after = store.stats().bytes, _files_in(scratch)
+    gone = {name: size for name, size in scratch_before.items() if name not in scratch_after}
+    freed = max(0, held_before - held_after) + sum(gone.values())
+    if as_json:
+        out.print(json.dumps({"removed": results, "scratch_files": len(gone), "bytes_freed": freed}), markup=False)
+    else:
+        out.print(f"removed {results} result(s) and {len(gone)} scratch file(s); {_size(freed)} freed", markup=False)
+    return 0
+
+
+def _files_in(folder: Path) -> dict[str, int]:
+    """The files directly in ``folder`` with their sizes; empty when it is missing or cannot be listed."""
+    files: dict[str, int] = {}
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                if entry.is_file(follow_symlinks=False):
+                    files[entry.name] = entry.stat(follow_symlinks=False).st_size
+    return files
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``512 bytes``, ``24.9 kB``, ``3.1 MB``, ``2.1 GB``."""
+    if count < 1000:
+        return f"{count} byte{'s' if count != 1 else ''}"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if count < scale * 1000:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count / 1e9:.1f} GB"
 
 
 def cmd_jobs(args: argparse.Namespace, out: Console, err: Console) -> int:
