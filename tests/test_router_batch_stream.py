@@ -297,10 +297,13 @@ async def test_a_stream_past_its_deadline_raises_and_releases(stream_router):
     router = stream_router(a_kwargs={"sleep": 30})
 
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded) as info:
         [piece async for piece in router.astream(TextGeneration(prompt="x", deadline_seconds=0.2))]
 
     assert time.monotonic() - started < 5
+    # worded like run's: how long, and which provider's call the deadline cut short
+    assert info.value.message.startswith("stream did not finish within 0.2s (offers: a · ")
+    assert info.value.message.endswith(": cut short by the deadline)")
     assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released")]
 
 

@@ -13,7 +13,15 @@ from decimal import Decimal
 
 from . import billing
 from .config import StoreSettings
-from .errors import GenrouteError, InputRefused, NoRouteAvailable, OverBudget, ProviderError, Rejection
+from .errors import (
+    DeadlineExceeded,
+    GenrouteError,
+    InputRefused,
+    NoRouteAvailable,
+    OverBudget,
+    ProviderError,
+    Rejection,
+)
 from .provider import RunContext
 from .secrets import redact
 from .store import write_scratch
@@ -56,6 +64,17 @@ def no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
     if tried and all(r.refused_input for r in tried) and not any(r.startswith("over budget") for r in reasons):
         return InputRefused(message, rejections)
     return NoRouteAvailable(message, rejections)
+
+
+def deadline_exceeded(
+    what: str, seconds: float, cut_short: Offer | None, rejections: list[Rejection]
+) -> DeadlineExceeded:
+    """DeadlineExceeded naming the offer whose call the deadline cut short and what was tried before it."""
+    if cut_short is not None:
+        stopped = Rejection(cut_short.provider, cut_short.model, cut_short.tier, "cut short by the deadline")
+        rejections = [*rejections, stopped]
+    offers = f" (offers: {'; '.join(str(r) for r in rejections)})" if rejections else ""
+    return DeadlineExceeded(f"{what} did not finish within {seconds:g}s{offers}")
 
 
 def make_result(

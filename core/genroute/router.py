@@ -22,7 +22,6 @@ from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
     BudgetExceeded,
-    DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
     OutOfCredit,
@@ -38,7 +37,15 @@ from .keys import request_key
 from .ledger import Ledger, Reservation
 from .media import INPUT_TOO_LARGE_HINT
 from .money import quantize
-from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure, scratch_artifacts
+from .outcomes import (
+    call_cost,
+    deadline_exceeded,
+    extra_incurred,
+    make_result,
+    no_route,
+    provider_failure,
+    scratch_artifacts,
+)
 from .plugins import collect_registrations, default_plugin_manager, describe_plugin
 from .provider import Provider, RunContext
 from .retry import Backoff
@@ -367,12 +374,7 @@ class Router:
                         return result
                 running = None
         except TimeoutError:
-            if running is not None:  # the offer whose call the deadline cut short
-                rejections.append(Rejection(running.provider, running.model, running.tier, "cut short by the deadline"))
-            raise DeadlineExceeded(
-                f"request did not finish within {deadline_seconds:g}s"
-                + (f" (offers: {'; '.join(str(r) for r in rejections)})" if rejections else "")
-            ) from None
+            raise deadline_exceeded("request", deadline_seconds, running, rejections) from None
         raise no_route(
             f"no provider could serve this {request.task_name} request "
             f"(tier {request.tier}, profile {self.settings.profile!r}):",

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from .errors import (
     BudgetExceeded,
-    DeadlineExceeded,
     InvalidRequest,
     ProviderError,
     ProviderRejectedInput,
@@ -25,7 +24,7 @@ from .errors import (
 )
 from .ledger import Reservation
 from .money import quantize
-from .outcomes import call_cost, extra_incurred, make_result, no_route, provider_failure
+from .outcomes import call_cost, deadline_exceeded, extra_incurred, make_result, no_route, provider_failure
 from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
@@ -172,7 +171,7 @@ async def _stream_offers(
             continue
         except TimeoutError:
             _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
-            raise DeadlineExceeded("stream did not finish before the deadline") from None
+            raise deadline_exceeded("stream", deadline_seconds, offer, rejections) from None
         except BaseException:
             _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
             raise
