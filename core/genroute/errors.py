@@ -6,6 +6,8 @@ script can tell a budget stop from a bad config without parsing messages.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -103,16 +105,26 @@ class Rejection:
         return f"{self.provider} · {self.model} [{self.tier}]: {self.reason}"
 
 
+_OVER_BUDGET_HINT = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+
+
 class NoRouteAvailable(GenrouteError):
-    """No offer could serve the request; ``rejections`` says why for each."""
+    """No offer could serve the request; ``rejections`` says why for each.
+
+    Without a ``hint`` given, the hint follows the rejections (:func:`route_hint`): set the missing token's
+    variable, raise the budget, ask for a tier on offer…; ``default_hint`` when they suggest nothing better.
+    """
 
     exit_code = 6
     default_hint = "change the tier, profile or budget, or enable a provider that serves this task"
+    hint_from_rejections = True
 
     def __init__(self, message: str, rejections: list[Rejection], *, hint: str | None = None) -> None:
         lines = [message] + [f"  - {r}" for r in rejections]
         if not rejections:
             lines.append("  (no provider made any offer for this task)")
+        if hint is None and self.hint_from_rejections:
+            hint = route_hint(rejections)
         super().__init__("\n".join(lines), hint=hint)
         self.rejections = rejections
 
@@ -122,13 +134,86 @@ class InputRefused(NoRouteAvailable):
 
     exit_code = 4
     default_hint = "fix the input the message names (its file, format, size or allowed range) and run again"
+    hint_from_rejections = False  # another profile or budget would not help: the input must change
 
 
 class OverBudget(NoRouteAvailable):
     """Offers that could serve the request exist, but every one of them is over budget."""
 
     exit_code = 5
-    default_hint = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+    default_hint = _OVER_BUDGET_HINT
+
+
+# "unavailable: REPLICATE_API_TOKEN is not set", as providers' unavailable_reason words a missing token.
+_MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
+
+
+def route_hint(rejections: Sequence[Rejection]) -> str | None:
+    """What to do when no offer could serve, from why each was passed over; None when they suggest nothing.
+
+    A missing token names its variable; offers over budget ask for a higher limit or a wait; otherwise-usable
+    offers of another tier name the tiers on offer. Several causes give several remedies, most direct first.
+    Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
+    provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
+    """
+    remedies: list[str] = []
+    variables: list[str] = []
+    unavailable: list[str] = []  # providers unavailable for another reason than a missing variable
+    cooling: list[str] = []
+    outside: list[str] = []
+    tiers: list[str] = []
+    over_budget = too_many_outputs = unpriced = tried = False
+    for r in rejections:
+        reason = r.reason
+        if reason.startswith("failed"):
+            tried = True
+        elif reason.startswith("unavailable:"):
+            found = _MISSING_VARIABLE.findall(reason)
+            if found:
+                _add(variables, *found)
+            else:
+                _add(unavailable, r.provider)
+        elif reason.startswith("over budget"):
+            over_budget = True
+        elif reason.startswith("cooling down"):
+            _add(cooling, r.provider)
+        elif reason.startswith("asks ") and "outputs" in reason:
+            too_many_outputs = True
+        elif reason.startswith("unpriced"):
+            unpriced = True
+        elif reason.startswith("not in profile"):  # only asked of a provider pinned from outside the profile
+            _add(outside, r.provider)
+        elif reason.startswith("wrong tier"):
+            _add(tiers, r.tier)
+    if variables:
+        remedies.append(f"set {' or '.join(variables)} in the environment, or use another profile")
+    if unavailable:
+        remedies.append(f"make {_names(unavailable)} available again ({_its(unavailable)} lines say what is missing)")
+    if over_budget:
+        remedies.append(_OVER_BUDGET_HINT)
+    if cooling:
+        remedies.append(f"wait for {_names(cooling)} to finish cooling down")
+    if too_many_outputs:
+        remedies.append("ask for fewer outputs (num_outputs)")
+    if unpriced:
+        remedies.append("give the model a price in plugins.toml")
+    if outside:
+        remedies.append(f"use a profile that lists {_names(outside)}, or drop the pin")
+    if tiers and not remedies and not tried:  # nothing else stood in the way: those offers were usable but for it
+        remedies.append(f"ask for tier {' or '.join(tiers)}, the {'tier' if len(tiers) == 1 else 'tiers'} on offer")
+    return "; or ".join(remedies) or None
+
+
+def _add(items: list[str], *new: str) -> None:
+    items.extend(item for item in new if item not in items)
+
+
+def _names(providers: list[str]) -> str:
+    return " and ".join(providers)
+
+
+def _its(providers: list[str]) -> str:
+    return "its" if len(providers) == 1 else "their"
 
 
 class DeadlineExceeded(GenrouteError):

@@ -1,0 +1,154 @@
+"""When no offer can serve, the error's hint says what to do about the reasons the offers were passed over.
+
+A missing token names the environment variable to set, offers over budget ask for a higher limit or a wait,
+offers of other tiers name the tiers on offer; reasons that suggest nothing keep the general hint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import FakePlugin, FakeProvider, section
+from genroute.errors import (
+    InputRefused,
+    NoRouteAvailable,
+    OverBudget,
+    ProviderRejectedInput,
+    ProviderUnavailable,
+    Rejection,
+    route_hint,
+)
+from genroute.types import TextToImage
+
+GENERAL_HINT = NoRouteAvailable.default_hint
+
+
+def image(prompt: str = "a lighthouse at dusk", **fields: Any) -> TextToImage:
+    return TextToImage(prompt=prompt, **fields)
+
+
+async def no_route(router: Any, request: TextToImage | None = None) -> NoRouteAvailable:
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(request or image())
+    return info.value
+
+
+async def test_missing_tokens_name_the_variables_to_set(settings_factory, router_factory):
+    # As the prod profile without REPLICATE_API_TOKEN and HF_TOKEN: every offer unavailable for a missing token.
+    rep = FakeProvider("rep", unavailable="REP_API_TOKEN is not set")
+    hug = FakeProvider("hug", unavailable="HUG_TOKEN is not set")
+    providers = {"rep": section("rep", {"fast": "0.01", "balanced": "0.02"}), "hug": section("hug", "0.01")}
+    router = router_factory(settings_factory(providers), FakePlugin(rep, hug))
+
+    err = await no_route(router)
+
+    assert all(r.reason.startswith("unavailable: ") for r in err.rejections)
+    assert err.hint == "set REP_API_TOKEN or HUG_TOKEN in the environment, or use another profile"
+    assert err.exit_code == 6
+    assert not rep.calls and not hug.calls
+
+
+async def test_a_missing_token_beside_a_failure_still_names_the_variable(settings_factory, router_factory):
+    down = FakeProvider("down", errors=[ProviderUnavailable] * 5)
+    away = FakeProvider("away", unavailable="AWAY_TOKEN is not set")
+    router = router_factory(
+        settings_factory({"down": section("down"), "away": section("away")}), FakePlugin(down, away)
+    )
+
+    err = await no_route(router)
+
+    assert any(r.reason.startswith("failed") for r in err.rejections)
+    assert err.hint == "set AWAY_TOKEN in the environment, or use another profile"
+
+
+async def test_a_provider_unavailable_for_another_reason_is_named(settings_factory, router_factory):
+    broke = FakeProvider("broke", unavailable="out of credit (HTTP 402); add credit at example.com/billing")
+    router = router_factory(settings_factory({"broke": section("broke")}), FakePlugin(broke))
+
+    err = await no_route(router)
+
+    assert err.hint == "make broke available again (its lines say what is missing)"
+    assert "add credit at example.com/billing" in err.message
+
+
+async def test_every_offer_over_budget_asks_for_a_higher_limit_or_a_wait(settings_factory, router_factory):
+    a = FakeProvider("a")
+    limits = [{"scope": "global", "period": "daily", "usd": "0.001"}]
+    router = router_factory(settings_factory({"a": section("a", "0.01")}, limits=limits), FakePlugin(a))
+
+    err = await no_route(router)
+
+    assert isinstance(err, OverBudget) and err.exit_code == 5
+    assert err.hint == "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+
+
+async def test_over_budget_beside_a_missing_token_gives_both_ways_out(settings_factory, router_factory):
+    paid = FakeProvider("paid")
+    away = FakeProvider("away", unavailable="AWAY_TOKEN is not set")
+    limits = [{"scope": "global", "period": "daily", "usd": "0.001"}]
+    config = settings_factory({"paid": section("paid", "0.01"), "away": section("away")}, limits=limits)
+    router = router_factory(config, FakePlugin(paid, away))
+
+    err = await no_route(router)
+
+    assert isinstance(err, OverBudget)
+    assert err.hint == (
+        "set AWAY_TOKEN in the environment, or use another profile; "
+        "or raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+    )
+
+
+async def test_offers_only_in_other_tiers_name_the_tiers_on_offer(settings_factory, router_factory):
+    p = FakeProvider("p")
+    router = router_factory(settings_factory({"p": section("p", {"fast": "0.01", "quality": "0.04"})}), FakePlugin(p))
+
+    err = await no_route(router, image(tier="balanced"))
+
+    assert err.hint == "ask for tier fast or quality, the tiers on offer"
+    one = router_factory(settings_factory({"p": section("p", {"fast": "0.01"})}), FakePlugin(p))
+    assert (await no_route(one)).hint == "ask for tier fast, the tier on offer"
+
+
+async def test_failures_alone_keep_the_general_hint(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderUnavailable] * 5)
+    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
+
+    err = await no_route(router)
+
+    assert err.hint == GENERAL_HINT
+
+
+async def test_refused_input_keeps_its_own_hint_even_beside_a_missing_token(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderRejectedInput("image: truncated PNG", provider="a")])
+    away = FakeProvider("away", unavailable="AWAY_TOKEN is not set")
+    router = router_factory(settings_factory({"a": section("a"), "away": section("away")}), FakePlugin(a, away))
+
+    err = await no_route(router)
+
+    assert isinstance(err, InputRefused)
+    assert err.hint == InputRefused.default_hint
+
+
+@pytest.mark.parametrize(
+    ("reasons", "hint"),
+    [
+        (["cooling down for 12.0s more after repeated failures"], "wait for p to finish cooling down"),
+        (["asks 4 outputs; this model makes at most 1"], "ask for fewer outputs (num_outputs)"),
+        (["unpriced, and a budgeted profile refuses unpriced offers"], "give the model a price in plugins.toml"),
+        (["not in profile 'offline'"], "use a profile that lists p, or drop the pin"),
+        (["makes no offer for text-to-image"], None),
+        (["not the pinned model 'p/ultra'", "disabled in config"], None),
+        (["unavailable: HF_TOKEN is not set"] * 2, "set HF_TOKEN in the environment, or use another profile"),
+    ],
+)
+def test_each_kind_of_rejection_gets_its_remedy(reasons: list[str], hint: str | None) -> None:
+    rejections = [Rejection("p", "p/m", "fast", reason) for reason in reasons]
+    assert route_hint(rejections) == hint
+    assert NoRouteAvailable("no route", rejections).hint == (hint or GENERAL_HINT)
+
+
+def test_a_hint_given_is_kept() -> None:
+    rejections = [Rejection("p", "p/m", "fast", "unavailable: HF_TOKEN is not set")]
+    assert NoRouteAvailable("no route", rejections, hint="do this").hint == "do this"
