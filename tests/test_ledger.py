@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import threading
 from collections import defaultdict
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, rule
 
 from genroute.config import BudgetLimit
-from genroute.errors import BudgetExceeded, LedgerError
+from genroute.errors import BudgetExceeded, InvalidRequest, LedgerError
 from genroute.ledger import CSV_HEADER, BudgetWarning, Ledger, LedgerEntry, Reservation, period_keys_at
 
 D = Decimal
@@ -589,6 +591,116 @@ def test_export_csv_parses_back(make: Any, clock: FakeClock, tmp_path: Path) -> 
     umask = os.umask(0o022)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a private temporary one
+
+
+def test_export_through_a_symlink_writes_the_file_it_points_at(make: Any, tmp_path: Path) -> None:
+    ledger = make()
+    shared = tmp_path / "sh"
+    shared.mkdir()
+    real = shared / "real.csv"
+    real.write_text("last month's report")
+    real.chmod(0o600)  # a private report stays private when it is replaced
+    link = tmp_path / "link.csv"
+    link.symlink_to(Path("sh") / "real.csv")
+    ledger.export_csv(link)
+    assert link.is_symlink() and os.readlink(link) == str(Path("sh") / "real.csv")  # the link is still a link
+    assert real.read_text() == ledger.report().to_csv()
+    assert real.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in shared.iterdir()) == ["real.csv"]  # no temporary file left beside it
+    dangling = tmp_path / "new.json"
+    dangling.symlink_to(shared / "later" / "new.json")  # a link to a file not made yet: the file is made
+    ledger.export_json(dangling)
+    assert dangling.is_symlink() and json.loads((shared / "later" / "new.json").read_text())["saved_requests"] == 0
+
+
+def _fake_character_device(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` look like a character device (as /dev/stdout on a terminal, or /dev/full) to os.stat."""
+    real_stat = os.stat
+
+    def fake_stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        found = real_stat(target, *args, **kwargs)
+        if os.fspath(target) == os.fspath(path):
+            fields = list(found)
+            fields[0] = stat.S_IFCHR | 0o620
+            return os.stat_result(fields)
+        return found
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+
+
+@pytest.mark.parametrize("kind", ["a named pipe (FIFO)", "a directory", "a character device", "a link to a FIFO"])
+def test_export_refuses_a_target_that_is_not_a_regular_file(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    ledger = make()
+    target = tmp_path / "target"
+    if kind == "a directory":
+        target.mkdir()
+    elif kind == "a character device":
+        target.write_text("the device")
+        _fake_character_device(target, monkeypatch)
+    elif kind == "a link to a FIFO":
+        os.mkfifo(tmp_path / "pipe")
+        target.symlink_to("pipe")
+    else:
+        os.mkfifo(target)
+    before = os.lstat(target)
+    with pytest.raises(InvalidRequest) as info:
+        ledger.export_csv(target, field="--export-csv")
+    error = info.value
+    assert error.exit_code == 4  # the user's path is at fault, as for any bad CLI target
+    assert error.message.startswith(f"--export-csv: will not write the budget report to {target}")
+    shown = "a named pipe (FIFO)" if kind == "a link to a FIFO" else kind
+    assert f"it is {shown}, not a regular file" in error.message
+    assert "give the path of a file" in error.hint
+    after = os.lstat(target)  # untouched: neither replaced by a plain file nor written into
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    if kind == "a character device":
+        assert target.read_text() == "the device"
+
+
+def test_export_to_an_unwritable_place_names_the_target_not_the_temporary_file(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = make()
+    target = tmp_path / "x.csv"
+
+    def refused(*args: Any, **kwargs: Any) -> tuple[int, str]:  # as creating a file in /proc answers
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / ".x.csv.z8093bvo.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(InvalidRequest) as info:
+        ledger.export_json(target, field="--export-json")
+    error = info.value
+    assert error.exit_code == 4
+    assert error.message == (
+        f"--export-json: cannot write the budget report to {target}: cannot create a file in {tmp_path} "
+        "(the report is written beside x.csv, then renamed): No such file or directory"
+    )
+    assert ".tmp" not in str(error) and "directory you can write" in error.hint
+    assert not target.exists()
+
+
+def test_a_failed_export_leaves_the_old_report_whole(
+    make: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = make()
+    target = tmp_path / "report.csv"
+    target.write_text("the old report")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(InvalidRequest) as info:
+        ledger.export_csv(target)
+    assert info.value.message == (
+        f"cannot write the budget report to {target}: cannot write {target}: No space left on device"
+    )
+    assert "free some space" in info.value.hint
+    assert target.read_text() == "the old report"  # never half a report
+    assert sorted(p.name for p in tmp_path.iterdir() if "report" in p.name) == ["report.csv"]
 
 
 def test_entries_in_writing_order_and_persisted(make: Any, clock: FakeClock, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -44,6 +45,7 @@ import pickle
 import secrets
 import socket
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -60,7 +62,7 @@ import diskcache
 from pydantic import BaseModel, ConfigDict
 
 from .config import BudgetLimit
-from .errors import BudgetExceeded, LedgerError
+from .errors import BudgetExceeded, InvalidRequest, LedgerError
 from .money import micros_to_usd, to_decimal, usd_to_micros
 from .secrets import redact
 from .sqlite_settings import HOT_WRITES
@@ -1075,13 +1077,16 @@ class Ledger:
             by_day=[{"day": d, "spent": micros_to_usd(m), "count": c} for d, (m, c) in sorted(days.items())],
         )
 
-    def export_csv(self, target: Path) -> None:
-        """Write :meth:`report` as CSV to ``target``, atomically."""
-        _write_atomically(Path(target), self.report().to_csv())
+    def export_csv(self, target: Path, *, field: str | None = None) -> None:
+        """Write :meth:`report` as CSV to ``target``, atomically (see :func:`_write_atomically`).
 
-    def export_json(self, target: Path) -> None:
-        """Write :meth:`report` as JSON to ``target``, atomically."""
-        _write_atomically(Path(target), self.report().to_json())
+        ``field`` names where the path came from (``--export-csv``) in the error a bad target raises.
+        """
+        _write_atomically(Path(target), self.report().to_csv(), field=field)
+
+    def export_json(self, target: Path, *, field: str | None = None) -> None:
+        """Write :meth:`report` as JSON to ``target``, atomically (see :func:`_write_atomically`)."""
+        _write_atomically(Path(target), self.report().to_json(), field=field)
 
 
 def _current_umask() -> int:
@@ -1092,21 +1097,84 @@ def _current_umask() -> int:
 
 _UMASK = _current_umask()
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-def _write_atomically(target: Path, text: str) -> None:
-    """Write to a temporary file beside ``target``, then rename it over ``target``."""
+
+def _write_atomically(target: Path, text: str, *, field: str | None = None) -> None:
+    """Write ``text`` to the file ``target`` names, all at once or not at all.
+
+    The text goes to a temporary file in the same directory as that file, then is renamed over it, so a
+    reader never sees half a report. A symlink is followed: the file it points at gets the report and the
+    link stays a link. Anything at ``target`` that is not a regular file (a directory, a FIFO, a device,
+    a socket) is refused, never replaced. A file that exists keeps its permissions.
+
+    Raises :class:`InvalidRequest` (naming ``field`` when given, and ``target``) for a target that cannot
+    be written, saying why and what to do; the temporary file is never named, and never left behind.
+    """
+    destination, mode = _report_destination(target, field)
+    shown = str(target) if destination == target else f"{target} (which leads to {destination})"
+    directory = destination.parent
+    step = f"cannot create the directory {directory}"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        directory.mkdir(parents=True, exist_ok=True)
+        step = f"cannot create a file in {directory} (the report is written beside {destination.name}, then renamed)"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{destination.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it private; a report is a file like any other
+            step = f"cannot write {destination}"
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            step = f"cannot replace {destination}"
+            os.replace(tmp, destination)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise LedgerError(f"cannot write the ledger report to {target}: {exc}", hint="check the path") from exc
+        if exc.errno in _NO_SPACE:
+            hint = "free some space on that disk, or give a path on another one"
+        else:
+            hint = "give a path in a directory you can write, or fix the permissions of that directory"
+        raise InvalidRequest(
+            f"cannot write the budget report to {shown}: {step}: {exc.strerror or type(exc).__name__}",
+            field=field,
+            hint=hint,
+        ) from None
+
+
+def _report_destination(target: Path, field: str | None) -> tuple[Path, int]:
+    """The file a report for ``target`` goes to (symlinks followed) and the permissions it gets.
+
+    Refuses a target that exists and is not a regular file: renaming a report over it would replace a
+    FIFO, a device (``/dev/stdout``…) or a socket with a plain file, and a directory cannot be written.
+    """
+    try:
+        found = os.stat(target)  # follows symlinks: what a write to this path would reach
+    except FileNotFoundError:
+        found = None  # a new file (or a dangling link: the file it names is created)
+    except OSError as exc:  # a symlink loop, a part of the path that is a file…
+        raise InvalidRequest(
+            f"cannot write the budget report to {target}: {exc.strerror or type(exc).__name__}",
+            field=field,
+            hint="give the path of a file (new, or a regular file to replace)",
+        ) from None
+    destination = Path(os.path.realpath(target)) if target.is_symlink() else target
+    if found is not None and not stat.S_ISREG(found.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(found.st_mode)), "not a regular file")
+        leads = "" if destination == target else f" (which leads to {destination})"
+        raise InvalidRequest(
+            f"will not write the budget report to {target}{leads}: it is {kind}, not a regular file",
+            field=field,
+            hint="give the path of a file (new, or a regular file to replace); to read the report on the "
+            "terminal, use genroute budget --json",
+        )
+    mode = stat.S_IMODE(found.st_mode) if found is not None else 0o666 & ~_UMASK
+    return destination, mode
