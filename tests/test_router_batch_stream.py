@@ -121,12 +121,43 @@ async def test_batch_concurrency_is_bounded(echo_router, concurrency):
     assert router.a.max_active == concurrency  # never more, and the allowance was used
 
 
-async def test_batch_rejects_a_concurrency_below_one(echo_router):
+@pytest.mark.parametrize("concurrency", [0, -1, True, False, 2.5, 2.0, "2", None])
+async def test_batch_refuses_a_concurrency_that_is_not_a_whole_number_of_at_least_one(echo_router, concurrency):
     router = echo_router()
+    pulled = 0
+
+    def requests() -> Iterator[dict[str, Any]]:
+        nonlocal pulled
+        pulled += 1
+        yield gen("p0")
+
     with pytest.raises(InvalidRequest) as info:
-        await router.abatch([gen("p0")], concurrency=0)
+        await router.abatch(requests(), concurrency=concurrency)
     assert info.value.field == "concurrency"
+    assert f"at least 1, not {concurrency!r}" in str(info.value)
+    with pytest.raises(InvalidRequest, match=r"^concurrency: "):
+        router.aiter_batch(requests(), concurrency=concurrency)  # at the call, before any iteration
+    assert pulled == 0 and not router.a.calls
+    assert list(router.ledger.entries()) == []
+
+
+def test_sync_batch_refuses_a_boolean_concurrency(echo_router):
+    router = echo_router()
+    with pytest.raises(InvalidRequest, match=r"^concurrency: must be a whole number of at least 1, not True"):
+        router.batch([gen("p0")], concurrency=True)
     assert not router.a.calls
+
+
+class Two:
+    """A whole number that is not an int, as numpy's integers are (``__index__``)."""
+
+    def __index__(self) -> int:
+        return 2
+
+
+async def test_batch_takes_any_whole_number_type_as_concurrency(echo_router):
+    outcomes = await echo_router().abatch([gen("p0"), gen("p1")], concurrency=Two())  # type: ignore[arg-type]
+    assert [o.text for o in outcomes if isinstance(o, Result)] == ["echo p0", "echo p1"]
 
 
 async def test_aiter_batch_pulls_requests_lazily(echo_router):

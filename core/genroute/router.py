@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -81,6 +82,21 @@ class BatchItem:
     index: int
     result: Result | None = None
     error: GenrouteError | None = None
+
+
+def _check_concurrency(concurrency: object) -> int:
+    """``concurrency`` as a whole number of at least 1; anything else (``True``, ``2.5``, ``0``) is refused."""
+    try:
+        value = None if isinstance(concurrency, bool) else operator.index(concurrency)  # type: ignore[arg-type]
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise InvalidRequest(
+            f"must be a whole number of at least 1, not {concurrency!r}",
+            field="concurrency",
+            hint="give how many requests may run at once as a whole number, say concurrency=8",
+        )
+    return value
 
 
 @dataclass
@@ -570,15 +586,20 @@ class Router:
         return self._sync().run(self.acomplete(provider, remote_id, payload))
 
     # -- batches ------------------------------------------------------------------------------------
-    async def aiter_batch(
+    def aiter_batch(
         self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], *, concurrency: int = 8
-    ) -> AsyncIterator[BatchItem]:
+    ) -> AsyncGenerator[BatchItem, None]:
         """Run requests with at most ``concurrency`` in flight, yielding each as it completes.
 
-        Requests are pulled lazily, so a huge batch never sits in memory at once.
+        Requests are pulled lazily, so a huge batch never sits in memory at once. ``concurrency`` must be
+        a whole number of at least 1 (not ``True``, not ``2.5``): anything else raises
+        :class:`InvalidRequest` naming it here, before any request is pulled or run.
         """
-        if concurrency < 1:
-            raise InvalidRequest("must be at least 1", field="concurrency")
+        return self._iter_batch(requests, _check_concurrency(concurrency))
+
+    async def _iter_batch(
+        self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], concurrency: int
+    ) -> AsyncGenerator[BatchItem, None]:
         source = _aiter(requests)
         pending: set[asyncio.Task[BatchItem]] = set()
         index = 0
@@ -616,7 +637,10 @@ class Router:
             return BatchItem(index, error=exc)
 
     async def abatch(self, requests: Iterable[RequestLike], *, concurrency: int = 8) -> list[Result | GenrouteError]:
-        """Run all requests (at most ``concurrency`` at once); results and errors in input order."""
+        """Run all requests (at most ``concurrency`` at once); results and errors in input order.
+
+        ``concurrency`` is checked as in :meth:`aiter_batch`, before any request runs.
+        """
         outcomes: dict[int, Result | GenrouteError] = {}
         async for item in self.aiter_batch(requests, concurrency=concurrency):
             outcome = item.result if item.result is not None else item.error
