@@ -21,7 +21,7 @@ from genroute.errors import (
     ProviderRejectedInput,
     ProviderUnavailable,
 )
-from genroute.router import BatchItem
+from genroute.router import BatchInterrupted, BatchItem
 from genroute.types import ProviderOutput, RequestModel, Result, TextGeneration
 
 D = Decimal
@@ -209,6 +209,104 @@ async def test_abandoning_a_batch_cancels_work_in_flight_and_releases_reservatio
     assert router.a.cancelled == 3
     assert router.ledger.open_reservations() == []
     assert [e.status for e in router.ledger.entries()] == ["released"] * 3
+
+
+def breaks_after(*prompts: str) -> Iterator[dict[str, Any]]:
+    """A request source that gives ``prompts`` and then breaks, as a reader of a bad file would."""
+    for prompt in prompts:
+        yield gen(prompt)
+    raise RuntimeError("source broke")
+
+
+def settled_prompts(router: Any) -> int:
+    assert router.ledger.open_reservations() == []  # nothing left reserved
+    return sum(entry.status == "settled" for entry in router.ledger.entries())
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_aiter_batch_yields_the_paid_requests_before_raising_what_the_source_raised(echo_router, concurrency):
+    router = echo_router(sleep=slower_first)  # p0 finishes last
+    seen: list[BatchItem] = []
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        async for item in router.aiter_batch(breaks_after("p0", "p1"), concurrency=concurrency):
+            seen.append(item)
+
+    assert sorted((i.index, i.result.text) for i in seen if i.result) == [(0, "echo p0"), (1, "echo p1")]
+    assert router.a.cancelled == 0 and router.a.active == 0  # both ran to their end, nothing still running
+    assert settled_prompts(router) == 2
+
+
+async def test_aiter_batch_with_a_broken_async_source_yields_what_it_started(echo_router):
+    router = echo_router(sleep=0.02)
+
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        yield gen("p0")
+        await asyncio.sleep(0)
+        raise ValueError("cannot read line 2")
+
+    items = router.aiter_batch(requests(), concurrency=4)
+    first = await anext(items)
+    with pytest.raises(ValueError, match="cannot read line 2"):
+        await anext(items)
+
+    assert (first.index, first.result and first.result.text) == (0, "echo p0")
+    assert settled_prompts(router) == 1
+
+
+async def test_abatch_with_a_broken_source_raises_with_the_paid_outcomes_in_input_order(echo_router):
+    router = echo_router(sleep=slower_first)
+
+    def requests() -> Iterator[dict[str, Any]]:
+        yield gen("p0")
+        yield {"task": "text-generation"}  # invalid: its error keeps its place
+        yield gen("p2")
+        raise RuntimeError("source broke")
+
+    with pytest.raises(BatchInterrupted) as info:
+        await router.abatch(requests(), concurrency=2)
+
+    err = info.value
+    assert isinstance(err.__cause__, RuntimeError) and str(err.__cause__) == "source broke"
+    assert "source raised RuntimeError: source broke after giving 3 request(s)" in err.message
+    assert ".outcomes" in err.hint
+    assert [o.text if isinstance(o, Result) else type(o).__name__ for o in err.outcomes] == [
+        "echo p0",
+        "InvalidRequest",
+        "echo p2",
+    ]
+    assert settled_prompts(router) == 2
+    assert router.a.cancelled == 0
+
+
+def test_sync_batch_with_a_source_broken_from_the_start_says_so(echo_router):
+    router = echo_router()
+
+    with pytest.raises(BatchInterrupted) as info:
+        router.batch(breaks_after(), concurrency=2)
+
+    assert info.value.outcomes == []
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not router.a.calls
+
+
+async def test_a_batch_of_something_not_iterable_fails_at_the_call(echo_router):
+    router = echo_router()
+    with pytest.raises(TypeError):
+        router.aiter_batch(42, concurrency=2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await router.abatch(42)  # type: ignore[arg-type]
+
+
+async def test_a_bug_raised_while_running_a_batch_is_not_taken_for_a_broken_source(echo_router, monkeypatch):
+    router = echo_router()
+
+    async def broken_run(request: Any) -> Result:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(router, "arun", broken_run)
+    with pytest.raises(KeyError):
+        await router.abatch([gen("p0")])
 
 
 # ---------------------------------------------------------------------------------------------- streaming

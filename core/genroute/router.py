@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import operator
 import sys
 import time
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pluggy
@@ -82,6 +84,51 @@ class BatchItem:
     index: int
     result: Result | None = None
     error: GenrouteError | None = None
+
+
+class BatchInterrupted(GenrouteError):
+    """A batch's request source raised partway; the requests it had already given ran to their end first.
+
+    ``outcomes`` holds their results and errors in input order — they are paid for, so keep them; the
+    source's own exception is ``__cause__``.
+    """
+
+    default_hint = (
+        "keep the finished requests' outcomes (.outcomes), fix what the request source raised, "
+        "then run the requests it had not given yet"
+    )
+
+    def __init__(self, cause: Exception, outcomes: list[Result | GenrouteError]) -> None:
+        super().__init__(
+            f"the batch's request source raised {type(cause).__name__}: {redact(str(cause))} after giving "
+            f"{len(outcomes)} request(s); those ran to their end and their outcomes are in .outcomes"
+        )
+        self.outcomes = outcomes
+
+
+class _End(enum.Enum):
+    END = enum.auto()
+
+
+class _BatchSource:
+    """A batch's requests, pulled one at a time; once pulling raises, ``error`` keeps what it raised."""
+
+    def __init__(self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> None:
+        # A sync iterable's iterator is taken now, so that a batch of something not iterable fails at the call.
+        self._items = _aiter(requests if isinstance(requests, AsyncIterable) else iter(requests))
+        self._done = False
+        self.error: Exception | None = None
+
+    async def pull(self) -> RequestLike | Literal[_End.END]:
+        """The next request, or ``END`` once the requests ran out or pulling one raised (see ``error``)."""
+        if not self._done:
+            try:
+                return await anext(self._items)
+            except StopAsyncIteration:
+                self._done = True
+            except Exception as exc:  # not KeyboardInterrupt or cancellation: those stop the batch at once
+                self._done, self.error = True, exc
+        return _End.END
 
 
 def _check_concurrency(concurrency: object) -> int:
@@ -594,24 +641,25 @@ class Router:
         Requests are pulled lazily, so a huge batch never sits in memory at once. ``concurrency`` must be
         a whole number of at least 1 (not ``True``, not ``2.5``): anything else raises
         :class:`InvalidRequest` naming it here, before any request is pulled or run.
-        """
-        return self._iter_batch(requests, _check_concurrency(concurrency))
 
-    async def _iter_batch(
-        self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], concurrency: int
-    ) -> AsyncGenerator[BatchItem, None]:
-        source = _aiter(requests)
+        If pulling the next request raises (a generator of the caller's breaks, a file cannot be read…),
+        no further request is pulled; the requests already started run to their end and are yielded like
+        any other (they are paid for), and then the source's own exception is raised, unchanged, from the
+        iteration. Nothing is left running or reserved. Leaving the iteration early (``break`` then
+        ``aclose``), cancelling it, or a ``KeyboardInterrupt`` from the source cancels the requests in
+        flight instead, releasing their reservations.
+        """
+        return self._iter_batch(_BatchSource(requests), _check_concurrency(concurrency))
+
+    async def _iter_batch(self, source: _BatchSource, concurrency: int) -> AsyncGenerator[BatchItem, None]:
         pending: set[asyncio.Task[BatchItem]] = set()
         index = 0
-        exhausted = False
 
         async def fill() -> None:
-            nonlocal index, exhausted
-            while not exhausted and len(pending) < concurrency:
-                try:
-                    item = await anext(source)
-                except StopAsyncIteration:
-                    exhausted = True
+            nonlocal index
+            while len(pending) < concurrency:
+                item = await source.pull()
+                if item is _End.END:
                     return
                 pending.add(asyncio.ensure_future(self._batch_one(index, item)))
                 index += 1
@@ -624,6 +672,8 @@ class Router:
                 await fill()
                 for task in done:
                     yield task.result()
+            if source.error is not None:
+                raise source.error
         finally:
             for task in pending:
                 task.cancel()
@@ -636,16 +686,29 @@ class Router:
         except GenrouteError as exc:
             return BatchItem(index, error=exc)
 
-    async def abatch(self, requests: Iterable[RequestLike], *, concurrency: int = 8) -> list[Result | GenrouteError]:
+    async def abatch(
+        self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], *, concurrency: int = 8
+    ) -> list[Result | GenrouteError]:
         """Run all requests (at most ``concurrency`` at once); results and errors in input order.
 
-        ``concurrency`` is checked as in :meth:`aiter_batch`, before any request runs.
+        ``concurrency`` is checked as in :meth:`aiter_batch`, before any request runs. If pulling the next
+        request raises, the requests already started still run to their end, and :class:`BatchInterrupted`
+        is raised carrying their results and errors, in input order, as ``outcomes`` (they are paid for);
+        the source's own exception is its ``__cause__``.
         """
+        limit = _check_concurrency(concurrency)
+        source = _BatchSource(requests)
         outcomes: dict[int, Result | GenrouteError] = {}
-        async for item in self.aiter_batch(requests, concurrency=concurrency):
-            outcome = item.result if item.result is not None else item.error
-            assert outcome is not None
-            outcomes[item.index] = outcome
+        try:
+            async with aclosing(self._iter_batch(source, limit)) as items:
+                async for item in items:
+                    outcome = item.result if item.result is not None else item.error
+                    assert outcome is not None
+                    outcomes[item.index] = outcome
+        except Exception as exc:
+            if exc is not source.error:
+                raise
+            raise BatchInterrupted(exc, [outcomes[i] for i in range(len(outcomes))]) from exc
         return [outcomes[i] for i in range(len(outcomes))]
 
     # -- sync facade --------------------------------------------------------------------------------
@@ -670,8 +733,10 @@ class Router:
         """Sync :meth:`aplan`."""
         return self._sync().run(self.aplan(request))
 
-    def batch(self, requests: Iterable[RequestLike], *, concurrency: int = 8) -> list[Result | GenrouteError]:
-        """Sync :meth:`abatch`."""
+    def batch(
+        self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], *, concurrency: int = 8
+    ) -> list[Result | GenrouteError]:
+        """Sync :meth:`abatch` (raises :class:`BatchInterrupted` the same way)."""
         return self._sync().run(self.abatch(requests, concurrency=concurrency))
 
     def stream(self, request: RequestLike) -> SyncTextStream:
@@ -741,7 +806,7 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
     return output
 
 
-async def _aiter(source: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> AsyncIterator[RequestLike]:
+async def _aiter(source: Iterator[RequestLike] | AsyncIterable[RequestLike]) -> AsyncIterator[RequestLike]:
     if isinstance(source, AsyncIterable):
         async for item in source:
             yield item
@@ -771,4 +836,12 @@ def _task_names() -> set[str]:
     return set(TASKS)
 
 
-__all__ = ["BatchItem", "RoutePlan", "Router", "SyncTextStream", "TextStream", "invalid_request_from"]
+__all__ = [
+    "BatchInterrupted",
+    "BatchItem",
+    "RoutePlan",
+    "Router",
+    "SyncTextStream",
+    "TextStream",
+    "invalid_request_from",
+]
