@@ -109,7 +109,9 @@ AudioInput = Annotated[MediaInput, MediaCheck("audio")]
 class _Request(BaseModel):
     """Fields every request has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # A number field (deadline_seconds, strength, temperature, duration_seconds…) takes finite numbers only:
+    # NaN or infinity is refused as such ("should be a finite number"), not as out of range.
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
     task: Task
     tier: Tier = "balanced"
