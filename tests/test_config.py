@@ -128,6 +128,56 @@ def test_limits_are_whole_micro_dollars_and_read_as_such() -> None:
     assert str(first.usd) == "100.000000"  # shown and exported like every other amount
 
 
+HUGE_AMOUNTS = ["1e400", "1e22", "1000000000000.000001", "-0.01"]
+MONEY_KEYS: list[tuple[str | int, ...]] = [
+    ("budget", "limits", 2, "usd"),
+    ("profiles", "offline", "limits"),  # a profile's own limit
+    ("providers", "mock", "models", "speech-to-text", "balanced", "price"),
+    ("providers", "replicate", "models", "text-to-image", "quality", "price"),
+]
+
+
+@pytest.mark.parametrize("amount", HUGE_AMOUNTS)
+@pytest.mark.parametrize("path", MONEY_KEYS, ids=lambda p: ".".join(map(str, p)))
+def test_an_amount_out_of_range_is_a_config_error_naming_the_key_and_the_range(
+    path: tuple[str | int, ...], amount: str
+) -> None:
+    raw = raw_copy()
+    if path[-1] == "limits":
+        raw["profiles"]["offline"]["limits"] = [{"scope": "global", "period": "total", "usd": amount}]
+        path = (*path, 0, "usd")
+    else:
+        _set(path, amount)(raw)
+    err = config_error(raw)
+    key = ".".join(str(part) for part in path)
+    assert err.key == key and err.exit_code == 3
+    if amount == "-0.01" and path[-1] == "price":
+        return  # a negative price is refused by the catalogue entry itself (test_bad_value_names_the_key)
+    assert str(err).startswith(f"conf.toml: {key}: must be from 0 to 1,000,000,000,000 dollars")
+    assert err.hint == 'write an amount in that range, as a string such as "5.00"'
+
+
+def test_a_huge_limit_in_the_file_is_reported_not_a_crash(tmp_path: Path) -> None:
+    text = SHIPPED.read_text(encoding="utf-8").replace(
+        '{ scope = "simulated", period = "daily", usd = "5.00" }',
+        '{ scope = "simulated", period = "daily", usd = "1e400" }',
+    )
+    assert "1e400" in text
+    path = write_toml(tmp_path / "plugins.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert str(info.value).startswith(f"{path}: budget.limits.2.usd: must be from 0 to 1,000,000,000,000 dollars")
+
+
+def test_the_largest_amounts_in_range_are_accepted() -> None:
+    raw = raw_copy()
+    raw["budget"]["limits"][0]["usd"] = "1e12"
+    raw["providers"]["mock"]["models"]["text-to-image"]["fast"]["price"] = "1000000000000"
+    settings_ = settings_from_dict(raw, env={})
+    assert settings_.limits()[0].usd == Decimal(10**12)
+    assert settings_.providers["mock"].models["text-to-image"]["fast"].price == Decimal(10**12)
+
+
 # -- profile selection -----------------------------------------------------------------------------
 
 

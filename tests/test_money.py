@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import pytest
@@ -194,3 +194,20 @@ def test_fmt_usd_never_scientific(amount: Decimal) -> None:
     assert text.startswith("$")
     assert "E" not in text and "e" not in text
     assert Decimal(text[1:]) == quantize(amount) or abs(Decimal(text[1:]) - amount) < Decimal("0.01")
+
+
+# -- amounts of any size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", ["1e400", "1e22", "-1e30", "123456789012345678901234567890.1234561"])
+def test_every_helper_takes_an_amount_past_the_contexts_28_digits(amount: str) -> None:
+    value = Decimal(amount)
+    assert quantize(value) == value.quantize(Decimal("0.000001"), context=Context(prec=500))
+    micros = usd_to_micros(value)
+    assert micros == int(value.quantize(Decimal("0.000001"), context=Context(prec=500)).scaleb(6, Context(prec=500)))
+    assert usd_to_micros(value, round_up=True) == micros + (1 if amount.endswith("4561") else 0)
+    assert micros_to_usd(micros) == quantize(value)
+    text = fmt_usd(value)
+    assert "E" not in text and Decimal(text.replace("$", "")) == quantize(value).quantize(
+        Decimal("0.000001"), context=Context(prec=500)
+    )

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .money import MAX_USD
 from .store import SCRATCH_MAX_BYTES
 from .types import Billing, Flag, ModelEntry, Number, Task, Tier, WholeNumber
 
@@ -31,6 +32,8 @@ Period = Literal["total", "daily", "monthly"]
 
 _SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_\-]?key|secret|password)$", re.IGNORECASE)
 _SCOPE = re.compile(r"^(global|simulated|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
+_OUT_OF_RANGE = f"must be from 0 to {MAX_USD:,} dollars (a trillion)"
+_RANGE_HINT = 'write an amount in that range, as a string such as "5.00"'
 
 
 class _Strict(BaseModel):
@@ -52,11 +55,13 @@ class BudgetLimit(_Strict):
 
     scope: str = "global"
     period: Period = "total"
-    usd: Decimal = Field(ge=0, decimal_places=6, description="dollars, to the micro-dollar (the ledger's unit)")
+    usd: Decimal = Field(decimal_places=6, description="dollars, to the micro-dollar (the ledger's unit), 0 to MAX_USD")
 
     @field_validator("usd")
     @classmethod
     def _to_the_micro_dollar(cls, value: Decimal) -> Decimal:
+        if not 0 <= value <= MAX_USD:
+            raise ValueError(_OUT_OF_RANGE)
         return value.quantize(Decimal("0.000001"))  # "1E+2" is shown and exported as 100.000000
 
     @field_validator("scope")
@@ -225,7 +230,18 @@ def settings_from_dict(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise config_error_from(exc, file=source) from None
+    _check_prices(settings, source)
     return _resolve_paths(settings, env)
+
+
+def _check_prices(settings: Settings, source: str) -> None:
+    """Refuse a unit price past :data:`~genroute.money.MAX_USD`, naming its key (ModelEntry takes any size)."""
+    for name, provider in settings.providers.items():
+        for task, tiers in provider.models.items():
+            for tier, entry in tiers.items():
+                if entry.price > MAX_USD:
+                    key = f"providers.{name}.models.{task}.{tier}.price"
+                    raise ConfigError(_OUT_OF_RANGE, file=source, key=key, hint=_RANGE_HINT)
 
 
 def config_error_from(exc: ValidationError, *, file: str, key_prefix: tuple[str, ...] = ()) -> ConfigError:
@@ -265,6 +281,8 @@ def _hint_for(error: Any) -> str:
         return "add the key and run again"
     if "has no [providers." in str(error["msg"]):
         return "add that [providers.<name>] section, or remove the provider from the profile"
+    if _OUT_OF_RANGE in str(error["msg"]):
+        return _RANGE_HINT
     if "profile" in str(error["msg"]):
         return "pick a profile defined under [profiles.<name>], or set GENROUTE_PROFILE to one"
     return "fix the value at that key and run again"

@@ -2,14 +2,22 @@
 
 Floats never carry money: a float given where money is expected is converted through ``str`` so that
 ``0.1`` means ten cents, not 0.1000000000000000055…
+
+Every helper here is exact for any finite amount, however large: the context's 28 digits would make
+``quantize`` fail on amounts past about 10²¹ dollars, so larger ones get a context wide enough for them.
+Configuration keeps amounts within :data:`MAX_USD`.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, getcontext
 
 MICROS_PER_USD = 1_000_000
 _MICRO = Decimal("0.000001")
+_CENT = Decimal("0.01")
+
+MAX_USD = Decimal(10**12)
+"""The largest amount a budget limit or a unit price in configuration may be: a trillion dollars."""
 
 
 def to_decimal(value: Decimal | int | float | str) -> Decimal:
@@ -25,25 +33,38 @@ def to_decimal(value: Decimal | int | float | str) -> Decimal:
     return amount
 
 
+def _room(amount: Decimal) -> Context | None:
+    """A context with digits enough for ``amount`` down to the micro-dollar; None when the current one has them."""
+    context = getcontext()
+    needed = amount.adjusted() + 8  # the digits above the point, six below it, and one to spare
+    if needed <= context.prec:
+        return None
+    wide = context.copy()
+    wide.prec = needed
+    return wide
+
+
 def usd_to_micros(amount: Decimal, *, round_up: bool = False) -> int:
     """Dollars → whole micro-dollars. Estimates round up so a reservation never undercounts."""
     rounding = ROUND_CEILING if round_up else ROUND_HALF_EVEN
-    return int((amount * MICROS_PER_USD).to_integral_value(rounding=rounding))
+    context = _room(amount)
+    return int(amount.scaleb(6, context=context).to_integral_value(rounding=rounding, context=context))
 
 
 def micros_to_usd(micros: int) -> Decimal:
-    """Whole micro-dollars → dollars, exact."""
-    return (Decimal(micros) / MICROS_PER_USD).quantize(_MICRO)
+    """Whole micro-dollars → dollars, exact, with six places (as the ledger reports them)."""
+    return Decimal(micros).scaleb(-6, context=_room(Decimal(micros)))
 
 
 def quantize(amount: Decimal) -> Decimal:
     """Round a dollar amount to the micro-dollar, the ledger's resolution."""
-    return amount.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+    return amount.quantize(_MICRO, rounding=ROUND_HALF_EVEN, context=_room(amount))
 
 
 def fmt_usd(amount: Decimal) -> str:
     """Human form: ``$0.003``, ``$12.50``; never scientific notation."""
-    text = format(quantize(amount).normalize(), "f")
+    rounded = quantize(amount)
+    text = format(rounded.normalize(context=_room(rounded)), "f")
     if "." not in text or len(text.split(".")[1]) < 2:
-        text = format(quantize(amount).quantize(Decimal("0.01")), "f")
+        text = format(rounded.quantize(_CENT, context=_room(rounded)), "f")
     return f"${text}"
