@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import wave
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -33,9 +34,12 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    """``cli(*args, env=None, rc=None)``: run genroute in ``tmp_path``; ``rc`` asserts the exit code."""
+    """``cli(*args, env=None, rc=None, stdin=None)``: run genroute in ``tmp_path``; ``rc`` asserts the exit code.
 
-    def run(*args: str | Path, env: Mapping[str, str] | None = None, rc: int | None = None):
+    ``stdin`` is text sent through a pipe to the command's standard input (none when not given).
+    """
+
+    def run(*args: str | Path, env: Mapping[str, str] | None = None, rc: int | None = None, stdin: str | None = None):
         environ = dict(os.environ)
         for name in ("GENROUTE_PROFILE", "FORCE_COLOR", *TOKEN_VARIABLES):
             environ.pop(name, None)
@@ -45,6 +49,8 @@ def cli(tmp_path: Path) -> Cli:
             [sys.executable, "-m", "genroute.cli", *map(str, args)],
             cwd=tmp_path,
             env=environ,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=120,
@@ -355,6 +361,48 @@ def test_batch_results_file_is_appended_to(cli, tmp_path):
 
     records = [json.loads(line) for line in (tmp_path / "res.jsonl").read_text().splitlines()]
     assert [r["cached"] for r in records] == [False, True]
+
+
+FIVE = [{"task": "text-to-image", "prompt": f"a kite, take {i}", "tier": "fast"} for i in range(1, 6)]
+
+
+def jsonl_text(lines: list[str | dict[str, Any]]) -> str:
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+
+
+@pytest.mark.parametrize(("path", "label"), [("-", "<stdin>"), ("/dev/stdin", "/dev/stdin")])
+def test_batch_reading_a_pipe_runs_every_line_once_and_counts_what_ran(cli, path, label):
+    proc = cli("batch", path, "--no-progress", stdin=jsonl_text([*FIVE, '{"task": ']), rc=10)
+
+    records = {r["line"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(records) == [1, 2, 3, 4, 5, 6]
+    assert all(records[n]["status"] == "ok" and records[n]["cached"] is False for n in range(1, 6))
+    assert f"{label}:6: not valid JSON" in records[6]["error"]
+    assert "5/6 done (0 from the store), 1 failed, spent $0.015" in proc.stderr
+    assert usage_spent(budget_state(cli), "provider:mock") == Decimal("0.015")
+
+
+def test_batch_reads_a_fifo_and_a_summary_never_counts_lines_that_did_not_run(cli, tmp_path):
+    fifo = tmp_path / "requests.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(jsonl_text(FIVE[:3]), encoding="utf-8"))
+    writer.start()
+    try:
+        proc = cli("batch", fifo.name, "--results", "res.jsonl", "--no-progress", rc=0)
+    finally:
+        writer.join(timeout=30)
+
+    records = [json.loads(line) for line in (tmp_path / "res.jsonl").read_text().splitlines()]
+    assert sorted(r["line"] for r in records) == [1, 2, 3] and all(r["status"] == "ok" for r in records)
+    assert "3/3 done (0 from the store), 0 failed, spent $0.009" in proc.stderr
+
+
+def test_plan_reads_standard_input_given_as_a_dash(cli):
+    proc = cli("plan", "-", "--json", stdin=jsonl_text([FIVE[0], "[1]"]), rc=10)
+
+    rows = {row["line"]: row for row in json.loads(proc.stdout)["requests"]}
+    assert rows[1]["route"] == "mock · mock/flux-schnell"
+    assert rows[2]["error"].startswith("<stdin>:2: expected a JSON object")
 
 
 # --------------------------------------------------------------------------------------------------- inspection

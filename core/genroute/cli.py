@@ -11,13 +11,15 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, TextIO, Union, get_args, get_origin
+from typing import Annotated, Any, BinaryIO, Literal, TextIO, Union, get_args, get_origin
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -394,33 +396,82 @@ def _print_result_summary(result: Result, files: list[Path], err: Console) -> No
 
 
 # -- plan and batch -------------------------------------------------------------------------------------
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidRequest]]:
-    """(line number, request dict or the error that line has); blank lines and # comments skipped."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read {path}: {exc.strerror}", field="FILE", hint="check the path") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
+STDIN = "-"
+"""The FILE argument of ``plan`` and ``batch`` that means standard input."""
+
+
+class _Jsonl:
+    """The JSONL requests of ``plan`` and ``batch``: a file, or standard input for ``-``.
+
+    Iterating gives (line number, request dict or the error that line has), blank lines and # comments
+    skipped. The input is read once; only a regular file, which can be rewound, may also be counted
+    first (a pipe, a FIFO or a terminal read twice would be empty the second time).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.stdin = str(path) == STDIN
+        self.label = "<stdin>" if self.stdin else str(path)  # how messages name it: "<stdin>:3: …"
+        if self.stdin:
+            self._handle: BinaryIO = sys.stdin.buffer
+        else:
+            try:
+                self._handle = path.open("rb")
+            except OSError as exc:
+                raise InvalidRequest(
+                    f"cannot read {path}: {exc.strerror}", field="FILE", hint="check the path"
+                ) from None
+        try:
+            self.regular = stat.S_ISREG(os.fstat(self._handle.fileno()).st_mode)
+        except (OSError, ValueError):  # no file descriptor (a test's stand-in for stdin): read it once
+            self.regular = False
+
+    def __enter__(self) -> _Jsonl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.stdin:
+            self._handle.close()
+
+    def count(self) -> int | None:
+        """How many request lines a regular file holds (read, then rewound); None for anything else."""
+        if not self.regular:
+            return None
+        start = self._handle.tell()
+        try:
+            return sum(1 for _ in self._texts())
+        finally:
+            self._handle.seek(start)
+
+    def _texts(self) -> Iterator[tuple[int, str | InvalidRequest]]:
+        for number, raw in enumerate(self._handle, start=1):
             try:
                 text = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
-                yield number, InvalidRequest(f"{path}:{number}: not UTF-8 text", hint="save the file as UTF-8")
+                yield number, InvalidRequest(f"{self.label}:{number}: not UTF-8 text", hint="save the file as UTF-8")
                 continue
-            if not text or text.startswith("#"):
+            if text and not text.startswith("#"):
+                yield number, text
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any] | InvalidRequest]]:
+        for number, text in self._texts():
+            if isinstance(text, InvalidRequest):
+                yield number, text
                 continue
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield number, InvalidRequest(f"{path}:{number}: not valid JSON ({exc.msg})", hint="fix that line")
+                yield number, self._invalid(number, f"not valid JSON ({exc.msg})")
                 continue
             if not isinstance(data, dict):
-                yield number, InvalidRequest(f"{path}:{number}: expected a JSON object", hint="fix that line")
+                yield number, self._invalid(number, "expected a JSON object")
                 continue
             yield number, data
 
+    def _invalid(self, number: int, message: str, hint: str = "fix that line") -> InvalidRequest:
+        return InvalidRequest(f"{self.label}:{number}: {message}", hint=hint)
 
-def _validated(path: Path, number: int, data: dict[str, Any] | InvalidRequest) -> RequestModel | InvalidRequest:
+
+def _validated(label: str, number: int, data: dict[str, Any] | InvalidRequest) -> RequestModel | InvalidRequest:
     if isinstance(data, InvalidRequest):
         return data
     from pydantic import ValidationError
@@ -429,22 +480,22 @@ def _validated(path: Path, number: int, data: dict[str, Any] | InvalidRequest) -
         return parse_request(data)
     except ValidationError as exc:
         error = invalid_request_from(exc)
-        return InvalidRequest(f"{path}:{number}: {error.message}", hint="fix that line")
+        return InvalidRequest(f"{label}:{number}: {error.message}", hint="fix that line")
 
 
 def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows: list[dict[str, Any]] = []
     totals: dict[str, Decimal] = {}  # budget scope the spend would count in → estimated sum
-    with _router(args) as router:
-        for number, data in _jsonl(args.file):
-            request = _validated(args.file, number, data)
+    with _Jsonl(args.file) as source, _router(args) as router:
+        for number, data in source:
+            request = _validated(source.label, number, data)
             if isinstance(request, InvalidRequest):
                 rows.append({"line": number, "error": redact(request.message)})
                 continue
             try:
                 plan = router.plan(request)
             except GenrouteError as exc:
-                rows.append({"line": number, "error": redact(f"{args.file}:{number}: {exc.message}")})
+                rows.append({"line": number, "error": redact(f"{source.label}:{number}: {exc.message}")})
                 continue
             row: dict[str, Any] = {"line": number, "task": request.task_name, "tier": request.tier}
             if plan.cached:
@@ -511,26 +562,49 @@ def _same_file(a: Path, b: Path) -> bool:
 def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.concurrency < 1:
         raise InvalidRequest("must be at least 1", field="--concurrency")
-    if args.results is not None and _same_file(args.results, args.file):
+    if args.results is not None and str(args.file) != STDIN and _same_file(args.results, args.file):
         raise InvalidRequest(
             f"{args.results} is the input file {args.file}: results would be appended to the requests",
             field="--results",
             hint="give --results another file, or leave it out to write the results to standard output",
         )
-    lines = sum(1 for _ in _jsonl(args.file))
-    failures = 0
-    cost = Decimal(0)
-    cached = 0
-    try:
-        sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
+    with _Jsonl(args.file) as source:
+        total = source.count()  # None for a pipe: it is read once, as the requests run
+        try:
+            sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
+        try:
+            tally = _run_batch(args, source, total, sink, err)
+        finally:
+            if args.results:
+                sink.close()
+    err.print(
+        f"{tally.ok}/{tally.ok + tally.failed} done ({tally.cached} from the store), {tally.failed} failed, "
+        f"spent {fmt_usd(tally.cost)}",
+        markup=False,
+    )
+    return 0 if tally.failed == 0 else EXIT_PARTIAL
+
+
+@dataclass
+class _Tally:
+    """What a batch did, counted from the records it wrote."""
+
+    ok: int = 0
+    failed: int = 0
+    cached: int = 0
+    cost: Decimal = Decimal(0)
+
+
+def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink: TextIO, err: Console) -> _Tally:
+    tally = _Tally()
     numbers: list[int] = []
     invalid: list[tuple[int, InvalidRequest]] = []
 
     def requests() -> Iterator[RequestModel]:
-        for number, data in _jsonl(args.file):
-            request = _validated(args.file, number, data)
+        for number, data in source:
+            request = _validated(source.label, number, data)
             if isinstance(request, InvalidRequest):
                 invalid.append((number, request))
                 continue
@@ -552,11 +626,21 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
                 text=result.text,
                 request_key=result.request_key,
             )
+            tally.ok += 1
+            tally.cost += result.actual_cost
+            tally.cached += result.cached
         else:
             problem = error or (item.error if item else None)
             record.update(status="error", error=redact(str(problem)), kind=type(problem).__name__)
+            tally.failed += 1
         sink.write(json.dumps(record) + "\n")
         sink.flush()
+        progress.update(bar, advance=1, cost=fmt_usd(tally.cost))
+
+    def emit_invalid() -> None:
+        while invalid:
+            number, error = invalid.pop(0)
+            emit(number, None, error)
 
     progress = Progress(
         TextColumn("[bold]batch"),
@@ -568,39 +652,18 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
         disable=args.no_progress or args.json,
         transient=False,
     )
-    try:
-        with _router(args) as router, progress:
-            bar = progress.add_task("batch", total=lines, cost="$0")
+    with _router(args) as router, progress:
+        bar = progress.add_task("batch", total=total, cost="$0")
 
-            async def drive() -> None:
-                nonlocal failures, cost, cached
-                async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
-                    while invalid:
-                        number, error = invalid.pop(0)
-                        failures += 1
-                        emit(number, None, error)
-                        progress.advance(bar)
-                    if item.result is not None:
-                        cost += item.result.actual_cost
-                        cached += item.result.cached
-                    else:
-                        failures += 1
-                    emit(numbers[item.index], item)
-                    progress.update(bar, advance=1, cost=fmt_usd(cost))
-                for number, error in invalid:
-                    failures += 1
-                    emit(number, None, error)
-                    progress.advance(bar)
+        async def drive() -> None:
+            async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
+                emit_invalid()
+                emit(numbers[item.index], item)
+            emit_invalid()
 
-            router._sync().run(drive())
-    finally:
-        if args.results:
-            sink.close()
-    err.print(
-        f"{lines - failures}/{lines} done ({cached} from the store), {failures} failed, spent {fmt_usd(cost)}",
-        markup=False,
-    )
-    return 0 if failures == 0 else EXIT_PARTIAL
+        router._sync().run(drive())
+        progress.update(bar, total=tally.ok + tally.failed)  # known at last when the input was a pipe
+    return tally
 
 
 # -- inspection -----------------------------------------------------------------------------------------
