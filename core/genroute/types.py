@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from datetime import datetime
@@ -409,12 +410,62 @@ class Artifact(BaseModel):
     def suffix(self) -> str:
         return MEDIA_SUFFIXES.get(self.media_type, ".bin")
 
-    def save(self, directory: Path, stem: str) -> Path:
-        """Copy the bytes to ``directory/stem<suffix>`` and return that path."""
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{stem}{self.suffix()}"
-        shutil.copyfile(self.path, target)
+    def save(self, directory: str | Path, stem: str, *, overwrite: bool = True) -> Path:
+        """Copy the bytes to ``directory/<stem><suffix>`` (making ``directory`` if need be); return that path.
+
+        ``stem`` is a file name, not a path: an empty one, one with a path separator (``/``, ``\\``) or one
+        starting with ``.`` (``..``, a hidden file) raises :class:`InvalidRequest` naming ``stem``, before
+        anything is written. A stem already ending in the artifact's suffix (``fox.png`` for a PNG; ``.jpeg``
+        too for a JPEG) gets no second one; one ending in another media type's (``fox.jpg`` for a PNG) is
+        refused, rather than saved under a name that lies about the format.
+
+        A file already at the path is replaced (``genroute run`` saves a request's output under one name
+        each time). With ``overwrite=False`` a file with other contents is refused instead
+        (:class:`InvalidRequest` naming ``stem``), and one with the same bytes is left as it is.
+        """
+        target = Path(directory) / self._file_name(stem)
+        if target.is_dir():
+            raise InvalidRequest(f"{target} is a directory", field="stem", hint="give another stem or directory")
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        if target.exists() and target.samefile(self.path):
+            return target  # saving the stored file onto itself
+        if overwrite:
+            shutil.copyfile(self.path, target)
+            return target
+        try:
+            with self.path.open("rb") as source, target.open("xb") as out:  # "x": never replaces a file
+                shutil.copyfileobj(source, out)
+        except FileExistsError:
+            if not filecmp.cmp(target, self.path, shallow=False):
+                raise InvalidRequest(
+                    f"{target} already exists with other contents",
+                    field="stem",
+                    hint="give another stem or directory, or pass overwrite=True to replace the file",
+                ) from None
         return target
+
+    def _file_name(self, stem: str) -> str:
+        """``stem`` plus this artifact's suffix unless it ends in it already; refuses a stem that is no file name."""
+        suffix = self.suffix()
+        hint = (
+            f"give a file name without directories, say 'output' (saved as output{suffix}), and the folder as directory"
+        )
+        if not isinstance(stem, str) or not stem.strip():
+            raise InvalidRequest(f"must be a file name, not {stem!r}", field="stem", hint=hint)
+        if any(sep in stem for sep in ("/", "\\", "\0")):
+            raise InvalidRequest(f"{stem!r} is a path, not a file name", field="stem", hint=hint)
+        if stem.startswith("."):
+            raise InvalidRequest(f"{stem!r} starts with '.': the file would be hidden", field="stem", hint=hint)
+        given = Path(stem).suffix.lower()
+        if given in _SUFFIX_SPELLINGS.get(suffix, {suffix}):
+            return stem
+        if given in _KNOWN_SUFFIXES:
+            raise InvalidRequest(
+                f"{stem!r} ends in {given}, but this artifact is {self.media_type} ({suffix})",
+                field="stem",
+                hint=f"leave the suffix out ({suffix} is added) or write {suffix}",
+            )
+        return stem + suffix
 
 
 MEDIA_SUFFIXES: dict[str, str] = {
@@ -429,6 +480,10 @@ MEDIA_SUFFIXES: dict[str, str] = {
     "audio/ogg": ".ogg",
     "text/plain": ".txt",
 }
+# The spellings of a suffix a stem may already end in (``.jpeg`` for ``.jpg``), and the media suffixes a stem
+# may not end in when they are another media type's.
+_SUFFIX_SPELLINGS: dict[str, set[str]] = {".jpg": {".jpg", ".jpeg"}}
+_KNOWN_SUFFIXES: set[str] = {*MEDIA_SUFFIXES.values(), ".jpeg"}
 
 
 class Result(BaseModel):
