@@ -200,6 +200,31 @@ async def test_each_passed_over_offer_is_reported_with_its_reason(case, settings
     assert entries(router) == []  # nothing reserved, nothing spent
 
 
+async def test_a_provider_outside_the_profile_is_reported_as_such_before_being_unavailable(
+    settings_factory, router_factory
+):
+    """The profile is checked before availability and task: ``plan`` says ``not in profile`` for a provider the
+    profile leaves out even when its token is missing, and ``unavailable`` only for one the profile lists."""
+    away = FakeProvider("away", unavailable="AWAY_TOKEN is not set")
+    gone = FakeProvider("gone", unavailable="GONE_TOKEN is not set")
+    here = FakeProvider("here")
+
+    def video_offer(request: RequestModel) -> list[Offer]:  # an offer for another task, from outside the profile
+        return [Offer(provider="away", model="away/video", task="text-to-video", tier="balanced", estimate=D("1"))]
+
+    providers = {"away": section("away"), "gone": section("gone"), "here": section("here")}
+    config = settings_factory(providers, profiles={"mine": ["here", "gone"]})
+    router = router_factory(config, FakePlugin(away, gone, here, extra_offers=video_offer))
+
+    plan = await router.aplan(image())
+
+    reasons = {(r.provider, r.model): r.reason for r in plan.rejections}
+    assert reasons[("away", "away/balanced")] == "not in profile 'mine'"
+    assert reasons[("away", "away/video")] == "not in profile 'mine'"
+    assert reasons[("gone", "gone/balanced")] == "unavailable: GONE_TOKEN is not set"
+    assert plan.chosen is not None and plan.chosen.provider == "here"
+
+
 async def test_pins_choose_a_pricier_offer(settings_factory, router_factory, fake_provider):
     a, b = fake_provider("a"), fake_provider("b")
     config = settings_factory({"a": section("a"), "b": section("b", "0.001")})

@@ -354,6 +354,11 @@ class Router:
         headroom: dict[tuple[str, ...], Decimal | None],
         unavailable: dict[str, str | None],
     ) -> str | None:
+        """Why ``offer`` cannot serve ``request``, or None; the first failed check wins (docs/routing-and-budget.md).
+
+        The profile is checked before availability and task: a provider the profile leaves out is reported
+        as ``not in profile``, the one thing to change for it, even when its token is missing too.
+        """
         if offer.provider not in self.providers:
             return "no installed plugin registers this provider"
         if offer.provider not in order:
