@@ -405,6 +405,64 @@ def test_plan_reads_standard_input_given_as_a_dash(cli):
     assert rows[2]["error"].startswith("<stdin>:2: expected a JSON object")
 
 
+ODD_LINES = [
+    FIVE[0],
+    '{"task": "text-to-image", "prompt": "a", "seed": ' + "9" * 5000 + "}",
+    "[" * 100_000,
+    FIVE[1],
+]
+ODD_ERRORS = {
+    2: "big.jsonl:2: a number has more than 4300 digits",
+    3: "big.jsonl:3: nested too deeply to read",
+}
+
+
+def test_an_odd_jsonl_line_fails_that_line_only_in_batch(cli, tmp_path):
+    write_jsonl(tmp_path / "big.jsonl", ODD_LINES)
+
+    proc = cli("batch", "big.jsonl", "--no-progress", rc=10)
+
+    records = {r["line"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert {n for n, r in records.items() if r["status"] == "ok"} == {1, 4}
+    for number, words in ODD_ERRORS.items():
+        assert records[number]["kind"] == "InvalidRequest" and records[number]["error"].startswith(words)
+    assert "internal error" not in proc.stderr and "2/4 done" in proc.stderr
+
+
+def test_an_odd_jsonl_line_fails_that_line_only_in_plan(cli, tmp_path):
+    write_jsonl(tmp_path / "big.jsonl", ODD_LINES)
+
+    proc = cli("plan", "big.jsonl", "--json", rc=10)
+
+    rows = {row["line"]: row for row in json.loads(proc.stdout)["requests"]}
+    assert rows[1]["route"] == rows[4]["route"] == "mock · mock/flux-schnell"
+    for number, words in ODD_ERRORS.items():
+        assert rows[number]["error"].startswith(words)
+    assert "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("param", "words"),
+    [
+        ("seed=" + "9" * 5000, "--param seed: a number has more than 4300 digits"),
+        ("seed=" + "[" * 20_000, "--param seed: nested too deeply to read"),
+    ],
+)
+def test_a_param_value_that_cannot_be_read_names_the_parameter(cli, param, words):
+    proc = cli("run", "a fox", "--param", param, rc=4)
+
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"genroute: error: {words}")
+    assert "internal error" not in proc.stderr
+
+
+def test_a_text_param_keeps_a_value_json_cannot_read_as_typed(cli):
+    brackets = "[" * 2000  # too deep for JSON, yet a text field takes it as it was typed
+    proc = cli("run", "a fox", "--tier", "fast", "--param", f"negative_prompt={brackets}", "--json", rc=0)
+
+    assert json.loads(proc.stdout)["provider"] == "mock"
+
+
 # --------------------------------------------------------------------------------------------------- inspection
 
 

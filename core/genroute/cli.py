@@ -198,7 +198,7 @@ def _run_request(args: argparse.Namespace) -> dict[str, Any]:
             raise InvalidRequest(f"{item!r} is not KEY=VALUE", field="--param")
         params[key.strip().replace("-", "_")] = value
     # The named options win over --param, --task included.
-    task: Any = args.task or (_json_or_text(params["task"]) if "task" in params else "text-to-image")
+    task: Any = args.task or (_json_or_text(params["task"], "task") if "task" in params else "text-to-image")
     if not isinstance(task, str):
         raise InvalidRequest("must be a task name", field="task", hint=f"one of: {', '.join(TASKS)}")
     args.task = task
@@ -257,12 +257,17 @@ def _param_value(task: str, key: str, text: str) -> Any:
     request fields refuse the wrong JSON types, text for a number field is read as a number (``.5``, ``08``)
     and a number for a text field (a voice, a language, a prompt) is kept as the text it was typed as.
     """
-    value = _json_or_text(text)
     cls = _BY_TASK_NAME.get(task)
     field = cls.model_fields.get(key) if cls is not None else None
+    kinds = _value_types(field.annotation) if field is not None else set()
+    try:
+        value = _json_or_text(text, key)
+    except InvalidRequest:
+        if str in kinds:
+            return text  # a text field takes it as typed (a prompt of 5000 digits, of 10000 "[")
+        raise
     if field is None:
         return value  # no such field for this task: the request's validation says so
-    kinds = _value_types(field.annotation)
     numeric = kinds & {int, float}
     if isinstance(value, str) and numeric and str not in kinds:
         try:
@@ -274,11 +279,44 @@ def _param_value(task: str, key: str, text: str) -> Any:
     return value
 
 
-def _json_or_text(value: str) -> Any:
+def _json_or_text(value: str, key: str) -> Any:
+    """``value`` read as JSON when it parses, else the text itself; JSON that cannot be taken in is refused."""
     try:
-        return json.loads(value)
+        return _loads(value)
     except json.JSONDecodeError:
         return value
+    except _UnreadableJson as exc:
+        raise InvalidRequest(exc.reason, field=f"--param {key}", hint=exc.hint) from None
+
+
+class _UnreadableJson(ValueError):
+    """JSON text that parses as JSON yet cannot be taken in: ``reason`` says why, ``hint`` what to do."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, refusing what it would take in wrongly or fail on with a Python error.
+
+    Raises ``json.JSONDecodeError`` for text that is not JSON, and :class:`_UnreadableJson` for a number longer
+    than Python reads (its ``sys.get_int_max_str_digits()``) and nesting deeper than the parser can follow.
+    """
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, _UnreadableJson):
+        raise
+    except RecursionError:
+        raise _UnreadableJson("nested too deeply to read", hint="nest lists and objects less deeply") from None
+    except ValueError as exc:
+        if "digits" in str(exc):
+            digits = sys.get_int_max_str_digits()
+            raise _UnreadableJson(
+                f"a number has more than {digits} digits", hint=f"write numbers with at most {digits} digits"
+            ) from None
+        raise _UnreadableJson(str(exc), hint="fix the JSON") from None
 
 
 def _value_types(annotation: Any) -> set[type]:
@@ -458,9 +496,12 @@ class _Jsonl:
                 yield number, text
                 continue
             try:
-                data = json.loads(text)
+                data = _loads(text)
             except json.JSONDecodeError as exc:
                 yield number, self._invalid(number, f"not valid JSON ({exc.msg})")
+                continue
+            except _UnreadableJson as exc:  # a number too long, nesting too deep: this line only
+                yield number, self._invalid(number, exc.reason, hint=f"fix that line: {exc.hint}")
                 continue
             if not isinstance(data, dict):
                 yield number, self._invalid(number, "expected a JSON object")
