@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import wave
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import genroute_mock.plugin as mock_plugin
+from conftest import mock_section
 from genroute.billing import actual, estimate, quantity, wav_seconds
 from genroute.config import Settings, load_settings
+from genroute.money import usd_to_micros
+from genroute.plugins import make_plugin_manager
+from genroute.router import Router
 from genroute.types import (
     REQUEST_TYPES,
     TASKS,
     TIERS,
+    BillingUnit,
     ModelEntry,
+    Offer,
     OutputFile,
     ProviderOutput,
     RequestModel,
+    SpeechToText,
     Usage,
 )
 
@@ -140,8 +149,71 @@ def test_stt_estimate_uses_real_wav_duration(catalogue: Settings, tmp_path: Path
 def test_token_estimate_is_max_tokens(catalogue: Settings) -> None:
     entry = entry_for(catalogue, "text-generation", "quality")  # 0.0095 per 1k tokens
     assert estimate(entry, build("text-generation", max_tokens=1000)) == Decimal("0.0095")
-    assert estimate(entry, build("text-generation", max_tokens=1)) == Decimal("0.0000095")
+    assert estimate(entry, build("text-generation", max_tokens=1)) == Decimal("0.00001")  # 0.0000095, rounded up
     assert estimate(entry, build("text-generation", max_tokens=32000)) == Decimal("0.304")
+
+
+ONE_SECOND_WAV = make_wav(8000)
+
+# unit → (catalogue entry, request, the estimate as JSON shows it): quantities and prices whose exact product
+# has digits past the micro-dollar, a repeating fraction, or trailing zeros
+CLEAN_ESTIMATES: dict[str, tuple[ModelEntry, RequestModel, str]] = {
+    "output": (
+        ModelEntry(model="m", unit="output", price=Decimal("0.0030")),
+        build("text-to-image", num_outputs=3),
+        "0.009",
+    ),
+    "request": (ModelEntry(model="m", unit="request", price=Decimal("0.010000")), build("text-to-image"), "0.01"),
+    "media_second": (  # one word: half a second of speech
+        ModelEntry(model="m", unit="media_second", price=Decimal("0.0003333")),
+        build("text-to-speech", text="hi"),
+        "0.000167",
+    ),
+    "audio_minute": (  # one second of audio: 0.006 / 60
+        ModelEntry(model="m", unit="audio_minute", price=Decimal("0.006")),
+        build("speech-to-text", audio=ONE_SECOND_WAV),
+        "0.0001",
+    ),
+    "compute_second": (
+        ModelEntry(model="m", unit="compute_second", price=Decimal("0.000225"), est_seconds=Decimal("3.3333333")),
+        build("upscale"),
+        "0.00075",
+    ),
+    "1k_tokens": (
+        ModelEntry(model="m", unit="1k_tokens", price=Decimal("0.00025")),
+        build("text-generation", max_tokens=7),
+        "0.000002",  # 0.00000175, rounded up as the reservation is
+    ),
+}
+
+
+def test_clean_estimates_cover_every_billing_unit() -> None:
+    assert set(CLEAN_ESTIMATES) == set(get_args(BillingUnit))
+
+
+@pytest.mark.parametrize("unit", CLEAN_ESTIMATES)
+def test_an_estimate_is_shown_to_the_micro_dollar_without_noise(unit: str) -> None:
+    entry, request, shown = CLEAN_ESTIMATES[unit]
+    value = estimate(entry, request)
+    assert str(value) == shown
+    assert usd_to_micros(value) == usd_to_micros(entry.price * quantity(entry, request), round_up=True)
+    offer = Offer(provider="p", model="m", task=request.task_name, tier="fast", estimate=value, entry=entry)
+    assert json.loads(offer.model_dump_json())["estimate"] == shown
+
+
+def test_a_short_transcription_is_planned_and_charged_in_clean_amounts(settings_factory: Any, tmp_path: Path) -> None:
+    # The reported case: one second of audio at 0.006 per minute showed "0.0001600000000000000000000000000".
+    router = Router(
+        settings_factory({"mock": mock_section()}),
+        plugin_manager=make_plugin_manager(entry_points=False, plugins=[mock_plugin]),
+    )
+    with router:
+        request = SpeechToText(audio=ONE_SECOND_WAV, tier="balanced")
+        plan = router.plan(request)
+        assert plan.chosen is not None and str(plan.chosen.estimate) == "0.0001"
+        assert json.loads(plan.model_dump_json())["candidates"][0]["estimate"] == "0.0001"
+        result = json.loads(router.run(request).model_dump_json())
+    assert result["estimated_cost"] == "0.0001" and Decimal(result["actual_cost"]) == Decimal("0.0001")
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genroute.money import MICROS_PER_USD, fmt_usd, micros_to_usd, quantize, to_decimal, usd_to_micros
+from genroute.money import MICROS_PER_USD, fmt_usd, micros_to_usd, quantize, to_decimal, to_micro, usd_to_micros
 
 # -- to_decimal ----------------------------------------------------------------------------------------
 
@@ -211,3 +211,22 @@ def test_every_helper_takes_an_amount_past_the_contexts_28_digits(amount: str) -
     assert "E" not in text and Decimal(text.replace("$", "")) == quantize(value).quantize(
         Decimal("0.000001"), context=Context(prec=500)
     )
+
+
+@pytest.mark.parametrize(
+    ("amount", "up", "text"),
+    [
+        ("0.0001600000000000000000000000000", False, "0.00016"),
+        (str(Decimal("0.006") / 60), False, "0.0001"),
+        ("0.0000095", True, "0.00001"),
+        ("0.0000095", False, "0.00001"),
+        ("0.0000005", False, "0"),
+        ("-0.0000001", False, "0"),
+        ("5.000000", False, "5"),
+        ("1E+2", False, "100"),
+        ("0.003000", False, "0.003"),
+        ("-0.0150", False, "-0.015"),
+    ],
+)
+def test_to_micro_is_plain_and_rounded(amount: str, up: bool, text: str) -> None:
+    assert str(to_micro(Decimal(amount), round_up=up)) == text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
+from .money import to_micro
 from .types import (
     ImageToVideo,
     ModelEntry,
@@ -99,8 +100,12 @@ def quantity(entry: ModelEntry, request: RequestModel | None, output: ProviderOu
 
 
 def estimate(entry: ModelEntry, request: RequestModel) -> Decimal:
-    """The price asked before the call: unit price × estimated quantity."""
-    return entry.price * quantity(entry, request)
+    """The price asked before the call: unit price × estimated quantity, rounded up to the micro-dollar.
+
+    Rounded as the ledger rounds the reservation it makes for it, and written plainly (``0.0001``, never
+    ``0.0001000000000000000000000000000`` from a quantity such as seconds ÷ 60).
+    """
+    return to_micro(entry.price * quantity(entry, request), round_up=True)
 
 
 def usage_hint(entry: ModelEntry, request: RequestModel) -> Usage:
@@ -113,7 +118,10 @@ def usage_hint(entry: ModelEntry, request: RequestModel) -> Usage:
 
 
 def actual(entry: ModelEntry, request: RequestModel | None, output: ProviderOutput) -> Decimal:
-    """The cost after the call: provider-reported when given, else unit price × measured quantity."""
+    """The cost after the call: provider-reported when given, else unit price × measured quantity.
+
+    Exact: the caller rounds the sum it charges (with any cost incurred before) with :func:`genroute.money.quantize`.
+    """
     if output.actual_cost is not None:
         return output.actual_cost
     return entry.price * quantity(entry, request, output)

@@ -57,14 +57,27 @@ def micros_to_usd(micros: int) -> Decimal:
 
 
 def quantize(amount: Decimal) -> Decimal:
-    """Round a dollar amount to the micro-dollar, the ledger's resolution."""
+    """Round a dollar amount to the micro-dollar, the ledger's resolution (six places: ``0.003000``)."""
     return amount.quantize(_MICRO, rounding=ROUND_HALF_EVEN, context=_room(amount))
+
+
+def to_micro(amount: Decimal, *, round_up: bool = False) -> Decimal:
+    """``amount`` rounded to the micro-dollar and written plainly: no trailing zeros, never an exponent.
+
+    Half to even, like a settled cost; ``round_up`` rounds toward +∞ instead, like a reservation, so an
+    estimate shown is the amount the ledger holds for it.
+    """
+    rounding = ROUND_CEILING if round_up else ROUND_HALF_EVEN
+    text = format(amount.quantize(_MICRO, rounding=rounding, context=_room(amount)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return Decimal(0) if text in ("0", "-0") else Decimal(text)
 
 
 def fmt_usd(amount: Decimal) -> str:
     """Human form: ``$0.003``, ``$12.50``; never scientific notation."""
-    rounded = quantize(amount)
-    text = format(rounded.normalize(context=_room(rounded)), "f")
+    rounded = to_micro(amount)
+    text = format(rounded, "f")
     if "." not in text or len(text.split(".")[1]) < 2:
         text = format(rounded.quantize(_CENT, context=_room(rounded)), "f")
     return f"${text}"
