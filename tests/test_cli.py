@@ -409,11 +409,13 @@ ODD_LINES = [
     FIVE[0],
     '{"task": "text-to-image", "prompt": "a", "seed": ' + "9" * 5000 + "}",
     "[" * 100_000,
+    '{"task": "text-to-image", "prompt": "a kite", "prompt": "a kite at dusk", "tier": "fast"}',
     FIVE[1],
 ]
 ODD_ERRORS = {
     2: "big.jsonl:2: a number has more than 4300 digits",
     3: "big.jsonl:3: nested too deeply to read",
+    4: 'big.jsonl:4: the key "prompt" appears twice in one object',
 }
 
 
@@ -423,10 +425,10 @@ def test_an_odd_jsonl_line_fails_that_line_only_in_batch(cli, tmp_path):
     proc = cli("batch", "big.jsonl", "--no-progress", rc=10)
 
     records = {r["line"]: r for r in map(json.loads, proc.stdout.splitlines())}
-    assert {n for n, r in records.items() if r["status"] == "ok"} == {1, 4}
+    assert {n for n, r in records.items() if r["status"] == "ok"} == {1, 5}
     for number, words in ODD_ERRORS.items():
         assert records[number]["kind"] == "InvalidRequest" and records[number]["error"].startswith(words)
-    assert "internal error" not in proc.stderr and "2/4 done" in proc.stderr
+    assert "internal error" not in proc.stderr and "2/5 done" in proc.stderr
 
 
 def test_an_odd_jsonl_line_fails_that_line_only_in_plan(cli, tmp_path):
@@ -435,10 +437,19 @@ def test_an_odd_jsonl_line_fails_that_line_only_in_plan(cli, tmp_path):
     proc = cli("plan", "big.jsonl", "--json", rc=10)
 
     rows = {row["line"]: row for row in json.loads(proc.stdout)["requests"]}
-    assert rows[1]["route"] == rows[4]["route"] == "mock · mock/flux-schnell"
+    assert rows[1]["route"] == rows[5]["route"] == "mock · mock/flux-schnell"
     for number, words in ODD_ERRORS.items():
         assert rows[number]["error"].startswith(words)
     assert "internal error" not in proc.stderr
+
+
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_the_request(cli, tmp_path):
+    (tmp_path / "notepad.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl_text(FIVE[:2]).encode())
+
+    proc = cli("plan", "notepad.jsonl", "--json", rc=0)
+
+    rows = json.loads(proc.stdout)["requests"]
+    assert [(row["line"], row["route"]) for row in rows] == [(n, "mock · mock/flux-schnell") for n in (1, 2)]
 
 
 @pytest.mark.parametrize(
@@ -446,6 +457,7 @@ def test_an_odd_jsonl_line_fails_that_line_only_in_plan(cli, tmp_path):
     [
         ("seed=" + "9" * 5000, "--param seed: a number has more than 4300 digits"),
         ("seed=" + "[" * 20_000, "--param seed: nested too deeply to read"),
+        ('seed={"a": 1, "a": 2}', '--param seed: the key "a" appears twice in one object'),
     ],
 )
 def test_a_param_value_that_cannot_be_read_names_the_parameter(cli, param, words):

@@ -298,14 +298,27 @@ class _UnreadableJson(ValueError):
         self.hint = hint
 
 
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _UnreadableJson(
+                f"the key {json.dumps(key)} appears twice in one object",
+                hint="keep one of them",
+            )
+        data[key] = value
+    return data
+
+
 def _loads(text: str) -> Any:
     """``json.loads``, refusing what it would take in wrongly or fail on with a Python error.
 
-    Raises ``json.JSONDecodeError`` for text that is not JSON, and :class:`_UnreadableJson` for a number longer
-    than Python reads (its ``sys.get_int_max_str_digits()``) and nesting deeper than the parser can follow.
+    Raises ``json.JSONDecodeError`` for text that is not JSON, and :class:`_UnreadableJson` for an object with
+    a key twice (``json`` would keep the last silently), a number longer than Python reads (its
+    ``sys.get_int_max_str_digits()``) and nesting deeper than the parser can follow.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_repeated_keys)
     except (json.JSONDecodeError, _UnreadableJson):
         raise
     except RecursionError:
@@ -483,7 +496,8 @@ class _Jsonl:
     def _texts(self) -> Iterator[tuple[int, str | InvalidRequest]]:
         for number, raw in enumerate(self._handle, start=1):
             try:
-                text = raw.decode("utf-8").strip()
+                # utf-8-sig: a byte order mark before line 1 (as Notepad writes) is no part of the request
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
             except UnicodeDecodeError:
                 yield number, InvalidRequest(f"{self.label}:{number}: not UTF-8 text", hint="save the file as UTF-8")
                 continue
@@ -500,7 +514,7 @@ class _Jsonl:
             except json.JSONDecodeError as exc:
                 yield number, self._invalid(number, f"not valid JSON ({exc.msg})")
                 continue
-            except _UnreadableJson as exc:  # a number too long, nesting too deep: this line only
+            except _UnreadableJson as exc:  # a key twice, a number too long, nesting too deep: this line only
                 yield number, self._invalid(number, exc.reason, hint=f"fix that line: {exc.hint}")
                 continue
             if not isinstance(data, dict):
