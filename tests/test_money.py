@@ -181,7 +181,17 @@ def test_quantize_to_micro() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "text"),
-    [("0.003", "$0.003"), ("12.5", "$12.50"), ("0.1", "$0.10"), ("0.000001", "$0.000001")],
+    [
+        ("0.003", "$0.003"),
+        ("12.5", "$12.50"),
+        ("0.1", "$0.10"),
+        ("0.000001", "$0.000001"),
+        ("-0.015", "-$0.015"),  # budget left after a limit was lowered below what was spent
+        ("-12.5", "-$12.50"),
+        ("-0.000001", "-$0.000001"),
+        ("-0.0000001", "$0.00"),  # rounds to nothing: no minus sign on zero
+        ("-0", "$0.00"),
+    ],
 )
 def test_fmt_usd(amount: str, text: str) -> None:
     assert fmt_usd(Decimal(amount)) == text

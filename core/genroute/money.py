@@ -75,9 +75,10 @@ def to_micro(amount: Decimal, *, round_up: bool = False) -> Decimal:
 
 
 def fmt_usd(amount: Decimal) -> str:
-    """Human form: ``$0.003``, ``$12.50``; never scientific notation."""
+    """Human form: ``$0.003``, ``$12.50``, ``-$0.015`` (the sign before the dollar); never scientific notation."""
     rounded = to_micro(amount)
-    text = format(rounded, "f")
+    size = rounded.copy_abs()  # exact, where abs() would round to the context's 28 digits
+    text = format(size, "f")
     if "." not in text or len(text.split(".")[1]) < 2:
-        text = format(rounded.quantize(_CENT, context=_room(rounded)), "f")
-    return f"${text}"
+        text = format(size.quantize(_CENT, context=_room(size)), "f")
+    return f"-${text}" if rounded < 0 else f"${text}"
