@@ -7,7 +7,7 @@ script can tell a budget stop from a bad config without parsing messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -60,11 +60,35 @@ class InvalidRequest(GenrouteError):
         self.field = field
 
 
+_OVER_BUDGET_HINT = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+_OVER_TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets), or ask for a cheaper tier"
+_OVER_MIXED_HINT = (
+    "raise the limit in plugins.toml, or ask for a cheaper tier; waiting for the next period frees only a daily "
+    "or monthly limit (a total limit never resets)"
+)
+_PERIOD_IN_REFUSAL = re.compile(r"\((total|daily|monthly)\) would be exceeded")
+
+
+def over_budget_hint(periods: Iterable[str | None]) -> str:
+    """What to do about offers over budget, from the periods of the limits that refused them (None: unknown).
+
+    A total limit never resets, so waiting is offered only when no refusing limit is known to be a total one.
+    """
+    known = {period for period in periods if period is not None}
+    if "total" not in known:
+        return _OVER_BUDGET_HINT
+    return _OVER_TOTAL_HINT if known == {"total"} else _OVER_MIXED_HINT
+
+
 class BudgetExceeded(GenrouteError):
-    """A reservation would take a budget scope over its limit."""
+    """A reservation would take a budget scope over its limit.
+
+    Without a ``hint`` given, the hint follows the limit's period: a total limit never resets, so only a
+    daily or monthly one is worth waiting for.
+    """
 
     exit_code = 5
-    default_hint = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+    default_hint = _OVER_BUDGET_HINT
 
     def __init__(
         self,
@@ -80,7 +104,7 @@ class BudgetExceeded(GenrouteError):
         super().__init__(
             f"budget {scope} ({period}) would be exceeded: limit ${limit}, spent ${spent}, "
             f"reserved ${reserved}, asked ${asked}",
-            hint=hint,
+            hint=hint or over_budget_hint([period]),
         )
         self.scope = scope
         self.period = period
@@ -100,12 +124,24 @@ class Rejection:
     reason: str
     refused_input: bool = False
     """The provider tried the request and refused its input (not a fault of the provider's)."""
+    budget_period: str | None = None
+    """For an offer over budget, the period of the limit that refused it (``total``, ``daily``, ``monthly``).
+
+    It decides whether waiting for the next period can help (a total limit never resets). Left out, it is read
+    from a reason that quotes a :class:`BudgetExceeded` message (``… (total) would be exceeded …``).
+    """
+
+    def over_budget_period(self) -> str | None:
+        """The period of the limit this offer was refused by, when it was refused for money and that is known."""
+        if not self.reason.startswith("over budget"):
+            return None
+        if self.budget_period is not None:
+            return self.budget_period
+        found = _PERIOD_IN_REFUSAL.search(self.reason)
+        return found.group(1) if found else None
 
     def __str__(self) -> str:
         return f"{self.provider} · {self.model} [{self.tier}]: {self.reason}"
-
-
-_OVER_BUDGET_HINT = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
 
 
 class NoRouteAvailable(GenrouteError):
@@ -151,7 +187,8 @@ _MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
 def route_hint(rejections: Sequence[Rejection]) -> str | None:
     """What to do when no offer could serve, from why each was passed over; None when they suggest nothing.
 
-    A missing token names its variable; offers over budget ask for a higher limit or a wait; otherwise-usable
+    A missing token names its variable; offers over budget ask for a higher limit, or a wait unless a total limit
+    (which never resets) refused them (:func:`over_budget_hint`); otherwise-usable
     offers of another tier name the tiers on offer. Several causes give several remedies, most direct first.
     Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
     provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
@@ -162,7 +199,8 @@ def route_hint(rejections: Sequence[Rejection]) -> str | None:
     cooling: list[str] = []
     outside: list[str] = []
     tiers: list[str] = []
-    over_budget = too_many_outputs = unpriced = tried = False
+    over_budget: list[str | None] = []  # the periods of the limits that refused offers (None: not said)
+    too_many_outputs = unpriced = tried = False
     for r in rejections:
         reason = r.reason
         if reason.startswith("failed"):
@@ -174,7 +212,7 @@ def route_hint(rejections: Sequence[Rejection]) -> str | None:
             else:
                 _add(unavailable, r.provider)
         elif reason.startswith("over budget"):
-            over_budget = True
+            over_budget.append(r.over_budget_period())
         elif reason.startswith("cooling down"):
             _add(cooling, r.provider)
         elif reason.startswith("asks ") and "outputs" in reason:
@@ -190,7 +228,7 @@ def route_hint(rejections: Sequence[Rejection]) -> str | None:
     if unavailable:
         remedies.append(f"make {_names(unavailable)} available again ({_its(unavailable)} lines say what is missing)")
     if over_budget:
-        remedies.append(_OVER_BUDGET_HINT)
+        remedies.append(over_budget_hint(over_budget))
     if cooling:
         remedies.append(f"wait for {_names(cooling)} to finish cooling down")
     if too_many_outputs:
