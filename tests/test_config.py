@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
 from collections.abc import Callable
 from decimal import Decimal
@@ -286,6 +287,30 @@ def test_genroute_config_missing_file_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={"GENROUTE_CONFIG": str(missing)})
     assert str(missing) in str(info.value)
+
+
+def test_genroute_config_at_a_directory_says_so_and_names_the_file_to_point_at(tmp_path: Path) -> None:
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"GENROUTE_CONFIG": str(folder)})
+    assert info.value.exit_code == 3
+    assert info.value.message == f"GENROUTE_CONFIG points at {folder}, which is a directory"
+    assert info.value.hint == f"point it at the plugins.toml file (such as {folder / 'plugins.toml'}), or unset it"
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"GENROUTE_CONFIG": str(fifo)})
+    assert info.value.message == f"GENROUTE_CONFIG points at {fifo}, which is not a regular file"  # it exists
+
+
+def test_a_directory_given_as_the_config_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path, env={})
+    assert str(info.value) == (
+        f"{tmp_path}: is a directory, not a configuration file — "
+        f"give the path of the plugins.toml file (such as {tmp_path / 'plugins.toml'})"
+    )
 
 
 def test_missing_path_argument_is_config_error(tmp_path: Path) -> None:

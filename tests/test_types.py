@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import random
 import wave
 from pathlib import Path
@@ -344,7 +345,28 @@ def test_missing_file_names_path(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_a_file(tmp_path: Path) -> None:
-    assert invalid({**good("upscale"), "image": str(tmp_path)}).field == "image"
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    err = invalid({**good("image-to-image"), "image": str(folder)})
+    assert err.field == "image" and err.exit_code == 4
+    assert err.message == (
+        f"image: {folder} is a directory, not a file (give the path of a file in it, bytes, or an http(s) URL)"
+    )
+    assert "not found" not in str(err)
+    (tmp_path / "link").symlink_to(folder)  # a link to a directory is a directory too
+    assert (
+        f"{tmp_path / 'link'} is a directory, not a file"
+        in invalid({**good("upscale"), "image": str(tmp_path / "link")}).message
+    )
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    err = invalid({**good("upscale"), "image": str(fifo)})  # reading it would block until a writer came
+    assert err.field == "image"
+    assert f"{fifo} is not a regular file but a pipe, device or socket" in err.message
+    assert "not found" not in str(err)
 
 
 def test_empty_file_rejected(tmp_path: Path) -> None:

@@ -166,8 +166,14 @@ def find_config_file(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get(ENV_CONFIG):
         path = _expand(Path(env[ENV_CONFIG]), ENV_CONFIG, "environment")
+        if path.is_dir():
+            raise ConfigError(
+                f"{ENV_CONFIG} points at {path}, which is a directory",
+                hint=f"point it at the {CONFIG_FILE_NAME} file (such as {path / CONFIG_FILE_NAME}), or unset it",
+            )
         if not path.is_file():
-            raise ConfigError(f"{ENV_CONFIG} points at {path}, which does not exist", hint="fix the path or unset it")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise ConfigError(f"{ENV_CONFIG} points at {path}, which {what}", hint="fix the path or unset it")
         return path
     local = Path.cwd() / CONFIG_FILE_NAME
     if local.is_file():
@@ -192,6 +198,12 @@ def load_settings(
     """Read, check and return the settings; raise :class:`ConfigError` naming file, key and expectation."""
     env = os.environ if env is None else env
     file = Path(path) if path is not None else find_config_file(env)
+    if file.is_dir():
+        raise ConfigError(
+            "is a directory, not a configuration file",
+            file=str(file),
+            hint=f"give the path of the {CONFIG_FILE_NAME} file (such as {file / CONFIG_FILE_NAME})",
+        )
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:

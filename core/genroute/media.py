@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import stat
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
@@ -225,11 +226,19 @@ class MediaInput:
     @classmethod
     def _from_path(cls, path: Path) -> MediaInput:
         try:
-            exists = path.is_file()
-        except OSError as exc:  # a name the file system refuses (too long, …)
+            mode = path.stat().st_mode  # follows a symlink to what it names
+        except (FileNotFoundError, NotADirectoryError):
+            raise ValueError(f"file not found: {path} (give an existing file, bytes, or an http(s) URL)") from None
+        except OSError as exc:  # a name the file system refuses (too long, …), a symlink loop
             raise ValueError(f"cannot use path {str(path)[:80]!r}: {exc.strerror}") from exc
-        if not exists:
-            raise ValueError(f"file not found: {path} (give an existing file, bytes, or an http(s) URL)")
+        if stat.S_ISDIR(mode):
+            raise ValueError(
+                f"{path} is a directory, not a file (give the path of a file in it, bytes, or an http(s) URL)"
+            )
+        if not stat.S_ISREG(mode):  # reading a FIFO would wait for a writer; a device never ends
+            raise ValueError(
+                f"{path} is not a regular file but a pipe, device or socket (give a file, bytes, or an http(s) URL)"
+            )
         try:
             data = path.read_bytes()
         except OSError as exc:
