@@ -475,6 +475,46 @@ def test_a_text_param_keeps_a_value_json_cannot_read_as_typed(cli):
     assert json.loads(proc.stdout)["provider"] == "mock"
 
 
+MOCK_TOTAL_LIMIT = '{ scope = "provider:mock", period = "total", usd = "0.005" }'
+
+
+def test_plan_totals_every_budget_scope_an_offer_spends_in(cli, tmp_path):
+    limited = config_copy(tmp_path, SIMULATED_DAILY, f"{SIMULATED_DAILY},\n  {MOCK_TOTAL_LIMIT}", name="limited.toml")
+    write_jsonl(tmp_path / "five.jsonl", FIVE)
+
+    table = cli("plan", "five.jsonl", "--config", limited, rc=10)
+    summary = json.loads(cli("plan", "five.jsonl", "--config", limited, "--json", rc=10).stdout)["summary"]
+
+    assert "provider:mock: estimated $0.015 · left $0.005 · DOES NOT FIT" in table.stdout
+    assert "simulated: estimated $0.015 · left $5.00 · fits" in table.stdout
+    budgets = {b["scope"]: b for b in summary["budgets"]}
+    assert budgets["provider:mock"]["fits"] is False and budgets["simulated"]["fits"] is True
+    assert summary["fits_budget"] is False
+    batch = cli("batch", "five.jsonl", "--config", limited, "--no-progress", rc=10)  # as plan said: it does not fit
+    assert "1/5 done" in batch.stderr
+
+
+def test_plan_counts_a_repeated_request_once_and_batch_pays_it_once(cli, tmp_path):
+    # The mock answers after 0.3 s, so the repeats of line 1 are read while it is still running.
+    slow = config_copy(tmp_path, "latency_seconds = 0.0", "latency_seconds = 0.3", name="slow.toml")
+    write_jsonl(tmp_path / "repeats.jsonl", [FIVE[0], FIVE[0], FIVE[1], FIVE[0]])
+
+    plan = json.loads(cli("plan", "repeats.jsonl", "--config", slow, "--json", rc=0).stdout)
+    table = cli("plan", "repeats.jsonl", "--config", slow, rc=0).stdout
+    batch = cli("batch", "repeats.jsonl", "--config", slow, "--no-progress", rc=0)
+
+    rows = {row["line"]: row for row in plan["requests"]}
+    assert (rows[2]["same_as"], rows[4]["same_as"], "same_as" in rows[3]) == (1, 1, False)
+    assert plan["summary"]["repeats"] == 2
+    assert [(b["scope"], b["estimated"]) for b in plan["summary"]["budgets"]] == [("simulated", "0.006")]
+    assert "(same as line 1: paid once)" in table and "2 line(s) repeat an earlier line's request" in table
+    records = {r["line"]: r for r in map(json.loads, batch.stdout.splitlines())}
+    assert all(r["status"] == "ok" for r in records.values()) and len(records) == 4
+    assert (records[2]["cached"], records[4]["cached"]) == (True, True)
+    assert "4/4 done (2 from the store)" in batch.stderr
+    assert usage_spent(budget_state(cli), "simulated") == Decimal("0.006")
+
+
 # --------------------------------------------------------------------------------------------------- inspection
 
 

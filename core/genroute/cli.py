@@ -14,7 +14,8 @@ import os
 import stat
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -540,8 +541,11 @@ def _validated(label: str, number: int, data: dict[str, Any] | InvalidRequest) -
 
 def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows: list[dict[str, Any]] = []
-    totals: dict[str, Decimal] = {}  # budget scope the spend would count in → estimated sum
+    totals: dict[str, Decimal] = {}  # every budget scope the spend would count in → estimated sum
+    kinds: set[str] = set()  # the scopes of the chosen offers' kinds of money: shown even without a limit
+    first_line: dict[str, int] = {}  # a request that repeats → the line that asked for it first
     with _Jsonl(args.file) as source, _router(args) as router:
+        merges = router.store is not None  # batch runs a repeated request once, then serves it from the store
         for number, data in source:
             request = _validated(source.label, number, data)
             if isinstance(request, InvalidRequest):
@@ -553,12 +557,24 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
                 rows.append({"line": number, "error": redact(f"{source.label}:{number}: {exc.message}")})
                 continue
             row: dict[str, Any] = {"line": number, "task": request.task_name, "tier": request.tier}
+            identity = _repeat_identity(request) if merges and request.cache == "use" else None
             if plan.cached:
                 row.update(route="store (cached)", estimate="0")
+            elif plan.chosen is not None and identity in first_line:
+                row.update(
+                    route=f"{plan.chosen.provider} · {plan.chosen.model}",
+                    estimate="0",
+                    billing=plan.chosen.billing,
+                    same_as=first_line[identity],
+                )
             elif plan.chosen is not None:
+                if identity is not None:
+                    first_line[identity] = number
                 estimate = plan.chosen.estimate or Decimal(0)
-                scope = router.budget_scopes(plan.chosen)[0]
-                totals[scope] = totals.get(scope, Decimal(0)) + estimate
+                scopes = router.budget_scopes(plan.chosen)
+                kinds.add(scopes[0])
+                for scope in scopes:
+                    totals[scope] = totals.get(scope, Decimal(0)) + estimate
                 row.update(
                     route=f"{plan.chosen.provider} · {plan.chosen.model}",
                     estimate=str(estimate),
@@ -571,13 +587,17 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
         budgets: list[dict[str, Any]] = []
         for scope, total in sorted(totals.items()):
             left = router.ledger.headroom((scope,))
+            if left is None and scope not in kinds:
+                continue  # a provider's scope with no limit: its kind of money's line says it all
             fits = left is None or total <= left
             budgets.append(
                 {"scope": scope, "estimated": str(total), "left": None if left is None else str(left), "fits": fits}
             )
+    repeats = sum(1 for r in rows if "same_as" in r)
     summary = {
         "requests": len(rows),
         "unroutable": sum(1 for r in rows if "error" in r),
+        "repeats": repeats,
         "budgets": budgets,
         "fits_budget": all(b["fits"] for b in budgets),
     }
@@ -589,9 +609,16 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
             line, task, tier = str(row["line"]), row.get("task", ""), row.get("tier", "")
             if "error" in row:
                 table.add_row(line, task, tier, Text(row["error"], style="red"), "")
-            else:
-                table.add_row(line, task, tier, Text(row["route"]), fmt_usd(Decimal(row["estimate"])))
+                continue
+            route = row["route"] + (f" (same as line {row['same_as']}: paid once)" if "same_as" in row else "")
+            table.add_row(line, task, tier, Text(route), fmt_usd(Decimal(row["estimate"])))
         out.print(table)
+        if repeats:
+            out.print(
+                f"{repeats} line(s) repeat an earlier line's request: counted once, as batch runs it once and"
+                " serves the repeats from the store",
+                markup=False,
+            )
         for b in budgets:
             left_text = "no limit" if b["left"] is None else fmt_usd(Decimal(b["left"]))
             verdict = "fits" if b["fits"] else "DOES NOT FIT"
@@ -600,6 +627,13 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
                 markup=False,
             )
     return 0 if summary["unroutable"] == 0 and summary["fits_budget"] else EXIT_PARTIAL
+
+
+def _repeat_identity(request: RequestModel) -> str:
+    """What makes two lines the same request for ``plan`` and ``batch``: every field but how it is carried out
+    (``cache``, ``deadline_seconds``), with an input file as its path or URL (so no file is read for it)."""
+    fields = request.model_dump(mode="json", exclude=set(request.NON_KEY_FIELDS))
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -654,17 +688,47 @@ class _Tally:
 
 def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink: TextIO, err: Console) -> _Tally:
     tally = _Tally()
-    numbers: list[int] = []
     invalid: list[tuple[int, InvalidRequest]] = []
+    # A line repeating a request still running waits for it, then is served from the store: paid once.
+    Line = tuple[int, RequestModel | InvalidRequest]
+    running: set[str] = set()  # the requests in flight (cache "use")
+    waiting: dict[str, list[tuple[int, RequestModel]]] = {}  # their repeats, held back
+    ready: deque[tuple[int, RequestModel, str | None]] = deque()  # repeats whose request has finished
 
-    def requests() -> Iterator[RequestModel]:
-        for number, data in source:
-            request = _validated(source.label, number, data)
+    def requests(lines: Iterable[Line], numbers: list[int], identities: list[str | None]) -> Iterator[RequestModel]:
+        def take(number: int, request: RequestModel, identity: str | None) -> RequestModel:
+            numbers.append(number)
+            identities.append(identity)
+            if identity is not None:
+                running.add(identity)
+            return request
+
+        for number, request in lines:
+            while ready:
+                yield take(*ready.popleft())
             if isinstance(request, InvalidRequest):
                 invalid.append((number, request))
                 continue
-            numbers.append(number)
-            yield request
+            identity = _repeat_identity(request) if merges and request.cache == "use" else None
+            if identity is not None and identity in running:
+                waiting.setdefault(identity, []).append((number, request))
+                continue
+            yield take(number, request, identity)
+        while ready:
+            yield take(*ready.popleft())
+
+    def finished(identity: str | None, succeeded: bool) -> None:
+        if identity is None:
+            return
+        running.discard(identity)
+        held = waiting.pop(identity, [])
+        if succeeded:  # every repeat is now a store hit: let them all run
+            ready.extend((number, request, None) for number, request in held)
+        elif held:  # the request failed: its first repeat tries again, the others wait for that one
+            number, request = held.pop(0)
+            ready.append((number, request, identity))
+            if held:
+                waiting[identity] = held
 
     def emit(line: int, item: BatchItem | None, error: GenrouteError | None = None) -> None:
         record: dict[str, Any] = {"line": line}
@@ -708,13 +772,23 @@ def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink
         transient=False,
     )
     with _router(args) as router, progress:
+        merges = router.store is not None
         bar = progress.add_task("batch", total=total, cost="$0")
 
         async def drive() -> None:
-            async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
+            lines: Iterable[Line] = ((number, _validated(source.label, number, data)) for number, data in source)
+            while True:
+                numbers: list[int] = []
+                identities: list[str | None] = []
+                requested = requests(lines, numbers, identities)
+                async for item in router.aiter_batch(requested, concurrency=args.concurrency):
+                    emit_invalid()
+                    finished(identities[item.index], item.result is not None)
+                    emit(numbers[item.index], item)
                 emit_invalid()
-                emit(numbers[item.index], item)
-            emit_invalid()
+                if not ready:  # repeats released after the input ran out run in one more round
+                    return
+                lines = ()
 
         router._sync().run(drive())
         progress.update(bar, total=tally.ok + tally.failed)  # known at last when the input was a pipe
