@@ -515,6 +515,30 @@ def test_plan_counts_a_repeated_request_once_and_batch_pays_it_once(cli, tmp_pat
     assert usage_spent(budget_state(cli), "simulated") == Decimal("0.006")
 
 
+def test_a_resumed_batch_starts_after_a_half_written_last_line(cli, tmp_path):
+    write_jsonl(tmp_path / "two.jsonl", FIVE[:2])
+    cut = '{"line": 1, "status": "ok", "provider": "mo'  # what a run killed mid-write leaves
+    (tmp_path / "res.jsonl").write_text(cut, encoding="utf-8")
+
+    proc = cli("batch", "two.jsonl", "--results", "res.jsonl", "--no-progress", rc=0)
+
+    first, *rest = (tmp_path / "res.jsonl").read_text(encoding="utf-8").split("\n")
+    assert first == cut  # left as it was, an invalid line of its own
+    assert rest[-1] == "" and sorted(json.loads(line)["line"] for line in rest[:-1]) == [1, 2]
+    assert "res.jsonl ended in the middle of a line" in proc.stderr
+
+
+def test_a_results_file_ending_with_a_newline_gets_no_blank_line(cli, tmp_path):
+    write_jsonl(tmp_path / "one.jsonl", FIVE[:1])
+
+    cli("batch", "one.jsonl", "--results", "res.jsonl", "--no-progress", rc=0)
+    proc = cli("batch", "one.jsonl", "--results", "res.jsonl", "--no-progress", rc=0)
+
+    lines = (tmp_path / "res.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["line"] == 1 for line in lines)
+    assert "middle of a line" not in proc.stderr
+
+
 # --------------------------------------------------------------------------------------------------- inspection
 
 

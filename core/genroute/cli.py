@@ -659,11 +659,20 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
     with _Jsonl(args.file) as source:
         total = source.count()  # None for a pipe: it is read once, as the requests run
+        cut_short = args.results is not None and _ends_mid_line(args.results)
         try:
             sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
         except OSError as exc:
             raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
         try:
+            if cut_short:  # the partial record stays a line of its own: the new ones must not be glued to it
+                sink.write("\n")
+                sink.flush()
+                err.print(
+                    f"note: {args.results} ended in the middle of a line (a record cut short by an earlier run);"
+                    " the new results start on a new line",
+                    markup=False,
+                )
             tally = _run_batch(args, source, total, sink, err)
         finally:
             if args.results:
@@ -674,6 +683,21 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
         markup=False,
     )
     return 0 if tally.failed == 0 else EXIT_PARTIAL
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the regular file ``path`` has text after its last newline; False when missing, empty or unreadable."""
+    try:
+        with path.open("rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return False
+            end = handle.seek(0, os.SEEK_END)
+            if end == 0:
+                return False
+            handle.seek(end - 1)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 @dataclass
