@@ -651,6 +651,32 @@ def _flac(sample_rate: int, samples: int) -> bytes:
     return b"fLaC" + bytes([0x80, 0, 0, 34]) + bytes(info) + b"\0" * 64
 
 
+# An MPEG-1 layer III frame at 128 kbit/s, 44.1 kHz, no padding: 144 * 128000 // 44100 = 417 bytes.
+MP3_FRAME = b"\xff\xfb\x90\x64" + b"\x00" * 413
+TWO_MP3_FRAMES = MP3_FRAME * 2
+TEXT_BODY = "Model is overloaded, please retry later.".encode("utf-16")  # starts FF FE: one "MPEG frame header"
+
+
+def test_a_text_body_is_not_taken_for_mp3_audio() -> None:
+    from genroute_huggingface import media
+
+    assert TEXT_BODY[:2] == b"\xff\xfe"  # what the old two-byte check took for an MPEG audio frame
+    assert media.sniff_audio(TEXT_BODY) is None
+    with pytest.raises(errors.OutputRejected, match=r"answered something that is not audio") as info:
+        media.checked_audio(TEXT_BODY, model="m", max_bytes=10_000)
+    assert info.value.retryable
+    assert media.checked_audio(TWO_MP3_FRAMES, model="m", max_bytes=10_000) == "audio/mpeg"
+
+
+async def test_a_speech_answer_that_is_text_is_rejected_not_stored_as_mp3(
+    server: FakeHF, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "_text_to_speech", lambda request: (TEXT_BODY, "audio/mpeg"))  # a lying header
+    with pytest.raises(errors.OutputRejected, match="answered something that is not audio") as info:
+        await run_direct(settings(tmp_path, server.base_url), parse_request(request_for("text-to-speech", "fast")))
+    assert info.value.retryable
+
+
 def test_audio_is_sniffed_and_measured() -> None:
     from genroute_huggingface import media
 
@@ -659,7 +685,8 @@ def test_audio_is_sniffed_and_measured() -> None:
     flac = _flac(16_000, 48_000)
     assert media.sniff_audio(flac) == "audio/flac" and media.audio_seconds(flac) == 3.0
     assert media.sniff_audio(b"ID3\x04\x00rest") == "audio/mpeg"
-    assert media.sniff_audio(b"\xff\xfb\x90\x64rest") == "audio/mpeg"  # an MPEG-1 layer III frame
+    assert media.sniff_audio(TWO_MP3_FRAMES) == "audio/mpeg"  # MPEG-1 layer III, without an ID3 tag
+    assert media.sniff_audio(MP3_FRAME[:4] + b"rest") is None  # one frame header alone is not enough
     assert media.sniff_audio(b"\xff\xf1\x50\x80rest") is None  # AAC (ADTS) is not MP3
     assert media.sniff_audio(b"OggS\x00\x02") == "audio/ogg"
     assert media.sniff_audio(b"<html><body>502</body></html>") is None

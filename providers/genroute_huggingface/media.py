@@ -14,6 +14,7 @@ from PIL import Image
 
 from genroute import errors
 from genroute.billing import wav_seconds
+from genroute.media import sniff_media_type
 from genroute.types import Segment
 
 from .options import NAME
@@ -41,19 +42,17 @@ def png_bytes(image: Image.Image, *, model: str, max_bytes: int) -> bytes:
     return data
 
 
+_AUDIO_TYPES = frozenset({"audio/wav", "audio/flac", "audio/mpeg", "audio/ogg"})
+
+
 def sniff_audio(data: bytes) -> str | None:
-    """The media type of audio bytes from their first bytes (WAV, FLAC, MP3, Ogg), or None."""
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "audio/wav"
-    if data[:4] == b"fLaC":
-        return "audio/flac"
-    if data[:3] == b"ID3":
-        return "audio/mpeg"
-    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06:  # MPEG frame, not AAC
-        return "audio/mpeg"
-    if data[:4] == b"OggS":
-        return "audio/ogg"
-    return None
+    """The media type of audio bytes (WAV, FLAC, MP3, Ogg), or None: genroute's own check of inputs.
+
+    An MP3 must start with an ID3 tag or two whole MPEG audio frames in a row, so a text body (UTF-16 text
+    starts ``FF FE``, which reads as one MPEG frame header) is not taken for audio.
+    """
+    media_type = sniff_media_type(data)
+    return media_type if media_type in _AUDIO_TYPES else None
 
 
 def checked_audio(data: bytes, *, model: str, max_bytes: int) -> str:
