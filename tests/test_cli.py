@@ -32,6 +32,16 @@ SIMULATED_DAILY = '{ scope = "simulated", period = "daily", usd = "5.00" }'
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def cli_environ(home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the CLI runs in: no tokens, no profile, no colour, ``home`` as GENROUTE_HOME."""
+    environ = dict(os.environ)
+    for name in ("GENROUTE_PROFILE", "FORCE_COLOR", *TOKEN_VARIABLES):
+        environ.pop(name, None)
+    environ.update({"GENROUTE_CONFIG": str(CONFIG), "GENROUTE_HOME": str(home), "NO_COLOR": "1"})
+    environ.update(env or {})
+    return environ
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     """``cli(*args, env=None, rc=None, stdin=None)``: run genroute in ``tmp_path``; ``rc`` asserts the exit code.
@@ -40,15 +50,10 @@ def cli(tmp_path: Path) -> Cli:
     """
 
     def run(*args: str | Path, env: Mapping[str, str] | None = None, rc: int | None = None, stdin: str | None = None):
-        environ = dict(os.environ)
-        for name in ("GENROUTE_PROFILE", "FORCE_COLOR", *TOKEN_VARIABLES):
-            environ.pop(name, None)
-        environ.update({"GENROUTE_CONFIG": str(CONFIG), "GENROUTE_HOME": str(tmp_path), "NO_COLOR": "1"})
-        environ.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "genroute.cli", *map(str, args)],
             cwd=tmp_path,
-            env=environ,
+            env=cli_environ(tmp_path, env),
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -537,6 +542,56 @@ def test_a_results_file_ending_with_a_newline_gets_no_blank_line(cli, tmp_path):
     lines = (tmp_path / "res.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and all(json.loads(line)["line"] == 1 for line in lines)
     assert "middle of a line" not in proc.stderr
+
+
+def read_then_close(tmp_path: Path, *args: str | Path, size: int) -> tuple[int, bytes, str]:
+    """Run genroute with its standard output read by one that takes ``size`` bytes and goes (``| head -c``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genroute.cli", *map(str, args)],
+        cwd=tmp_path,
+        env=cli_environ(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    head = proc.stdout.read(size) if size else b""  # 0: gone before the command writes anything
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    return proc.wait(timeout=120), head, stderr
+
+
+def test_a_stream_whose_reader_goes_away_ends_quietly_with_141_and_settles(cli, tmp_path):
+    slow = config_copy(tmp_path, "failure_rate = 0.0", "failure_rate = 0.0\ntoken_latency_seconds = 0.02")
+    args = ["run", "Tell a long story", "--task", "text-generation", "--param", "max_tokens=400", "--config", slow]
+
+    rc, head, stderr = read_then_close(tmp_path, *args, size=10)
+
+    assert (rc, len(head), stderr) == (141, 10, "")  # no "internal error", no "Exception ignored"
+    report = budget_state(cli)
+    assert all(Decimal(row["reserved"]) == 0 for row in report["usage"])
+    assert usage_spent(report, "provider:mock") > 0  # the words produced were paid for: settled, not left open
+
+
+def test_a_batch_whose_reader_goes_away_ends_quietly_with_141_and_releases(cli, tmp_path):
+    slow = config_copy(tmp_path, "latency_seconds = 0.0", "latency_seconds = 0.05")
+    many = [{"task": "text-to-image", "prompt": f"a kite, take {i}", "tier": "fast"} for i in range(40)]
+    write_jsonl(tmp_path / "many.jsonl", many)
+
+    rc, head, stderr = read_then_close(
+        tmp_path, "batch", "many.jsonl", "--no-progress", "--concurrency", "2", "--config", slow, size=20
+    )
+
+    assert (rc, stderr) == (141, "") and head.startswith(b'{"line": ')
+    report = budget_state(cli)
+    assert all(Decimal(row["reserved"]) == 0 for row in report["usage"])
+    assert usage_spent(report, "provider:mock") < Decimal("0.003") * 40  # it stopped: the rest never ran
+
+
+def test_a_table_whose_reader_goes_away_ends_with_141_too(tmp_path):
+    rc, _head, stderr = read_then_close(tmp_path, "providers", size=0)
+
+    assert (rc, stderr) == (141, "")
 
 
 # --------------------------------------------------------------------------------------------------- inspection

@@ -41,6 +41,7 @@ from .types import REQUEST_TYPES, TASKS, TIERS, RequestModel, Result, parse_requ
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_PARTIAL = 10
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe
 
 _MEDIA_FIELD = {
     "image-to-image": "image",
@@ -55,17 +56,38 @@ _BY_TASK_NAME: dict[str, type[RequestModel]] = {str(t): c for t, c in REQUEST_TY
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    A reader that goes away (``genroute batch … | head -1``) ends the command quietly with
+    :data:`EXIT_BROKEN_PIPE`, as a Unix tool killed by SIGPIPE would; work in flight is cancelled on the way out,
+    so its reservations are released or settled.
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at the null device, so the interpreter's flush at exit does not fail on the
+    closed pipe again (the recipe of the Python docs, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor: nothing to flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = _parser()  # loads plugins, which may fail: that is a plugin error, said in one line
     except GenrouteError as exc:
         print(f"genroute: error: {redact(exc.message)} — {redact(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     args = parser.parse_args(argv)
-    out = Console(highlight=False, soft_wrap=True)
+    out = _Console(highlight=False, soft_wrap=True)
     if not out.is_terminal:  # pipes and files get whole lines, not an 80-column wrap
-        out = Console(highlight=False, soft_wrap=True, width=200)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+        out = _Console(highlight=False, soft_wrap=True, width=200)
+    err = _Console(stderr=True, highlight=False, soft_wrap=True)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -87,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("genroute: interrupted", markup=False)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader of our output went away: not a bug, see main()
     except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
         err.print(f"genroute: internal error: {redact(f'{type(exc).__name__}: {exc}')}", markup=False)
         if args.debug:
@@ -94,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             err.print("  what to do: run again with --debug and report the traceback", markup=False)
         return EXIT_INTERNAL
+
+
+class _Console(Console):
+    """A rich Console whose closed pipe ends the command as main() says (rich's own exits with code 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more to write there
+        raise BrokenPipeError
 
 
 class _RedactingFilter(logging.Filter):
