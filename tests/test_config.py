@@ -709,3 +709,15 @@ def test_random_file_text_raises_only_config_error(tmp_path_factory: pytest.Temp
         load_settings(path, env={})
     except ConfigError as exc:
         assert str(path) in str(exc)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_an_infinite_or_nan_setting_is_refused_naming_the_key(tmp_path: Path, value: str) -> None:
+    text = SHIPPED.read_text(encoding="utf-8").replace("deadline_seconds = 600", f"deadline_seconds = {value}")
+    path = tmp_path / "plugins.toml"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={"GENROUTE_HOME": str(tmp_path)})
+
+    assert "routing.deadline_seconds: must be a finite number" in str(info.value)

@@ -60,7 +60,7 @@ def test_nan_or_infinity_is_refused_as_not_finite(task: str, name: str, value: f
         Router.parse({"task": task, **MINIMAL[task], name: value})
 
     assert info.value.field == name
-    assert info.value.message == f"{name}: Input should be a finite number"
+    assert info.value.message == f"{name}: must be a finite number, not {value}"
     assert "correct the named field" in info.value.hint
 
 

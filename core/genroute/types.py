@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import math
 import shutil
 from datetime import datetime
 from decimal import Decimal
@@ -71,6 +72,9 @@ def _no_bool_or_text(kind: str) -> Any:
             got = f"the string {json.dumps(value)} (write the number without quotes)"
         elif isinstance(value, bytes | bytearray):
             got = "bytes"
+        elif isinstance(value, float) and not math.isfinite(value):
+            # TOML's inf and nan are numbers to it, never a sensible setting or parameter.
+            raise PydanticCustomError("finite_number", "must be a finite number, not {got}", {"got": str(value)})
         else:
             return value
         raise PydanticCustomError("json_type", "must be {kind}, not {got}", {"kind": kind, "got": got})
