@@ -63,6 +63,21 @@ def test_built_in_options_refuse_coerced_booleans_and_numbers() -> None:
         ReplicateProvider().check_options(ProviderSettings(options={"wait_seconds": True}))
 
 
+@pytest.mark.parametrize(
+    ("credit", "expected"),
+    [
+        ("1e400", "monthly_free_credit_usd: Input should be less than or equal to 1000000000000"),
+        ("0.0000001", "monthly_free_credit_usd: Decimal input should have no more than 6 decimal places"),
+        ("-1", "monthly_free_credit_usd: Input should be greater than or equal to 0"),
+    ],
+)
+def test_the_free_credit_option_is_an_amount_the_ledger_can_hold(credit: str, expected: str) -> None:
+    # a huge or sub-micro-dollar credit becomes the free scope's budget limit: refused here, naming the key
+    with pytest.raises(ConfigError) as info:
+        HuggingFaceProvider().check_options(ProviderSettings(options={"monthly_free_credit_usd": credit}))
+    assert f"providers.huggingface.options.{expected}" in str(info.value)
+
+
 def test_option_errors_read_like_the_rest_of_the_file() -> None:
     with pytest.raises(ConfigError) as info:
         MockProvider().check_options(ProviderSettings(options={"latncy_seconds": 1}), "my.toml")

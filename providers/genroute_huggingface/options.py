@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from genroute.money import MAX_USD
 from genroute.types import Flag, Number, WholeNumber
 
 NAME = "huggingface"
@@ -31,6 +32,8 @@ class HuggingFaceOptions(BaseModel):
     monthly_free_credit_usd: Decimal = Field(
         default=Decimal("0.10"),
         ge=0,
+        le=MAX_USD,
+        decimal_places=6,  # the ledger's unit, the micro-dollar
         description="the account's monthly included credit, the monthly budget limit on free:huggingface unless "
         "[budget].limits sets one; 0 makes no free offers",
     )
