@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import FakePlugin, FakeProvider, mock_section, section
+from genroute import BatchInterrupted
 from genroute.errors import (
     AuthenticationFailed,
     DeadlineExceeded,
@@ -21,7 +22,7 @@ from genroute.errors import (
     ProviderRejectedInput,
     ProviderUnavailable,
 )
-from genroute.router import BatchInterrupted, BatchItem
+from genroute.router import BatchItem
 from genroute.types import ProviderOutput, RequestModel, Result, TextGeneration
 
 D = Decimal

@@ -8,6 +8,7 @@ within a budget, with one result store and one budget ledger.
 
 from .config import Settings, load_settings
 from .errors import (
+    BatchInterrupted,
     BudgetExceeded,
     ConfigError,
     DeadlineExceeded,
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "BatchInterrupted",
     "BatchItem",
     "BudgetExceeded",
     "ConfigError",

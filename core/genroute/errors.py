@@ -10,6 +10,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from .secrets import redact
+
+if TYPE_CHECKING:
+    from .types import Result
 
 
 class GenrouteError(Exception):
@@ -259,6 +265,26 @@ class DeadlineExceeded(GenrouteError):
 
     exit_code = 8
     default_hint = "raise deadline_seconds or try a faster tier"
+
+
+class BatchInterrupted(GenrouteError):
+    """A batch's request source raised partway; the requests it had already given ran to their end first.
+
+    ``outcomes`` holds their results and errors in input order — they are paid for, so keep them; the
+    source's own exception is ``__cause__``.
+    """
+
+    default_hint = (
+        "keep the finished requests' outcomes (.outcomes), fix what the request source raised, "
+        "then run the requests it had not given yet"
+    )
+
+    def __init__(self, cause: Exception, outcomes: list[Result | GenrouteError]) -> None:
+        super().__init__(
+            f"the batch's request source raised {type(cause).__name__}: {redact(str(cause))} after giving "
+            f"{len(outcomes)} request(s); those ran to their end and their outcomes are in .outcomes"
+        )
+        self.outcomes = outcomes
 
 
 class StoreError(GenrouteError):

@@ -24,6 +24,7 @@ from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
+    BatchInterrupted,
     BudgetExceeded,
     GenrouteError,
     InvalidRequest,
@@ -84,26 +85,6 @@ class BatchItem:
     index: int
     result: Result | None = None
     error: GenrouteError | None = None
-
-
-class BatchInterrupted(GenrouteError):
-    """A batch's request source raised partway; the requests it had already given ran to their end first.
-
-    ``outcomes`` holds their results and errors in input order — they are paid for, so keep them; the
-    source's own exception is ``__cause__``.
-    """
-
-    default_hint = (
-        "keep the finished requests' outcomes (.outcomes), fix what the request source raised, "
-        "then run the requests it had not given yet"
-    )
-
-    def __init__(self, cause: Exception, outcomes: list[Result | GenrouteError]) -> None:
-        super().__init__(
-            f"the batch's request source raised {type(cause).__name__}: {redact(str(cause))} after giving "
-            f"{len(outcomes)} request(s); those ran to their end and their outcomes are in .outcomes"
-        )
-        self.outcomes = outcomes
 
 
 class _End(enum.Enum):
