@@ -83,8 +83,28 @@ async def test_a_total_limit_taken_by_another_worker_asks_to_raise_it(
     paid = FakeProvider("paid")
     limits = [{"scope": "global", "period": "total", "usd": "0.001"}]
     router = router_factory(settings_factory({"paid": section("paid", "0.01")}, limits=limits), FakePlugin(paid))
-    monkeypatch.setattr(router.ledger, "headroom", lambda scopes: None)
+    monkeypatch.setattr(router.ledger, "tightest", lambda scopes: None)
     with pytest.raises(OverBudget) as info:
         await router.arun(TextToImage(prompt="a lighthouse"))
     assert info.value.hint == TOTAL_HINT
+    assert not paid.calls
+
+
+@pytest.mark.parametrize(("period", "hint"), [("total", TOTAL_HINT), ("daily", PERIOD_HINT)])
+async def test_an_offer_filtered_out_for_money_names_the_limit_and_its_hint_follows_its_period(
+    settings_factory: Any, router_factory: Any, period: str, hint: str
+) -> None:
+    # The usual path: the router's budget check passes the offer over before any reservation is tried.
+    paid = FakeProvider("paid")
+    limits = [
+        {"scope": "global", "period": period, "usd": "0.001"},
+        {"scope": "global", "period": "monthly", "usd": "100"},  # a looser limit on the same scope
+    ]
+    router = router_factory(settings_factory({"paid": section("paid", "0.01")}, limits=limits), FakePlugin(paid))
+    with pytest.raises(OverBudget) as info:
+        await router.arun(TextToImage(prompt="a lighthouse"))
+    (rejection,) = info.value.rejections
+    assert rejection.reason == f"over budget ($0.001 left in global ({period}), needs $0.01)"
+    assert rejection.budget_period == period
+    assert info.value.hint == hint
     assert not paid.calls

@@ -70,6 +70,7 @@ from .sqlite_settings import HOT_WRITES
 __all__ = [
     "BudgetReport",
     "BudgetWarning",
+    "Headroom",
     "Ledger",
     "LedgerEntry",
     "Reservation",
@@ -116,6 +117,15 @@ _CACHE_SETTINGS: dict[str, Any] = {
     **HOT_WRITES,
     "sqlite_cache_size": 1024,  # the ledger's database is smaller still
 }
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What is left under the tightest budget limit on some scopes, and which limit that is."""
+
+    left: Decimal
+    scope: str
+    period: str
 
 
 @dataclass(frozen=True)
@@ -945,14 +955,23 @@ class Ledger:
         Expired reservations are reclaimed first, as :meth:`reserve` would. May be negative when an
         actual cost exceeded its estimate.
         """
+        tightest = self.tightest(scopes)
+        return None if tightest is None else tightest.left
+
+    def tightest(self, scopes: Sequence[str]) -> Headroom | None:
+        """:meth:`headroom` with the limit it comes from (scope and period); ``None`` if no limit applies.
+
+        A scope the provider reported used up (:meth:`exhaust`) has nothing left, until its period ends.
+        """
         scope_list = self._check_scopes(scopes)
         now, at = self._now()
         keys = period_keys_at(now)
         applicable = [(limit, micros) for limit, micros in self._limits_in_micros() if limit.scope in scope_list]
         with self._guard():
             state = self._load()
-            if self._exhausted_refusal(state, scope_list, keys, 0) is not None:
-                return Decimal(0)
+            refusal = self._exhausted_refusal(state, scope_list, keys, 0)
+            if refusal is not None:
+                return Headroom(Decimal(0), refusal.scope, refusal.period)
             if not applicable:
                 return None
             if any(packed[1] <= now for packed in state["open"].values()):
@@ -960,12 +979,16 @@ class Ledger:
                     state = self._load()
                     if self._reclaim(state, now, at):
                         self._store(state)
-        smallest: int | None = None
+        smallest: tuple[int, BudgetLimit] | None = None
         for limit, limit_micros in applicable:
             spent, reserved = self._get_counter(state, limit.scope, limit.period, keys[limit.period])
             left = limit_micros - spent - reserved
-            smallest = left if smallest is None else min(smallest, left)
-        return None if smallest is None else micros_to_usd(smallest)
+            if smallest is None or left < smallest[0]:
+                smallest = (left, limit)
+        if smallest is None:
+            return None
+        left, limit = smallest
+        return Headroom(micros_to_usd(left), limit.scope, limit.period)
 
     def usage(self) -> list[ScopeUsage]:
         """Spent and reserved for every scope seen or limited, in the current total/day/month periods.

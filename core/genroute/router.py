@@ -38,9 +38,9 @@ from .errors import (
 )
 from .jobs import Job, JobStore
 from .keys import request_key
-from .ledger import Ledger, Reservation
+from .ledger import Headroom, Ledger, Reservation
 from .media import INPUT_TOO_LARGE_HINT
-from .money import quantize
+from .money import fmt_usd, quantize
 from .outcomes import (
     call_cost,
     deadline_exceeded,
@@ -292,7 +292,7 @@ class Router:
         offers: list[Offer] = [offer for answer in answers if answer for offer in answer]
         usable: list[Offer] = []
         rejections: list[Rejection] = []
-        headroom: dict[tuple[str, ...], Decimal | None] = {}
+        headroom: dict[tuple[str, ...], Headroom | None] = {}
         unavailable = {
             name: self.providers[name].unavailable_reason(self.settings)
             for name in {o.provider for o in offers}
@@ -301,7 +301,10 @@ class Router:
         for offer in offers:
             reason = self._rejection_reason(request, offer, order, budgeted, headroom, unavailable)
             if reason:
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+                # the period of the limit an offer over budget hit: waiting helps only if it is not a total one
+                binding = headroom.get(self.budget_scopes(offer)) if reason.startswith("over budget") else None
+                period = binding.period if binding is not None else None
+                rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, budget_period=period))
             else:
                 usable.append(offer)
         offered = {offer.provider for offer in offers}
@@ -332,7 +335,7 @@ class Router:
         offer: Offer,
         order: dict[str, int],
         budgeted: bool,
-        headroom: dict[tuple[str, ...], Decimal | None],
+        headroom: dict[tuple[str, ...], Headroom | None],
         unavailable: dict[str, str | None],
     ) -> str | None:
         """Why ``offer`` cannot serve ``request``, or None; the first failed check wins (docs/routing-and-budget.md).
@@ -366,10 +369,11 @@ class Router:
             return "unpriced, and a budgeted profile refuses unpriced offers" if budgeted else None
         scopes = self.budget_scopes(offer)
         if scopes not in headroom:
-            headroom[scopes] = self.ledger.headroom(scopes)
-        left = headroom[scopes]
-        if left is not None and offer.estimate > left:
-            return f"over budget (${left} left, needs ${offer.estimate})"
+            headroom[scopes] = self.ledger.tightest(scopes)
+        tightest = headroom[scopes]
+        if tightest is not None and offer.estimate > tightest.left:
+            where = f"{tightest.scope} ({tightest.period})"
+            return f"over budget ({fmt_usd(tightest.left)} left in {where}, needs {fmt_usd(offer.estimate)})"
         return None
 
     def _silence_reason(self, name: str, request: RequestModel) -> str:
