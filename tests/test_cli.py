@@ -8,6 +8,7 @@ ledger, the store and ``out/`` are fresh for each test and nothing outside ``tmp
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -22,6 +23,10 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
+import genroute.cli
+from genroute.keys import request_key
+from genroute.types import parse_request
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "plugins.toml"
@@ -592,6 +597,71 @@ def test_a_table_whose_reader_goes_away_ends_with_141_too(tmp_path):
     rc, _head, stderr = read_then_close(tmp_path, "providers", size=0)
 
     assert (rc, stderr) == (141, "")
+
+
+def test_run_that_cannot_write_its_file_after_paying_names_it_and_a_rerun_costs_nothing(cli, tmp_path):
+    key = request_key(parse_request({"task": "text-to-image", "prompt": "a lighthouse at dusk"}))
+    in_the_way = tmp_path / "out" / f"text-to-image-{key[:12]}.png"
+    in_the_way.mkdir(parents=True)
+
+    failed = cli("run", "a lighthouse at dusk", rc=4)
+
+    (line,) = error_lines(failed.stderr)
+    assert f"--output-dir: cannot write {Path('out') / in_the_way.name}: Is a directory" in line
+    assert "the result is kept in the store" in line and "costs nothing" in line
+    assert "internal error" not in failed.stderr
+    assert usage_spent(budget_state(cli), "simulated") == Decimal("0.025")  # it ran, and was paid for
+    in_the_way.rmdir()
+    again = cli("run", "a lighthouse at dusk", rc=0)
+    assert "store (cached, no charge)" in again.stderr and in_the_way.read_bytes().startswith(PNG_MAGIC)
+    assert usage_spent(budget_state(cli), "simulated") == Decimal("0.025")
+
+
+class FullDisk:
+    """A results file on a disk that fills up after ``room`` writes."""
+
+    def __init__(self, real: Any, room: int) -> None:
+        self.real, self.room = real, room
+
+    def write(self, text: str) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= 1
+        return self.real.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_batch_whose_results_disk_fills_up_stops_with_an_error_and_a_rerun_pays_nothing_twice(
+    tmp_path, monkeypatch, capsys
+):
+    for name in ("GENROUTE_PROFILE", *TOKEN_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GENROUTE_CONFIG", str(CONFIG))
+    monkeypatch.setenv("GENROUTE_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "five.jsonl", FIVE)
+    real_open = Path.open
+
+    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, mode, *args, **kwargs)
+        return FullDisk(handle, room=1) if self.name == "res.jsonl" and "a" in mode else handle
+
+    monkeypatch.setattr(Path, "open", open_)
+    rc = genroute.cli.main(["batch", "five.jsonl", "--results", "res.jsonl", "--no-progress"])
+    err = capsys.readouterr().err
+    monkeypatch.setattr(Path, "open", real_open)
+
+    assert rc == 4, err
+    assert "genroute: error: --results: cannot write res.jsonl: No space left on device; the batch stopped" in err
+    assert "kept in the store, so their lines then cost nothing" in err and "internal error" not in err
+    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 1
+    assert genroute.cli.main(["batch", "five.jsonl", "--results", "res.jsonl", "--no-progress"]) == 0
+    assert genroute.cli.main(["budget", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(Decimal(row["reserved"]) == 0 for row in report["usage"])
+    assert usage_spent(report, "provider:mock") == Decimal("0.015")  # each of the five paid once, in all
 
 
 # --------------------------------------------------------------------------------------------------- inspection

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -394,7 +395,10 @@ def _run(args: argparse.Namespace, data: dict[str, Any], out: Console, err: Cons
         if request.task_name == "text-generation" and not args.json:
             return _run_streaming(router, request, out, err)
         result = router.run(request)
-    files = _save_outputs(result, args.output_dir)
+        try:
+            files = _save_outputs(result, args.output_dir)
+        except _NotSaved as exc:  # after the money moved: say where the result is and what a re-run costs
+            raise _not_saved_error(exc, router, request, result) from None
     if args.json:
         payload = json.loads(result.model_dump_json())
         payload["saved"] = [str(p) for p in files]
@@ -454,18 +458,66 @@ def _check_writable_file(target: Path, option: str) -> None:
 
 
 def _save_outputs(result: Result, directory: Path) -> list[Path]:
+    """Copy the result's files (and a transcript's subtitles) to ``directory``; :class:`_NotSaved` names a
+    file that could not be written."""
     stem = f"{result.task}-{result.request_key[:12]}"
-    saved = [
-        artifact.save(directory, stem if len(result.artifacts) == 1 else f"{stem}-{i + 1}")
-        for i, artifact in enumerate(result.artifacts)
-    ]
+    saved: list[Path] = []
+    for i, artifact in enumerate(result.artifacts):
+        name = stem if len(result.artifacts) == 1 else f"{stem}-{i + 1}"
+        with _saving(directory / f"{name}{artifact.suffix()}"):
+            saved.append(artifact.save(directory, name))
     if result.segments is not None:
-        directory.mkdir(parents=True, exist_ok=True)
         for suffix, text in ((".srt", result.to_srt()), (".vtt", result.to_webvtt())):
             target = directory / f"{stem}{suffix}"
-            target.write_text(text, encoding="utf-8")
+            with _saving(target):
+                directory.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
             saved.append(target)
     return saved
+
+
+class _NotSaved(Exception):
+    """An output file of a result that ran (and was paid for) could not be written."""
+
+    def __init__(self, target: Path, reason: str) -> None:
+        super().__init__(f"{target}: {reason}")
+        self.target = target
+        self.reason = reason
+
+
+_PARTIAL_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+@contextlib.contextmanager
+def _saving(target: Path) -> Iterator[None]:
+    """Turn a failure to write ``target`` into :class:`_NotSaved`, removing what a full disk left of it."""
+    try:
+        yield
+    except (OSError, InvalidRequest) as exc:  # Artifact.save refuses a directory where the file goes
+        if target.is_dir():
+            reason = os.strerror(errno.EISDIR)
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or type(exc).__name__
+            if exc.errno in _PARTIAL_WRITE:
+                with contextlib.suppress(OSError):
+                    target.unlink()  # cut short: not a file anyone can use
+        else:
+            reason = exc.message
+        raise _NotSaved(target, reason) from None
+
+
+def _not_saved_error(exc: _NotSaved, router: Router, request: RequestModel, result: Result) -> InvalidRequest:
+    kept = router.store is not None and router.store.get(result.request_key) is not None
+    if kept and request.cache == "refresh":
+        hint = "the result is kept in the store: make room for that file (or give another --output-dir) and run"
+        hint += " again without --cache refresh, which costs nothing"
+    elif kept:
+        hint = "the result is kept in the store: make room for that file (or give another --output-dir) and run"
+        hint += " again, which costs nothing"
+    else:
+        where = ", ".join(str(a.path) for a in result.artifacts) or "nowhere"
+        hint = f"the result is not kept in the store; its files are at {where}: copy them from there"
+    return InvalidRequest(f"cannot write {exc.target}: {exc.reason}", field="--output-dir", hint=hint)
 
 
 def _print_result_summary(result: Result, files: list[Path], err: Console) -> None:
@@ -698,8 +750,7 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
             raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
         try:
             if cut_short:  # the partial record stays a line of its own: the new ones must not be glued to it
-                sink.write("\n")
-                sink.flush()
+                _write_results(sink, "\n", args.results)
                 err.print(
                     f"note: {args.results} ended in the middle of a line (a record cut short by an earlier run);"
                     " the new results start on a new line",
@@ -708,13 +759,32 @@ def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
             tally = _run_batch(args, source, total, sink, err)
         finally:
             if args.results:
-                sink.close()
+                with contextlib.suppress(OSError):  # every line was flushed: a failed one has been reported
+                    sink.close()
     err.print(
         f"{tally.ok}/{tally.ok + tally.failed} done ({tally.cached} from the store), {tally.failed} failed, "
         f"spent {fmt_usd(tally.cost)}",
         markup=False,
     )
     return 0 if tally.failed == 0 else EXIT_PARTIAL
+
+
+def _write_results(sink: TextIO, text: str, results: Path | None) -> None:
+    """Write and flush result lines; a failure (a full disk) stops the batch with a genroute error."""
+    try:
+        sink.write(text)
+        sink.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
+    except OSError as exc:
+        where = str(results) if results is not None else "the results to standard output"
+        retry = "give --results another file" if results is not None else "give --results a file"
+        raise InvalidRequest(
+            f"cannot write {where}: {exc.strerror or type(exc).__name__}; the batch stopped",
+            field="--results" if results is not None else None,
+            hint=f"free some space (or {retry}) and run the batch again: the results already produced are kept"
+            " in the store, so their lines then cost nothing",
+        ) from None
 
 
 def _ends_mid_line(path: Path) -> bool:
@@ -808,8 +878,7 @@ def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink
             problem = error or (item.error if item else None)
             record.update(status="error", error=redact(str(problem)), kind=type(problem).__name__)
             tally.failed += 1
-        sink.write(json.dumps(record) + "\n")
-        sink.flush()
+        _write_results(sink, json.dumps(record) + "\n", args.results)
         progress.update(bar, advance=1, cost=fmt_usd(tally.cost))
 
     def emit_invalid() -> None:
