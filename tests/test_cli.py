@@ -26,7 +26,7 @@ from PIL import Image
 
 import genroute.cli
 from genroute.keys import request_key
-from genroute.types import parse_request
+from genroute.types import Artifact, parse_request
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "plugins.toml"
@@ -633,14 +633,20 @@ class FullDisk:
         return getattr(self.real, name)
 
 
-def test_batch_whose_results_disk_fills_up_stops_with_an_error_and_a_rerun_pays_nothing_twice(
-    tmp_path, monkeypatch, capsys
-):
+@pytest.fixture
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For ``genroute.cli.main`` run in this process: ``tmp_path`` as working directory and GENROUTE_HOME."""
     for name in ("GENROUTE_PROFILE", *TOKEN_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GENROUTE_CONFIG", str(CONFIG))
     monkeypatch.setenv("GENROUTE_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_batch_whose_results_disk_fills_up_stops_with_an_error_and_a_rerun_pays_nothing_twice(
+    in_process, tmp_path, monkeypatch, capsys
+):
     write_jsonl(tmp_path / "five.jsonl", FIVE)
     real_open = Path.open
 
@@ -662,6 +668,46 @@ def test_batch_whose_results_disk_fills_up_stops_with_an_error_and_a_rerun_pays_
     report = json.loads(capsys.readouterr().out)
     assert all(Decimal(row["reserved"]) == 0 for row in report["usage"])
     assert usage_spent(report, "provider:mock") == Decimal("0.015")  # each of the five paid once, in all
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["streamed", "json"])
+def test_a_text_result_creates_no_output_directory(cli, tmp_path, json_output):
+    args = ["run", "hi", "--task", "text-generation", "--tier", "fast", "--output-dir", "made/by/textgen"]
+
+    proc = cli(*args, *(["--json"] if json_output else []), rc=0)
+
+    assert not (tmp_path / "made").exists()
+    assert proc.stdout.strip()
+
+
+def test_a_file_result_creates_its_nested_output_directory(cli, tmp_path):
+    cli("run", "a fox", "--tier", "fast", "--output-dir", "made/by/image", rc=0)
+
+    (saved,) = (tmp_path / "made" / "by" / "image").iterdir()
+    assert saved.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_an_output_dir_under_a_file_is_refused_and_nothing_is_created(cli, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+
+    proc = cli("run", "a fox", "--output-dir", "afile/deep/er", rc=4)
+
+    (line,) = error_lines(proc.stderr)
+    assert "--output-dir: cannot create afile/deep/er: afile is not a directory" in line
+    assert usage_spent(budget_state(cli), "simulated") == 0
+
+
+def test_ctrl_c_while_saving_leaves_no_output_directory_behind(in_process, monkeypatch, capsys):
+    def interrupted(self: Artifact, directory: Path, stem: str, **kwargs: Any) -> Path:
+        Path(directory).mkdir(parents=True, exist_ok=True)  # as far as the copy got
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Artifact, "save", interrupted)
+
+    rc = genroute.cli.main(["run", "a fox", "--tier", "fast", "--output-dir", "new/deep"])
+
+    assert rc == 130 and "genroute: interrupted" in capsys.readouterr().err
+    assert not (in_process / "new").exists()
 
 
 # --------------------------------------------------------------------------------------------------- inspection

@@ -381,12 +381,8 @@ def _value_types(annotation: Any) -> set[type]:
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     data = _run_request(args)
-    created = _check_writable_dir(args.output_dir, "--output-dir")  # before any money moves
-    try:
-        return _run(args, data, out, err)
-    except BaseException:
-        _remove_empty(created)
-        raise
+    _check_writable_dir(args.output_dir, "--output-dir")  # before any money moves; made only to hold a file
+    return _run(args, data, out, err)
 
 
 def _run(args: argparse.Namespace, data: dict[str, Any], out: Console, err: Console) -> int:
@@ -422,26 +418,42 @@ def _run_streaming(router: Router, request: RequestModel, out: Console, err: Con
     return 0
 
 
-def _check_writable_dir(directory: Path, option: str) -> list[Path]:
-    """Make sure, before any work (and any money spent), that ``directory`` exists and can take files.
+def _check_writable_dir(directory: Path, option: str) -> None:
+    """Make sure, before any work (and any money spent), that files can be written in ``directory``.
 
-    Returns the directories it had to create, deepest last, so a run that fails can remove them again.
+    Creates nothing: a missing directory is judged by its nearest existing parent, where it would be made
+    once there is a file to write (a text result writes none).
     """
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    hint = "give a directory you can write"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        writable = os.access(directory, os.W_OK | os.X_OK)
-    except FileExistsError:
-        raise InvalidRequest(f"{directory} is not a directory", field=option, hint="give a directory") from None
-    except OSError as exc:
-        _remove_empty(missing)
-        raise InvalidRequest(
-            f"cannot create {directory}: {exc.strerror}", field=option, hint="give a directory you can write"
-        ) from None
-    if not writable:
-        _remove_empty(missing)
-        raise InvalidRequest(f"cannot write in {directory}", field=option, hint="give a directory you can write")
-    return list(reversed(missing))
+        existing = next(d for d in (directory, *directory.parents) if d.exists() or d.is_symlink())
+        is_dir, writable = existing.is_dir(), os.access(existing, os.W_OK | os.X_OK)
+    except StopIteration:  # no parent exists: not even the root or the current directory
+        raise InvalidRequest(f"cannot create {directory}", field=option, hint=hint) from None
+    except OSError as exc:  # a parent that cannot be searched
+        raise InvalidRequest(f"cannot use {directory}: {exc.strerror}", field=option, hint=hint) from None
+    if existing == directory:
+        if not is_dir:
+            raise InvalidRequest(f"{directory} is not a directory", field=option, hint="give a directory")
+        if not writable:
+            raise InvalidRequest(f"cannot write in {directory}", field=option, hint=hint)
+    elif not is_dir:
+        raise InvalidRequest(f"cannot create {directory}: {existing} is not a directory", field=option, hint=hint)
+    elif not writable:
+        raise InvalidRequest(f"cannot create {directory}: cannot write in {existing}", field=option, hint=hint)
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """``directory`` and those of its parents that do not exist yet (what saving a file there would create)."""
+    missing: list[Path] = []
+    for d in (directory, *directory.parents):
+        try:
+            if d.exists():
+                break
+        except OSError:
+            break
+        missing.append(d)
+    return missing
 
 
 def _remove_empty(directories: list[Path]) -> None:
@@ -462,17 +474,22 @@ def _save_outputs(result: Result, directory: Path) -> list[Path]:
     file that could not be written."""
     stem = f"{result.task}-{result.request_key[:12]}"
     saved: list[Path] = []
-    for i, artifact in enumerate(result.artifacts):
-        name = stem if len(result.artifacts) == 1 else f"{stem}-{i + 1}"
-        with _saving(directory / f"{name}{artifact.suffix()}"):
-            saved.append(artifact.save(directory, name))
-    if result.segments is not None:
-        for suffix, text in ((".srt", result.to_srt()), (".vtt", result.to_webvtt())):
-            target = directory / f"{stem}{suffix}"
-            with _saving(target):
-                directory.mkdir(parents=True, exist_ok=True)
-                target.write_text(text, encoding="utf-8")
-            saved.append(target)
+    made = _missing_dirs(directory) if result.artifacts or result.segments is not None else []
+    try:
+        for i, artifact in enumerate(result.artifacts):
+            name = stem if len(result.artifacts) == 1 else f"{stem}-{i + 1}"
+            with _saving(directory / f"{name}{artifact.suffix()}"):
+                saved.append(artifact.save(directory, name))
+        if result.segments is not None:
+            for suffix, text in ((".srt", result.to_srt()), (".vtt", result.to_webvtt())):
+                target = directory / f"{stem}{suffix}"
+                with _saving(target):
+                    directory.mkdir(parents=True, exist_ok=True)
+                    target.write_text(text, encoding="utf-8")
+                saved.append(target)
+    except BaseException:  # Ctrl-C or a write that failed: leave no empty directory behind
+        _remove_empty(made)
+        raise
     return saved
 
 
@@ -973,10 +990,10 @@ def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
     with _router(args) as router:
         report = router.ledger.report()
         if args.export_csv:
-            router.ledger.export_csv(args.export_csv)
+            router.ledger.export_csv(args.export_csv, field="--export-csv")
             err.print(f"wrote {args.export_csv}", markup=False)
         if args.export_json:
-            router.ledger.export_json(args.export_json)
+            router.ledger.export_json(args.export_json, field="--export-json")
             err.print(f"wrote {args.export_json}", markup=False)
     if args.json:
         out.print(report.to_json(), markup=False)
