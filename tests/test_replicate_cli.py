@@ -152,4 +152,23 @@ def test_webhooks_serve_without_any_secret_fails_clearly(tmp_path: Path, server:
         cwd=tmp_path, env=_environ(tmp_path, config), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "did not start" in proc.stderr and "REPLICATE_WEBHOOK_SECRET" in proc.stderr
+    assert "did not start: it has no webhook signing secret" in proc.stderr
+    assert "REPLICATE_WEBHOOK_SECRET" in proc.stderr
+    assert "receiving Replicate webhooks" not in proc.stderr  # never announced: it never received anything
+
+
+def test_webhooks_serve_on_a_busy_port_says_so_before_announcing_anything(
+    tmp_path: Path, server: FakeReplicate
+) -> None:
+    config = _config(tmp_path, server)
+    environ = {**_environ(tmp_path, config), "REPLICATE_WEBHOOK_SECRET": "whsec_" + "A" * 32}
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "genroute.cli", "webhooks", "serve", "--port", str(port)],
+            cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot receive webhooks on 127.0.0.1:{port}: the port is in use" in proc.stderr
+    assert "choose another --port" in proc.stderr
+    assert "receiving Replicate webhooks" not in proc.stderr

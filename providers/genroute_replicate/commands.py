@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from typing import Any
 
 from rich.console import Console
@@ -52,26 +54,51 @@ def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
         if tolerance <= 0:
             raise ConfigError("--tolerance must be a positive number of seconds")
         app = create_app(router, tolerance=tolerance, close_router_on_shutdown=True)
-        err.print(
+        listening = _listen(args.host, args.port)  # before anything is announced: a busy port fails here
+        announcement = (
             f"receiving Replicate webhooks on http://{args.host}:{args.port}/ "
-            f"(profile {router.settings.profile}, timestamp tolerance {tolerance}s); Ctrl-C stops",
-            markup=False,
+            f"(profile {router.settings.profile}, timestamp tolerance {tolerance}s); Ctrl-C stops"
         )
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
-        server = uvicorn.Server(config)
+
+        class AnnouncingServer(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started:  # the signing secret was found and the socket serves: only now say so
+                    err.print(announcement, markup=False)
+
+        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on")
+        server = AnnouncingServer(config)
         try:
-            server.run()
+            server.run(sockets=[listening])
         except KeyboardInterrupt:  # Ctrl-C is how a receiver is stopped: uvicorn re-raises it after shutting down
             pass
-        except SystemExit:  # uvicorn exits on a failed startup (no secret, port in use)
+        except SystemExit:  # uvicorn exits when the app's startup fails: it found no signing secret
             if server.started:
                 raise
+        finally:
+            listening.close()
         if not server.started:
             raise GenrouteError(
-                "the webhook receiver did not start",
-                hint=f"set {options.webhook_secret_env} (or REPLICATE_API_TOKEN to fetch the secret from the API), "
-                "and check that the port is free",
+                "the webhook receiver did not start: it has no webhook signing secret",
+                hint=f"set {options.webhook_secret_env}, or REPLICATE_API_TOKEN to fetch the secret from the API",
             )
     finally:
         router.close()
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or an error saying why there cannot be one."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise GenrouteError(
+                f"cannot receive webhooks on {host}:{port}: the port is in use",
+                hint="choose another --port, or stop the program listening there",
+            ) from None
+        raise GenrouteError(
+            f"cannot receive webhooks on {host}:{port}: {exc.strerror or exc}",
+            hint="give --host an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)",
+        ) from None
