@@ -6,16 +6,21 @@ script can tell a budget stop from a bad config without parsing messages.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from .money import to_decimal
 from .secrets import redact
 
 if TYPE_CHECKING:
     from .types import Result
+
+# The router's logger: a bad amount on a provider's error belongs to a request's way through the router.
+log = logging.getLogger("genroute.router")
 
 
 class GenrouteError(Exception):
@@ -301,12 +306,60 @@ class LedgerError(GenrouteError):
     default_hint = "check the ledger directory (ledger.path in plugins.toml) is writable and on a local disk"
 
 
+BilledAmount = Decimal | int | float | str
+"""What a provider may give as money it was billed: a Decimal, an int, a float (read through ``str``, so ``0.1``
+is ten cents) or a numeric string."""
+
+
+def billed_amount(value: object, *, provider: str, source: str = "incurred") -> Decimal | None:
+    """``value``, money a provider says it was billed, as a finite Decimal of zero or more; None if it is no amount.
+
+    A Decimal, an int, a float (through ``str``) or a numeric string is taken. Anything else — a negative amount, NaN,
+    infinity, a boolean, another type — is logged as a warning naming ``provider`` and ``source`` and comes back as
+    None, "nothing reported": the router must always be able to settle or release the reservation, and raising here
+    (inside the provider's own ``raise`` or ``except``) would only swap the provider's error for a bug of its own.
+    """
+    if value is None:
+        return None
+    problem: str | None = None
+    amount: Decimal | None = None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        problem = f"a {type(value).__name__}, not an amount of money"
+    else:
+        try:
+            amount = to_decimal(value)
+        except ValueError:
+            problem = "not a finite number"
+        else:
+            if amount < 0:
+                problem = "negative"
+    if problem is None:
+        return amount
+    shown = redact(repr(value))[:80]
+    log.warning(
+        "provider %s reported %s=%s, which is %s; it is ignored (no money is settled for it)",
+        provider or "?",
+        source,
+        shown,
+        problem,
+    )
+    return None
+
+
 class ProviderError(GenrouteError):
     """A provider call failed.
 
     ``retryable`` says whether the same provider may succeed if asked again; ``retry_after`` is
     the provider's own wait hint in seconds; ``incurred`` is money the provider billed anyway
     (for example a failed prediction's compute time), settled instead of released.
+
+    ``incurred`` is normalised whenever it is set (at construction, or assigned later as ``exc.incurred = …``):
+    a Decimal, an int, a float (read through ``str``, so ``0.1`` is ten cents) or a numeric string becomes a
+    ``Decimal``. A value that is no amount of money — negative, NaN, infinity, a boolean, another type — is not
+    raised about (that would replace the provider's error with a bug of its own): a warning naming the provider
+    is logged and ``incurred`` becomes ``None``, so the router can always close the reservation (released, unless
+    earlier attempts on the offer were billed). Reading ``incurred`` gives a finite ``Decimal`` of zero or more,
+    or ``None``.
     """
 
     exit_code = 7
@@ -320,7 +373,7 @@ class ProviderError(GenrouteError):
         provider: str = "",
         retryable: bool | None = None,
         retry_after: float | None = None,
-        incurred: Decimal | None = None,
+        incurred: BilledAmount | None = None,
         hint: str | None = None,
     ) -> None:
         super().__init__(f"{provider}: {message}" if provider else message, hint=hint)
@@ -329,6 +382,15 @@ class ProviderError(GenrouteError):
             self.retryable = retryable
         self.retry_after = retry_after
         self.incurred = incurred
+
+    @property
+    def incurred(self) -> Decimal | None:
+        """Money the provider billed for the failed call: a finite Decimal of zero or more, or None."""
+        return self._incurred
+
+    @incurred.setter
+    def incurred(self, value: BilledAmount | None) -> None:
+        self._incurred = billed_amount(value, provider=self.provider)
 
 
 class RateLimited(ProviderError):

@@ -21,6 +21,7 @@ from .errors import (
     OverBudget,
     ProviderError,
     Rejection,
+    billed_amount,
 )
 from .provider import RunContext
 from .secrets import redact
@@ -50,9 +51,26 @@ def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryabl
     return ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=provider, retryable=bug_retryable)
 
 
-def extra_incurred(ctx: RunContext) -> Decimal:
+def extra_incurred(ctx: RunContext, provider: str | None = None) -> Decimal:
+    """What the provider put in ``ctx.extra["incurred"]`` (billed for work then cancelled), or 0.
+
+    Taken as :class:`ProviderError` takes ``incurred`` (:func:`genroute.errors.billed_amount`): a Decimal, an int, a
+    float (through ``str``) or a numeric string; anything else (negative, NaN, infinity, another type) is logged as a
+    warning naming the provider and counts as nothing reported.
+    """
     value = ctx.extra.get("incurred")
-    return value if isinstance(value, Decimal) and value > 0 else Decimal(0)
+    if value is None:
+        return Decimal(0)
+    name = provider if provider is not None else _provider_name(ctx)
+    return billed_amount(value, provider=name, source='ctx.extra["incurred"]') or Decimal(0)
+
+
+def _provider_name(ctx: RunContext) -> str:
+    """The name of the provider ``ctx`` was made for: the section of the settings it carries."""
+    for name, section in ctx.settings.providers.items():
+        if section is ctx.provider_settings:
+            return name
+    return ""
 
 
 def no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
