@@ -727,6 +727,15 @@ def test_providers_json_lists_the_mock_available_and_real_providers_not_installe
     assert status["huggingface"]["in_profile"] is False
 
 
+def test_budget_refuses_one_file_for_both_exports(cli, tmp_path):
+    (tmp_path / "rep").mkdir()
+    proc = cli("budget", "--export-csv", "rep/both.out", "--export-json", "./rep/../rep/both.out", rc=4)
+
+    assert "--export-json: is the same file as --export-csv (rep/both.out)" in proc.stderr
+    assert "give the two exports different file names" in proc.stderr
+    assert not (tmp_path / "rep" / "both.out").exists()  # refused before writing either
+
+
 def test_budget_json_and_exports_are_parseable(cli, tmp_path):
     cli("run", "a lighthouse", "--tier", "fast", rc=0)
 

@@ -987,6 +987,12 @@ def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
     for target, option in ((args.export_csv, "--export-csv"), (args.export_json, "--export-json")):
         if target is not None:
             _check_writable_file(target, option)
+    if args.export_csv is not None and args.export_json is not None and _same_file(args.export_csv, args.export_json):
+        raise InvalidRequest(
+            f"is the same file as --export-csv ({args.export_csv}): the JSON would replace the CSV",
+            field="--export-json",
+            hint="give the two exports different file names",
+        )
     with _router(args) as router:
         report = router.ledger.report()
         if args.export_csv:
