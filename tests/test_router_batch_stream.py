@@ -550,3 +550,75 @@ async def test_an_unexpected_stream_error_never_carries_a_token(stream_router, m
             pass
     assert "unexpected RuntimeError" in str(info.value) and token not in str(info.value)
     assert all(token not in e.note for e in router.ledger.entries())
+
+
+def streams_of(settings_factory: Any, router_factory: Any, a_pieces: list[Any]) -> Any:
+    """Providers ``a`` (cheaper, streaming ``a_pieces``) and ``b`` (streaming text); ``router.a``/``router.b``."""
+    a = FakeProvider("a", stream_pieces=a_pieces)
+    b = FakeProvider("b", stream_pieces=["from ", "b"])
+    config = settings_factory({"a": text_section("a", "0.001"), "b": text_section("b", "0.002")})
+    router = router_factory(config, FakePlugin(a, b))
+    router.a, router.b = a, b
+    return router
+
+
+async def test_a_stream_piece_that_is_not_text_falls_back_before_the_caller_sees_it(
+    settings_factory, router_factory
+) -> None:
+    router = streams_of(settings_factory, router_factory, [b"Hel", b"lo"])
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    pieces = [piece async for piece in stream]
+
+    assert pieces == ["from ", "b"]  # never the bytes
+    assert stream.result is not None and stream.result.provider == "b"
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released"), ("b", "settled")]
+    assert router.ledger.open_reservations() == []
+
+
+async def test_a_stream_of_bytes_alone_says_so_and_leaves_nothing_reserved(settings_factory, router_factory) -> None:
+    a = FakeProvider("a", stream_pieces=[b"raw"])  # type: ignore[list-item]  # a plugin's mistake
+    router = router_factory(settings_factory({"a": text_section("a")}), FakePlugin(a))
+
+    with pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="x"))]
+
+    (rejection,) = info.value.rejections
+    assert rejection.reason == "failed: a: stream piece was bytes, not text"
+    assert router.ledger.open_reservations() == []
+    assert [e.status for e in router.ledger.entries()] == ["released"]
+
+
+async def test_a_stream_piece_that_is_not_text_after_text_fails_the_stream_and_settles_it(
+    settings_factory, router_factory
+) -> None:
+    router = streams_of(settings_factory, router_factory, ["Hel", b"lo", "world"])
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    pieces: list[Any] = []
+    with pytest.raises(ProviderError) as info:
+        async for piece in stream:
+            pieces.append(piece)
+
+    assert pieces == ["Hel"]  # the bytes never reached the caller
+    assert info.value.message == "a: stream piece was bytes, not text"
+    assert stream.result is None and not router.b.calls  # no switch of provider mid-answer
+    assert router.ledger.open_reservations() == []
+    (entry,) = router.ledger.entries()
+    assert (entry.provider, entry.status, entry.actual) == ("a", "settled", entry.estimate)
+
+
+async def test_a_stream_that_cannot_be_priced_still_closes_its_reservation(stream_router, monkeypatch) -> None:
+    router = stream_router()
+
+    def broken_cost(*args: Any) -> Decimal:
+        raise ArithmeticError("a bug in pricing")
+
+    monkeypatch.setattr("genroute.streaming.call_cost", broken_cost)
+    with pytest.raises(ArithmeticError):
+        [piece async for piece in router.astream(TextGeneration(prompt="say hello"))]
+
+    assert router.ledger.open_reservations() == []
+    (entry,) = router.ledger.entries()
+    assert (entry.status, entry.actual) == ("settled", entry.estimate)  # the text was delivered: probably billed
+    assert "could not be priced" in entry.note

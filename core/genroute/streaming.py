@@ -178,11 +178,15 @@ async def _stream_offers(
         finally:
             if source is not None:
                 await _aclose_quietly(source)
-        produced = ctx.extra.get("output")
-        output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
-        if not output.text:
-            output = output.model_copy(update={"text": "".join(pieces)})
-        cost = quantize(call_cost(offer, request, output))
+        try:
+            produced = ctx.extra.get("output")
+            output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
+            if not output.text:
+                output = output.model_copy(update={"text": "".join(pieces)})
+            cost = quantize(call_cost(offer, request, output))
+        except BaseException:  # never leave the reservation open, whatever goes wrong in pricing the call
+            _close_abandoned(router, reservation, pieces, "stream could not be priced", ctx)
+            raise
         router.ledger.settle(reservation, cost, job_id=output.job_id)
         router.cooldowns.success(offer.provider)
         result = make_result(key, offer, output, cost, time.perf_counter() - started)
@@ -222,14 +226,19 @@ def _open_source(provider: Provider, request: TextGeneration, offer: Offer, ctx:
 
 
 async def _next_piece(source: AsyncIterator[str], offer: Offer) -> str:
+    """The provider's next piece; one that is not text (say, bytes) fails the offer before the caller sees it."""
     try:
-        return await anext(source)
+        piece: object = await anext(source)
     except (ProviderError, StopAsyncIteration):
         raise
     except TimeoutError as exc:
         raise ProviderTimeout("timed out while streaming", provider=offer.provider) from exc
     except Exception as exc:  # a provider bug, or another genroute error, fails the offer as in run()
         raise provider_failure(exc, offer.provider, "stream") from exc
+    if not isinstance(piece, str):
+        log.warning("provider %s stream yielded a %s piece, not text", offer.provider, type(piece).__name__)
+        raise ProviderError(f"stream piece was {type(piece).__name__}, not text", provider=offer.provider)
+    return piece
 
 
 async def _aclose(source: AsyncIterator[str]) -> None:
