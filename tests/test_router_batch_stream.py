@@ -383,6 +383,12 @@ async def test_a_stream_failing_before_the_first_piece_falls_back(stream_router)
     assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "released"), ("b", "settled")]
 
 
+CUT_SHORT_AFTER_1 = (
+    "the stream was cut short after 1 piece(s): genroute does not retry or switch provider once text has reached "
+    "you, so ask again for a whole answer (the partial text was charged: what the provider billed, else the estimate)"
+)
+
+
 async def test_a_stream_failing_after_the_first_piece_raises(stream_router):
     boom = ProviderUnavailable("connection reset", provider="a")
     router = stream_router(a_kwargs={"stream_error_after": (1, boom)})
@@ -395,6 +401,9 @@ async def test_a_stream_failing_after_the_first_piece_raises(stream_router):
 
     assert info.value is boom
     assert pieces == ["Hel"]
+    # not the class's "genroute retries and falls back automatically": it did neither, the caller holds part of it
+    assert info.value.hint == CUT_SHORT_AFTER_1
+    assert str(info.value) == f"a: connection reset — {CUT_SHORT_AFTER_1}"
     assert stream.result is None
     assert not router.b.calls  # no silent switch of provider mid-answer
     # The piece the caller holds was generated, so probably billed: settled at the estimate, as when a
@@ -622,3 +631,18 @@ async def test_a_stream_that_cannot_be_priced_still_closes_its_reservation(strea
     (entry,) = router.ledger.entries()
     assert (entry.status, entry.actual) == ("settled", entry.estimate)  # the text was delivered: probably billed
     assert "could not be priced" in entry.note
+
+
+async def test_a_bug_cutting_a_stream_short_says_how_far_it_got_not_that_it_fell_through(stream_router) -> None:
+    router = stream_router(a_kwargs={"stream_error_after": (2, RuntimeError("socket closed"))})
+
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for piece in router.astream(TextGeneration(prompt="say hello")):
+            pieces.append(piece)
+
+    assert pieces == ["Hel", "lo, "]
+    assert info.value.message == "a: unexpected RuntimeError: socket closed"
+    assert info.value.hint.startswith("the stream was cut short after 2 piece(s): ")
+    assert "fell through every provider" not in str(info.value)
+    assert not router.b.calls and router.ledger.open_reservations() == []

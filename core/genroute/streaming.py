@@ -164,6 +164,7 @@ async def _stream_offers(
                 router._close_failed(reservation, exc)
             router._count_failure(offer, exc)
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
+                exc.hint = _cut_short_hint(len(pieces))
                 raise
             refused = isinstance(exc, ProviderRejectedInput)
             reason = f"failed: {redact(exc.message)}"
@@ -196,6 +197,15 @@ async def _stream_offers(
         f"no provider could stream this {request.task_name} request "
         f"(tier {request.tier}, profile {router.settings.profile!r}):",
         rejections,
+    )
+
+
+def _cut_short_hint(delivered: int) -> str:
+    """The hint of an error that ended a stream after ``delivered`` pieces had reached the caller."""
+    return (
+        f"the stream was cut short after {delivered} piece(s): genroute does not retry or switch provider once text "
+        "has reached you, so ask again for a whole answer (the partial text was charged: what the provider billed, "
+        "else the estimate)"
     )
 
 
