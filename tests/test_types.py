@@ -8,6 +8,7 @@ import json
 import os
 import random
 import wave
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from genroute.types import (
     REQUEST_TYPES,
     TASKS,
     ImageToImage,
+    Offer,
     TextToImage,
     TextToVideo,
 )
@@ -682,3 +684,22 @@ def test_the_errors_getting_started_names_are_importable_from_genroute() -> None
     for name in ("InvalidRequest", "NoRouteAvailable", "OverBudget", "InputRefused", "DeadlineExceeded"):
         assert getattr(genroute, name) is getattr(errors, name), name
     assert issubclass(genroute.OverBudget, genroute.NoRouteAvailable)
+
+
+def offer(estimate: Decimal | None) -> Offer:
+    return Offer(provider="lab", model="lab/m", task="text-to-image", tier="fast", estimate=estimate)
+
+
+@pytest.mark.parametrize("estimate", [Decimal("-0.01"), Decimal("-1E-7"), -5])
+def test_an_offer_with_a_negative_estimate_is_refused_naming_the_field(estimate: Any) -> None:
+    # Accepted, it would sort first as the cheapest and then fail its call with "cannot reserve a negative amount".
+    with pytest.raises(ValidationError) as info:
+        offer(estimate)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("estimate",)
+    assert error["msg"].startswith("Value error, estimate cannot be negative (an offer's estimated USD is 0 or more)")
+
+
+@pytest.mark.parametrize("estimate", [Decimal(0), Decimal("0.003"), None])
+def test_an_offer_of_zero_or_more_or_unpriced_is_accepted(estimate: Decimal | None) -> None:
+    assert offer(estimate).estimate == estimate

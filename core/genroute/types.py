@@ -380,6 +380,14 @@ class Offer(BaseModel):
     note: str = ""
     detail: dict[str, Any] = Field(default_factory=dict, description="provider-private data for run()")
 
+    @field_validator("estimate")
+    @classmethod
+    def _estimate_not_negative(cls, value: Decimal | None) -> Decimal | None:
+        # The ledger reserves the estimate; a negative one would sort first and then fail every call it is chosen for.
+        if value is not None and value < 0:
+            raise ValueError(f"estimate cannot be negative (an offer's estimated USD is 0 or more), not {value}")
+        return value
+
 
 class Segment(BaseModel):
     """One timed piece of a transcription."""
