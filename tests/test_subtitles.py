@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from genroute.errors import InvalidRequest
 from genroute.subtitles import to_srt, to_webvtt
@@ -164,6 +165,40 @@ def test_webvtt_structure_holds_for_any_text(segments: list[Segment]) -> None:
         assert len(lines) >= 2
         assert "-->" not in "\n".join(lines[1:])
         assert "<" not in cue
+
+
+# -- Segment ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), "inf", "1e400"])
+@pytest.mark.parametrize("field", ["start", "end"])
+def test_a_segment_time_that_is_not_finite_is_refused_naming_the_field(field: str, bad: Any) -> None:
+    # Accepted, it broke SRT export (OverflowError) and was stored as JSON null, so the paid result was discarded.
+    times: dict[str, Any] = {"start": 0.0, "end": 1.0, field: bad}
+    with pytest.raises(ValidationError) as info:
+        Segment(text="hello", **times)
+    (error,) = info.value.errors()
+    assert error["loc"] == (field,)
+    assert error["msg"] == "Input should be a finite number"
+
+
+def test_a_segment_ending_before_it_starts_is_refused_naming_end() -> None:
+    with pytest.raises(ValidationError) as info:
+        seg(2.5, 1.0, "backwards")
+    (error,) = info.value.errors()
+    assert error["loc"] == ("end",)
+    assert "segment ends (1.0) before it starts (2.5)" in error["msg"]
+
+
+def test_a_segment_of_no_duration_exports() -> None:
+    assert "00:00:01,000 --> 00:00:01,000" in to_srt([seg(1, 1, "blip")])
+
+
+def test_a_stored_transcription_round_trips_with_its_times() -> None:
+    result = make_result(text="hi", segments=[seg(0, 1.25, "hi")])
+    again = Result.model_validate_json(result.model_dump_json())
+    assert again.segments == result.segments
+    assert again.to_srt() == result.to_srt()
 
 
 # -- Result ----------------------------------------------------------------------------------------------------

@@ -390,19 +390,24 @@ class Offer(BaseModel):
 
 
 class Segment(BaseModel):
-    """One timed piece of a transcription."""
+    """One timed piece of a transcription: ``start`` and ``end`` in seconds, finite, zero or more, ``end`` not before
+    ``start``. Anything else is refused naming the field: an infinite time would break SRT and WebVTT export, and a
+    stored result holding one could not be read back."""
 
-    model_config = ConfigDict(frozen=True)
+    # allow_inf_nan=False: inf and NaN are refused as "Input should be a finite number", naming start or end.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     start: float = Field(ge=0)
     end: float = Field(ge=0)
     text: str
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Segment:
-        if self.end < self.start:
-            raise ValueError(f"segment ends ({self.end}) before it starts ({self.start})")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _not_before_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")  # absent when start itself was refused
+        if start is not None and end < start:
+            raise ValueError(f"segment ends ({end}) before it starts ({start})")
+        return end
 
 
 class Artifact(BaseModel):
