@@ -9,7 +9,7 @@ import shutil
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, overload
 
 from pydantic import (
     AfterValidator,
@@ -105,10 +105,32 @@ def _only_bool(value: Any) -> Any:
 
 # A boolean as configuration models take it: ``enabled = "yes"`` is refused, not coerced.
 Flag = Annotated[bool, BeforeValidator(_only_bool)]
-ImageInput = Annotated[MediaInput, MediaCheck("image")]
-"""A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
-AudioInput = Annotated[MediaInput, MediaCheck("audio")]
-"""A media field that must hold audio (WAV, MP3, FLAC, OGG, M4A/MP4 or WEBM)."""
+if TYPE_CHECKING:
+
+    class _MediaField:
+        """What a type checker sees of a media field: it is given anything :meth:`MediaInput.parse` takes (a
+        :data:`MediaSource`) and read as the :class:`MediaInput` validation made of it.
+
+        A descriptor's ``__set__`` gives the type of a model's ``__init__`` parameter, both under plain
+        ``dataclass_transform`` (how ``mypy --strict`` reads a pydantic model without a plugin) and under the pydantic
+        mypy plugin; ``__get__`` gives the type of the attribute. Pydantic itself never sees this class: at run time
+        the fields are the ``Annotated`` types below.
+        """
+
+        @overload
+        def __get__(self, instance: None, owner: type[Any], /) -> _MediaField: ...
+        @overload
+        def __get__(self, instance: object, owner: type[Any], /) -> MediaInput: ...
+        def __get__(self, instance: object, owner: type[Any], /) -> MediaInput | _MediaField: ...
+        def __set__(self, instance: object, value: MediaSource, /) -> None: ...
+
+    ImageInput = _MediaField
+    AudioInput = _MediaField
+else:
+    ImageInput = Annotated[MediaInput, MediaCheck("image")]
+    """A media field that must hold an image (PNG, JPEG, WEBP or GIF)."""
+    AudioInput = Annotated[MediaInput, MediaCheck("audio")]
+    """A media field that must hold audio (WAV, MP3, FLAC, OGG, M4A/MP4 or WEBM)."""
 
 
 class _Request(BaseModel):
@@ -484,6 +506,11 @@ class Artifact(BaseModel):
             )
         return stem + suffix
 
+
+MediaSource = MediaInput | Artifact | str | Path | bytes | bytearray | memoryview
+"""What a media field (``image``, ``mask``, ``audio``) takes: a :class:`MediaInput`, an :class:`Artifact` of an earlier
+result, a file path (``str`` or ``Path``), ``bytes``, a ``data:`` URI or an http(s) URL. Read back, the field is always
+a :class:`MediaInput`."""
 
 MEDIA_SUFFIXES: dict[str, str] = {
     "image/png": ".png",
