@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -31,9 +32,40 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[object] 
                 f"{_entry_point_of(culprit)} in entry point group {ENTRY_POINT_GROUP!r} failed to load: {exc!r}"
             ) from exc
     for plugin in plugins:
-        pm.register(plugin)
+        _register(pm, plugin)
     _refuse_unknown_hooks(pm)  # a misspelled hook name would otherwise be ignored in silence
     return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: object) -> None:
+    """Register a plugin given in code; what pluggy refuses becomes a PluginError naming it by module or class
+    (pluggy names it by a number, its ``id``)."""
+    try:
+        pm.register(plugin)
+    except pluggy.PluginValidationError as exc:
+        # "Plugin '1399…' for hook 'genroute_offers'\nhookimpl definition: …\nArgument(s) {'budget'} are …"
+        what = "; ".join(line.strip() for line in _PLUGGY_NAME.sub("", str(exc), count=1).splitlines() if line.strip())
+        raise PluginError(
+            f"plugin {_module_or_class(plugin)} has a bad hook implementation {what}",
+            hint="give the hook only arguments its specification in genroute.hookspecs names, or do not register "
+            "the plugin",
+        ) from exc
+    except ValueError as exc:  # already registered: twice in ``plugins``, or also installed through an entry point
+        name = pm.get_name(plugin)
+        how = f"its entry point {name!r} loads it too" if name in _entry_point_names(pm) else "it is given twice"
+        raise PluginError(
+            f"plugin {describe_plugin(pm, plugin)} is registered twice: {how}",
+            hint="register each plugin once: leave out of plugins=[...] what entry points load, or pass "
+            "entry_points=False to make_plugin_manager",
+        ) from exc
+
+
+_PLUGGY_NAME = re.compile(r"^Plugin '[^']*' ")
+
+
+def _entry_point_names(pm: pluggy.PluginManager) -> set[str]:
+    """The names the plugins loaded through entry points are registered under (their entry point's name)."""
+    return {pm.get_name(plugin) or "" for plugin, _dist in pm.list_plugin_distinfo()}
 
 
 def _refuse_unknown_hooks(pm: pluggy.PluginManager) -> None:

@@ -1,0 +1,88 @@
+"""A plugin's or provider's mistake is contained: it names the plugin, costs nothing it should not, and the other
+providers still serve.
+
+A ``genroute_offers`` that raises or answers something other than a list of Offers; an ``unavailable_reason``
+that raises or answers a non-str; a ``genroute_choose`` that raises, answers nonsense, copies, duplicates or
+drops offers; a ``genroute_budget_limits`` answering the wrong thing; output bytes that are not what the call
+promised; a plugin registered in code that pluggy refuses; and a bug in one request of a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from conftest import FakePlugin, FakeProvider, section
+from genroute import hookimpl
+from genroute.errors import PluginError
+from genroute.plugins import make_plugin_manager
+from genroute.types import Offer, RequestModel, TextToImage
+
+D = Decimal
+HERE = __name__
+
+
+def image(prompt: str = "a lighthouse at dusk", **fields: Any) -> TextToImage:
+    return TextToImage(prompt=prompt, **fields)
+
+
+def two_providers(settings_factory: Any, router_factory: Any, *plugins: object, a: Any = None, b: Any = None) -> Any:
+    """A router over ``a`` ($0.01, tried first) and ``b`` ($0.02), plus ``plugins``; ``router.a``/``router.b``."""
+    a = a or FakeProvider("a")
+    b = b or FakeProvider("b")
+    router = router_factory(
+        settings_factory({"a": section("a", "0.01"), "b": section("b", "0.02")}), FakePlugin(a, b), *plugins
+    )
+    router.a, router.b = a, b
+    return router
+
+
+def entries(router: Any) -> list[tuple[str, str, Decimal | None]]:
+    return [(e.provider, e.status, e.actual) for e in router.ledger.entries()]
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "genroute.router"]
+
+
+# ------------------------------------------------------------------------------------ plugins registered in code
+
+
+class BadSignature:
+    @hookimpl
+    def genroute_offers(self, request: RequestModel, settings: Any, budget: Any) -> list[Offer]:
+        return []
+
+
+def test_a_plugin_registered_in_code_with_a_bad_hook_signature_is_named_by_its_class():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=False, plugins=[BadSignature()])
+
+    message = info.value.message
+    assert message.startswith(f"plugin {HERE}.BadSignature has a bad hook implementation for hook 'genroute_offers'")
+    assert "budget" in message
+    assert str(id(info.value.__cause__.plugin)) not in message  # type: ignore[union-attr]
+    assert "genroute.hookspecs" in info.value.hint
+
+
+def test_registering_in_code_a_plugin_entry_points_load_already_says_so():
+    import genroute_mock.plugin
+
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=True, plugins=[genroute_mock.plugin])
+
+    assert info.value.message.startswith("plugin genroute_mock.plugin (genroute ")
+    assert info.value.message.endswith("is registered twice: its entry point 'mock' loads it too")
+    assert "entry_points=False" in info.value.hint
+
+
+def test_registering_one_plugin_object_twice_names_it():
+    twice = FakePlugin(FakeProvider("a"))
+
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(entry_points=False, plugins=[twice, twice])
+
+    assert info.value.message == "plugin conftest.FakePlugin is registered twice: it is given twice"
