@@ -10,6 +10,7 @@ promised; a plugin registered in code that pluggy refuses; and a bug in one requ
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import FakePlugin, FakeProvider, section
 from genroute import hookimpl
+from genroute.config import BudgetLimit
 from genroute.errors import PluginError
 from genroute.plugins import make_plugin_manager
 from genroute.types import Offer, RequestModel, TextToImage
@@ -46,6 +48,44 @@ def entries(router: Any) -> list[tuple[str, str, Decimal | None]]:
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "genroute.router"]
+
+
+# ------------------------------------------------------------------------------------- genroute_budget_limits
+
+
+class Limits:
+    def __init__(self, answer: Callable[[], Any]) -> None:
+        self.answer = answer
+
+    @hookimpl
+    def genroute_budget_limits(self, settings: Any) -> Any:
+        return self.answer()
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (
+            lambda: BudgetLimit(scope="global", period="total", usd=D(1)),
+            f"plugin {HERE}.Limits: genroute_budget_limits returned one BudgetLimit, not a list",
+        ),
+        (lambda: 3, f"plugin {HERE}.Limits: genroute_budget_limits returned int, not a list"),
+        (
+            lambda: 1 / 0,
+            f"plugin {HERE}.Limits failed in genroute_budget_limits: ZeroDivisionError: division by zero",
+        ),
+    ],
+    ids=["one limit", "int", "raises"],
+)
+def test_a_bad_budget_limits_answer_stops_the_router_with_a_plugin_error(
+    answer, message, settings_factory, router_factory
+):
+    with pytest.raises(PluginError) as info:
+        router_factory(settings_factory({"a": section("a")}), FakePlugin(FakeProvider("a")), Limits(answer))
+
+    assert info.value.message == message
+    assert "fix the plugin, or uninstall it" in info.value.hint
+    assert info.value.exit_code == 11
 
 
 # ------------------------------------------------------------------------------------ plugins registered in code

@@ -129,6 +129,16 @@ def describe_plugin(pm: pluggy.PluginManager, plugin: object) -> str:
     return module
 
 
+def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A plugin for messages about its faults, saying what to fix or uninstall: ``plugin 'echo' (genroute_echo,
+    from genroute-echo 0.1.0)`` when installed through an entry point, else ``plugin <module or module.Class>``."""
+    module = _module_or_class(plugin)
+    for loaded, dist in pm.list_plugin_distinfo():
+        if loaded is plugin:
+            return f"plugin {pm.get_name(plugin)!r} ({module}, from {dist.project_name} {dist.version})"
+    return f"plugin {module}"
+
+
 def _module_or_class(plugin: object) -> str:
     """A module plugin by its name, an object registered in code by its class."""
     name = getattr(plugin, "__name__", None)

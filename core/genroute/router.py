@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import operator
 import sys
@@ -50,7 +51,7 @@ from .outcomes import (
     provider_failure,
     scratch_artifacts,
 )
-from .plugins import collect_registrations, default_plugin_manager, describe_plugin
+from .plugins import collect_registrations, default_plugin_manager, describe_plugin, plugin_label
 from .provider import Provider, RunContext
 from .retry import Backoff
 from .secrets import redact
@@ -61,6 +62,20 @@ from .types import TASKS, Offer, OutputFile, ProviderOutput, RequestModel, Resul
 log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
+
+
+def _fault(exc: BaseException) -> str:
+    """What a plugin raised, for a message: its type and (masked) text."""
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
+def _returned(answer: object, expected: str) -> str:
+    """What a hook answered instead of ``expected``, for a message: ``returned int, not …``, or that it is an
+    ``async def`` (whose coroutine is closed, so that Python does not warn it was never awaited)."""
+    if inspect.iscoroutine(answer):
+        answer.close()
+        return f"is an async def (it returned a coroutine); make it a plain def returning {expected}"
+    return f"returned {type(answer).__name__}, not {expected}"
 
 
 class RoutePlan(BaseModel):
@@ -759,11 +774,26 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
     brought: list[BudgetLimit] = []
     # One implementation at a time (in pluggy's calling order), so that a bad answer names its plugin.
     for impl in reversed(pm.hook.genroute_budget_limits.get_hookimpls()):
-        answer: Any = impl.function(**{name: settings for name in impl.argnames if name == "settings"})
-        for limit in answer or ():
+        who = plugin_label(pm, impl.plugin)
+        try:
+            answer: Any = impl.function(**{name: settings for name in impl.argnames if name == "settings"})
+        except Exception as exc:
+            raise PluginError(
+                f"{who} failed in genroute_budget_limits: {_fault(exc)}", hint="fix the plugin, or uninstall it"
+            ) from exc
+        if answer is None:
+            continue
+        if not isinstance(answer, list | tuple):
+            one = isinstance(answer, BudgetLimit)
+            raise PluginError(
+                f"{who}: genroute_budget_limits "
+                + ("returned one BudgetLimit, not a list" if one else _returned(answer, "a list")),
+                hint="return a list of genroute.config.BudgetLimit (or None); fix the plugin, or uninstall it",
+            )
+        for limit in answer:
             if not isinstance(limit, BudgetLimit):
                 raise PluginError(
-                    f"plugin {describe_plugin(pm, impl.plugin)}: genroute_budget_limits returned "
+                    f"{who}: genroute_budget_limits returned "
                     f"{type(limit).__name__}, not a BudgetLimit (genroute.config.BudgetLimit)"
                 )
             if (limit.scope, limit.period) not in taken:
