@@ -20,7 +20,7 @@ from genroute.errors import (
     Rejection,
     route_hint,
 )
-from genroute.types import TextToImage
+from genroute.types import TextGeneration, TextToImage
 
 GENERAL_HINT = NoRouteAvailable.default_hint
 
@@ -137,7 +137,8 @@ async def test_refused_input_keeps_its_own_hint_even_beside_a_missing_token(sett
         (["cooling down for 12.0s more after repeated failures"], "wait for p to finish cooling down"),
         (["asks 4 outputs; this model makes at most 1"], "ask for fewer outputs (num_outputs)"),
         (["unpriced, and a budgeted profile refuses unpriced offers"], "give the model a price in plugins.toml"),
-        (["not in profile 'offline'"], "use a profile that lists p, or drop the pin"),
+        # which provider was pinned cannot be told from this reason alone: every plugin is asked for a pin outside
+        (["not in profile 'offline'"], "use a profile that lists the pinned provider, or drop the pin"),
         (["makes no offer for text-to-image"], None),
         (["not the pinned model 'p/ultra'", "disabled in config"], None),
         (["unavailable: HF_TOKEN is not set"] * 2, "set HF_TOKEN in the environment, or use another profile"),
@@ -152,3 +153,111 @@ def test_each_kind_of_rejection_gets_its_remedy(reasons: list[str], hint: str | 
 def test_a_hint_given_is_kept() -> None:
     rejections = [Rejection("p", "p/m", "fast", "unavailable: HF_TOKEN is not set")]
     assert NoRouteAvailable("no route", rejections, hint="do this").hint == "do this"
+
+
+# -------------------------------------------------------------------------------------------------- pins
+
+
+@pytest.fixture
+def home_and_away(settings_factory, router_factory):
+    """Profile ``test`` lists ``home`` only; ``rep`` and ``hug`` are installed but outside it."""
+
+    def build(**home_kwargs: Any) -> Any:
+        home, rep, hug = FakeProvider("home", **home_kwargs), FakeProvider("rep"), FakeProvider("hug")
+        providers = {name: section(name) for name in ("home", "rep", "hug")}
+        config = settings_factory(providers, profiles={"test": ["home"]})
+        return router_factory(config, FakePlugin(home, rep, hug))
+
+    return build
+
+
+async def test_a_pin_outside_the_profile_names_only_the_pinned_provider(home_and_away):
+    router = home_and_away()
+
+    err = await no_route(router, image(provider="rep"))
+
+    # hug is "not in profile" too (every plugin is asked for a pin outside the profile), but was not pinned
+    assert {r.reason for r in err.rejections if r.provider == "hug"} == {"not in profile 'test'"}
+    assert err.hint == "use a profile that lists rep, or drop the pin"
+
+
+async def test_a_misspelt_pin_says_no_plugin_registers_it_and_names_the_providers_on_offer(home_and_away):
+    router = home_and_away()
+
+    err = await no_route(router, image(provider="hoem"))
+
+    assert err.hint == (
+        "no installed plugin registers 'hoem', or it does not serve this task; "
+        "pin one of home, rep or hug (the providers that offered), or drop the pin"
+    )
+    assert "use a profile that lists" not in err.hint
+
+
+async def test_a_stream_pinned_outside_the_profile_names_the_pin_even_when_no_reason_quotes_it(
+    settings_factory, router_factory
+):
+    # home is unavailable, so no offer of it reaches the "not the pinned provider" check that would quote the pin:
+    # the pin comes from the request, and home's missing token is no remedy for a request pinned to rep.
+    home = FakeProvider("home", unavailable="HOME_TOKEN is not set")
+    rep, hug = FakeProvider("rep"), FakeProvider("hug")
+    providers = {name: section(name, task="text-generation", unit="request") for name in ("home", "rep", "hug")}
+    router = router_factory(settings_factory(providers, profiles={"test": ["home"]}), FakePlugin(home, rep, hug))
+
+    with pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="hi", provider="rep"))]
+
+    assert info.value.pinned == "rep"
+    assert info.value.hint == "use a profile that lists rep, or drop the pin"
+    assert router.ledger.open_reservations() == []
+
+
+def rejection(provider: str, reason: str, model: str | None = None) -> Rejection:
+    return Rejection(provider, model or f"{provider}/m", "balanced", reason)
+
+
+def test_a_pin_given_counts_only_the_pinned_providers_reasons() -> None:
+    rejections = [
+        rejection("rep", "unavailable: REP_TOKEN is not set"),
+        rejection("hug", "unavailable: HUG_TOKEN is not set"),
+        rejection("mock", "not in profile 'prod'"),
+    ]
+    assert route_hint(rejections) == (  # no pin known: every reason counts
+        "set REP_TOKEN or HUG_TOKEN in the environment, or use another profile; "
+        "or use a profile that lists the pinned provider, or drop the pin"
+    )
+    assert route_hint(rejections, pinned="rep") == "set REP_TOKEN in the environment, or use another profile"
+    assert route_hint(rejections, pinned="mock") == "use a profile that lists mock, or drop the pin"
+    assert NoRouteAvailable("no route", rejections, pinned="mock").hint == route_hint(rejections, pinned="mock")
+
+
+def test_a_pin_read_from_the_other_providers_reasons() -> None:
+    rejections = [
+        rejection("rep", "not in profile 'offline'"),
+        rejection("mock", "not the pinned provider 'rep'"),
+        rejection("hug", "not in profile 'offline'"),
+    ]
+    assert route_hint(rejections) == "use a profile that lists rep, or drop the pin"
+
+
+@pytest.mark.parametrize(
+    "unregistered",
+    [
+        rejection("mokc", "no installed plugin registers this provider"),  # an offer made for it
+        rejection("mokc", "not installed (no plugin registers it)", model="-"),  # a profile entry
+    ],
+)
+def test_a_pin_no_installed_plugin_registers_says_so(unregistered: Rejection) -> None:
+    rejections = [rejection("mock", "not the pinned provider 'mokc'"), unregistered, rejection("rep", "not in profile")]
+    hint = (
+        "no installed plugin registers 'mokc'; pin one of mock or rep (the installed providers that offered), "
+        "or drop the pin"
+    )
+    assert route_hint(rejections) == hint
+    assert route_hint(rejections, pinned="mokc") == hint
+
+
+def test_a_pin_with_nothing_else_on_offer_asks_to_check_the_name() -> None:
+    rejections = [rejection("mokc", "not installed (no plugin registers it)", model="-")]
+    assert (
+        route_hint(rejections, pinned="mokc") == "no installed plugin registers 'mokc'; check the name, or drop the pin"
+    )

@@ -6,6 +6,7 @@ script can tell a budget stop from a bad config without parsing messages.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -166,14 +167,18 @@ class NoRouteAvailable(GenrouteError):
     default_hint = "change the tier, profile or budget, or enable a provider that serves this task"
     hint_from_rejections = True
 
-    def __init__(self, message: str, rejections: list[Rejection], *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, rejections: list[Rejection], *, hint: str | None = None, pinned: str | None = None
+    ) -> None:
         lines = [message] + [f"  - {r}" for r in rejections]
         if not rejections:
             lines.append("  (no provider made any offer for this task)")
         if hint is None and self.hint_from_rejections:
-            hint = route_hint(rejections)
+            hint = route_hint(rejections, pinned=pinned)
         super().__init__("\n".join(lines), hint=hint)
         self.rejections = rejections
+        self.pinned = pinned
+        """The provider the request was pinned to (its ``provider`` field), when the router said."""
 
 
 class InputRefused(NoRouteAvailable):
@@ -193,9 +198,12 @@ class OverBudget(NoRouteAvailable):
 
 # "unavailable: REPLICATE_API_TOKEN is not set", as providers' unavailable_reason words a missing token.
 _MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
+# The router's reasons for a provider no installed plugin registers: an offer made for it, a profile entry.
+_NOT_REGISTERED = ("no installed plugin registers this provider", "not installed (no plugin registers it)")
+_PINNED_ELSEWHERE = "not the pinned provider "
 
 
-def route_hint(rejections: Sequence[Rejection]) -> str | None:
+def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) -> str | None:
     """What to do when no offer could serve, from why each was passed over; None when they suggest nothing.
 
     A missing token names its variable; offers over budget ask for a higher limit, or a wait unless a total limit
@@ -203,7 +211,20 @@ def route_hint(rejections: Sequence[Rejection]) -> str | None:
     offers of another tier name the tiers on offer. Several causes give several remedies, most direct first.
     Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
     provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
+
+    ``pinned`` is the provider the request was pinned to; without it, it is read from the other providers'
+    ``not the pinned provider '…'`` reasons when there are any. With a pin only the pinned provider's rejections
+    count (no other provider could serve), so a pin outside the profile names that provider alone, however many
+    others the profile leaves out; a pin no installed plugin registers (a misspelt name) says so and names the
+    providers that did offer. A pin outside the profile that cannot be told from the reasons gets a remedy naming
+    no provider.
     """
+    pin = pinned or _pin_from(rejections)
+    if pin is not None:
+        own = [r for r in rejections if r.provider == pin]
+        if all(r.reason in _NOT_REGISTERED for r in own):
+            return _unregistered_pin_hint(pin, rejections, certain=bool(own))
+        rejections = own
     remedies: list[str] = []
     variables: list[str] = []
     unavailable: list[str] = []  # providers unavailable for another reason than a missing variable
@@ -247,10 +268,44 @@ def route_hint(rejections: Sequence[Rejection]) -> str | None:
     if unpriced:
         remedies.append("give the model a price in plugins.toml")
     if outside:
-        remedies.append(f"use a profile that lists {_names(outside)}, or drop the pin")
+        # Every plugin is asked when a pin is outside the profile, so only a known pin says which provider is meant.
+        named = _names(outside) if pin is not None else "the pinned provider"
+        remedies.append(f"use a profile that lists {named}, or drop the pin")
     if tiers and not remedies and not tried:  # nothing else stood in the way: those offers were usable but for it
         remedies.append(f"ask for tier {' or '.join(tiers)}, the {'tier' if len(tiers) == 1 else 'tiers'} on offer")
     return "; or ".join(remedies) or None
+
+
+def _pin_from(rejections: Sequence[Rejection]) -> str | None:
+    """The pinned provider, as quoted in the ``not the pinned provider '…'`` reason of another provider's offer."""
+    for r in rejections:
+        if r.reason.startswith(_PINNED_ELSEWHERE):
+            try:
+                quoted = ast.literal_eval(r.reason.removeprefix(_PINNED_ELSEWHERE))
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(quoted, str):
+                return quoted
+    return None
+
+
+def _unregistered_pin_hint(pin: str, rejections: Sequence[Rejection], *, certain: bool) -> str:
+    """The remedy for a pin to a provider that made no offer: no installed plugin registers it (a misspelt name).
+
+    ``certain``: the router said so (an offer or a profile entry for an unregistered provider). Otherwise the pin
+    made no offer at all: unregistered, or a provider that does not serve this task.
+    """
+    offering: list[str] = []
+    _add(offering, *(r.provider for r in rejections if r.model != "-" and r.reason not in _NOT_REGISTERED))
+    unknown = f"no installed plugin registers {pin!r}" + ("" if certain else ", or it does not serve this task")
+    if not offering:
+        return f"{unknown}; check the name, or drop the pin"
+    which = "the installed providers that offered" if certain else "the providers that offered"
+    return f"{unknown}; pin one of {_one_of(offering)} ({which}), or drop the pin"
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _add(items: list[str], *new: str) -> None:

@@ -73,15 +73,19 @@ def _provider_name(ctx: RunContext) -> str:
     return ""
 
 
-def no_route(message: str, rejections: list[Rejection]) -> NoRouteAvailable:
-    """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer."""
+def no_route(message: str, rejections: list[Rejection], *, pinned: str | None = None) -> NoRouteAvailable:
+    """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer.
+
+    ``pinned``: the provider the request was pinned to (``request.provider``), so that the hint speaks of it alone
+    (:func:`genroute.errors.route_hint`).
+    """
     reasons = [r.reason for r in rejections]
     if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
-        return OverBudget(message, rejections)
+        return OverBudget(message, rejections, pinned=pinned)
     tried = [r for r in rejections if r.reason.startswith("failed")]
     if tried and all(r.refused_input for r in tried) and not any(r.startswith("over budget") for r in reasons):
-        return InputRefused(message, rejections)
-    return NoRouteAvailable(message, rejections)
+        return InputRefused(message, rejections, pinned=pinned)
+    return NoRouteAvailable(message, rejections, pinned=pinned)
 
 
 def deadline_exceeded(

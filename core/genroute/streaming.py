@@ -197,6 +197,7 @@ async def _stream_offers(
         f"no provider could stream this {request.task_name} request "
         f"(tier {request.tier}, profile {router.settings.profile!r}):",
         rejections,
+        pinned=request.provider,
     )
 
 
