@@ -253,3 +253,39 @@ def test_a_prediction_canceled_on_replicate_ends_its_job_as_canceled(
     canceled = submitter.jobs.get(job.id)
     assert canceled is not None and canceled.status == "canceled" and "canceled" in (canceled.error or "")
     assert submitter.ledger.open_reservations() == []  # the reservation is closed (settled at what ran)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"status": {"a": 1}}, "status is not one of"),
+        ({"status": ["succeeded"]}, "status is not one of"),
+        ({"status": "done"}, "status is not one of"),
+        ({"status": None}, "status is not one of"),
+        ({"id": ""}, "id is not a non-empty string"),
+        ({"id": 7}, "id is not a non-empty string"),
+        ({"output": 5}, "output is not"),
+        ({"metrics": "fast"}, "metrics is not"),
+        ({"metrics": [1]}, "metrics is not"),
+        ({"error": 3}, "error is not"),
+    ],
+)
+def test_a_signed_body_that_is_not_a_prediction_is_answered_400_without_touching_the_ledger(
+    fake: FakeReplicate, routers: tuple[Router, Router], change: dict[str, Any], reason: str
+) -> None:
+    submitter, receiver = routers
+    secret = fake.webhook_secret
+    app = create_app(receiver, secret=secret, tolerance=300)
+    job = submitter.submit(TextToImage(prompt="misshapen", tier="fast"), webhook_url=UNREACHABLE)
+    assert fake.wait_until_idle(5)
+    delivery = next(d for d in fake.deliveries if d.prediction_id == job.remote_id)
+    before = _ledger(submitter)
+    body = json.dumps({**json.loads(delivery.body), **change})
+    now = str(int(time.time()))
+    headers = {"webhook-id": "msg_misshapen", "webhook-timestamp": now, "content-type": "application/json",
+               "webhook-signature": sign_webhook(secret, "msg_misshapen", now, body)}  # fmt: skip
+    answer = asyncio.run(_post(app, body, headers))
+    assert answer.status_code == 400 and answer.json()["error"].startswith("body is not a prediction: " + reason)
+    assert _ledger(submitter) == before and submitter.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    # The proper delivery is still handled: the refusal did not remember its id or touch the job.
+    assert asyncio.run(_post(app, delivery.body, delivery.headers)).json()["status"] == "succeeded"

@@ -42,6 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PROVIDER = "replicate"
 MAX_BODY_BYTES = 5 * 1024 * 1024
+STATUSES = frozenset({"starting", "processing", *TERMINAL})  # what Replicate's predictions can be
 
 
 def create_app(
@@ -123,9 +124,11 @@ async def handle(
         payload = json.loads(text)
     except ValueError:
         return 400, {"error": "body is not JSON"}
-    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
-        return 400, {"error": "body is not a prediction"}
-    prediction_id, status = payload["id"], payload.get("status")
+    problem = prediction_problem(payload)
+    if problem is not None:
+        log.warning("webhook %s refused: body is not a prediction (%s)", headers.get("webhook-id", "?"), problem)
+        return 400, {"error": f"body is not a prediction: {problem}"}
+    prediction_id, status = payload["id"], payload["status"]
     if status not in TERMINAL:
         return 200, {"ignored": f"intermediate event (status {status})"}
     job = router.jobs.find(PROVIDER, prediction_id)
@@ -148,6 +151,25 @@ async def handle(
         raise
     log.info("job %s (prediction %s): %s", done.id, prediction_id, done.status)
     return 200, {"job": done.id, "status": done.status}
+
+
+def prediction_problem(payload: Any) -> str | None:
+    """Why ``payload`` is not a prediction as Replicate sends one (a short reason), or None when it is."""
+    if not isinstance(payload, dict):
+        return "not a JSON object"
+    pid = payload.get("id")
+    if not isinstance(pid, str) or not pid.strip():
+        return "id is not a non-empty string"
+    status = payload.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        return "status is not one of " + ", ".join(sorted(STATUSES))
+    if not isinstance(payload.get("output"), str | list | dict | type(None)):
+        return "output is not a string, list, object or null"
+    if not isinstance(payload.get("metrics"), dict | type(None)):
+        return "metrics is not an object or null"
+    if not isinstance(payload.get("error"), str | dict | type(None)):
+        return "error is not a string, object or null"
+    return None
 
 
 async def _read_body(receive: Receive) -> bytes | None:
