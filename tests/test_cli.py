@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import wave
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -881,3 +882,45 @@ def test_a_budget_export_to_a_directory_is_refused_naming_the_option(cli, tmp_pa
     (tmp_path / "reports").mkdir()
     result = cli("budget", "--export-json", "reports", rc=4)
     assert "--export-json" in result.stderr and ".tmp" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["run", "a slow lighthouse", "--tier", "fast"], ["batch", "slow.jsonl"]])
+def test_sigterm_stops_a_command_like_ctrl_c_and_leaves_nothing_reserved(tmp_path, command):
+    # `timeout`, `docker stop` and systemd send SIGTERM: the work in flight is cancelled and its reservations
+    # closed, as for Ctrl-C, instead of the process vanishing with money set aside (or a remote call running).
+    slow = config_copy(tmp_path, "latency_seconds = 0.0", "latency_seconds = 30.0", name="slow.toml")
+    write_jsonl(
+        tmp_path / "slow.jsonl", [{"task": "text-to-image", "prompt": f"slow {i}", "tier": "fast"} for i in range(3)]
+    )
+    environ = cli_environ(tmp_path, {"GENROUTE_CONFIG": str(slow)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genroute.cli", *command, "--debug"],
+        cwd=tmp_path, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        reserved = _wait_for_open_reservation(tmp_path / ".genroute" / "ledger")
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert reserved, "the command never reserved anything"
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("genroute: terminated")
+    from genroute.ledger import Ledger
+
+    with Ledger(tmp_path / ".genroute" / "ledger") as ledger:
+        assert ledger.open_reservations() == []
+        assert {e.status for e in ledger.entries()} == {"released"}
+
+
+def _wait_for_open_reservation(path: Path, timeout: float = 30.0) -> bool:
+    from genroute.ledger import Ledger
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_dir():
+            with Ledger(path) as ledger:
+                if ledger.open_reservations():
+                    return True
+        time.sleep(0.05)
+    return False

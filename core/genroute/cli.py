@@ -7,13 +7,16 @@ Errors print what happened and what to do, with a distinct exit code per kind
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import stat
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +46,7 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_PARTIAL = 10
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped by `kill`, `timeout`, `docker stop` or systemd
 
 _MEDIA_FIELD = {
     "image-to-image": "image",
@@ -63,11 +67,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     :data:`EXIT_BROKEN_PIPE`, as a Unix tool killed by SIGPIPE would; work in flight is cancelled on the way out,
     so its reservations are released or settled.
     """
+    termination = _Termination()
     try:
-        return _main(argv)
+        with termination.handled():
+            return _main(argv, termination)
     except BrokenPipeError:
         _stdout_to_devnull()
         return EXIT_BROKEN_PIPE
+
+
+class _Termination:
+    """SIGTERM stops a command as Ctrl-C does: work in flight is cancelled (remote predictions too), and its
+    reservations are settled for what was billed or released, instead of the process vanishing mid-call."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def handled(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.requested = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # between event loops: stop where it stands, as Ctrl-C would
+            raise KeyboardInterrupt from None
+        # Inside a command's event loop: cancel its tasks, as asyncio does on Ctrl-C, so each request's own
+        # cleanup runs (the remote prediction cancelled, the reservation settled or released).
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop if it sleeps waiting for I/O
 
 
 def _stdout_to_devnull() -> None:
@@ -78,7 +115,7 @@ def _stdout_to_devnull() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, termination: _Termination | None = None) -> int:
     try:
         parser = _parser()  # loads plugins, which may fail: that is a plugin error, said in one line
     except GenrouteError as exc:
@@ -107,7 +144,12 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.debug:
             err.print(redact(traceback.format_exc()), markup=False)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        if termination is not None and termination.requested:  # SIGTERM: its tasks were cancelled
+            err.print("genroute: terminated", markup=False)
+            return EXIT_TERMINATED
+        if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            raise  # a cancellation nobody asked for: a bug, not an interruption
         err.print("genroute: interrupted", markup=False)
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -41,7 +41,7 @@ MOCK_FAST_PRICE = Decimal("0.003")  # plugins.toml: mock text-to-image fast, per
 TOKEN_VARIABLES = ("REPLICATE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 # docs/cli.md, "Exit codes": the codes a command may end with. 70 (internal error) is a bug by definition.
-DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 70, 130, 141})
+DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 70, 130, 141, 143})
 
 
 def mock_only_pm(*plugins: object) -> pluggy.PluginManager:
