@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import genroute.router as router_module
 from conftest import FakePlugin, FakeProvider, section
 from genroute import hookimpl
 from genroute.config import BudgetLimit
@@ -25,6 +26,12 @@ from genroute.types import Offer, RequestModel, TextToImage
 
 D = Decimal
 HERE = __name__
+
+
+@pytest.fixture(autouse=True)
+def _faults_not_yet_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh process would: no plugin fault logged yet."""
+    monkeypatch.setattr(router_module, "_reported_faults", set())
 
 
 def image(prompt: str = "a lighthouse at dusk", **fields: Any) -> TextToImage:
@@ -48,6 +55,59 @@ def entries(router: Any) -> list[tuple[str, str, Decimal | None]]:
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "genroute.router"]
+
+
+# ----------------------------------------------------------------------------------------- unavailable_reason
+
+
+class RaisingAvailability(FakeProvider):
+    def unavailable_reason(self, settings: Any) -> str | None:
+        raise RuntimeError("cannot read token file")
+
+
+class NumberAvailability(FakeProvider):
+    def unavailable_reason(self, settings: Any) -> Any:
+        return 42
+
+
+@pytest.mark.parametrize(
+    "provider, why",
+    [
+        (RaisingAvailability("a"), "unavailable_reason raised RuntimeError: cannot read token file"),
+        (NumberAvailability("a"), "unavailable_reason returned int 42, not a str or None"),
+    ],
+    ids=["raises", "returns 42"],
+)
+async def test_a_broken_unavailable_reason_makes_its_provider_unavailable_naming_the_plugin(
+    provider, why, settings_factory, router_factory, caplog
+):
+    router = two_providers(settings_factory, router_factory, a=provider)
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image())
+        plan = await router.aplan(image(prompt="plan"))
+
+    assert result.provider == "b" and not provider.calls
+    expected = f"{why} (plugin conftest.FakePlugin); fix the plugin"
+    assert router.unavailable_reason("a") == expected  # what `genroute providers` shows, without raising
+    assert router.unavailable_reason("b") is None
+    assert {r.reason for r in plan.rejections if r.provider == "a"} == {f"unavailable: {expected}"}
+    assert logged(caplog) == [f"provider a: {expected}; it counts as unavailable"]
+    assert router.ledger.open_reservations() == []
+
+
+async def test_a_broken_unavailable_reason_of_a_provider_making_no_offer_is_said_too(settings_factory, router_factory):
+    silent = RaisingAvailability("silent")
+    config = settings_factory({"silent": {}, "a": section("a")})  # no catalogue: no offer
+    router = router_factory(config, FakePlugin(silent, FakeProvider("a")))
+
+    plan = await router.aplan(image())
+
+    reasons = {r.reason for r in plan.rejections if r.provider == "silent"}
+    assert reasons == {
+        "unavailable: unavailable_reason raised RuntimeError: cannot read token file (plugin conftest.FakePlugin); "
+        "fix the plugin"
+    }
 
 
 # ------------------------------------------------------------------------------------- genroute_budget_limits

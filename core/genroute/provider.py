@@ -6,7 +6,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -104,6 +104,38 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional, most providers hold nothing
         """Release clients and connections."""
+
+
+class Availability(NamedTuple):
+    """What :func:`checked_unavailable_reason` found."""
+
+    reason: str | None
+    """Why the provider cannot serve now; None when it can."""
+    fault: bool = False
+    """Its ``unavailable_reason`` raised or answered something that is not a str: ``reason`` says what."""
+    error: BaseException | None = None
+    """What it raised, if it did."""
+
+
+def checked_unavailable_reason(provider: Provider, settings: Settings) -> Availability:
+    """``provider.unavailable_reason(settings)``, made safe to show.
+
+    A provider's bug must not break every request nor ``genroute providers``: one that raises is unavailable,
+    the reason saying what it raised; an answer that is not a ``str`` (say ``42``) is unavailable too, the
+    reason saying what it returned; a false answer (``None``, ``""``) means available. The caller names the
+    plugin to fix (see :meth:`genroute.router.Router.unavailable_reason`).
+    """
+    try:
+        why: object = provider.unavailable_reason(settings)
+    except Exception as exc:
+        return Availability(f"unavailable_reason raised {type(exc).__name__}: {exc}", fault=True, error=exc)
+    if not why:
+        return Availability(None)
+    if isinstance(why, str):
+        return Availability(why)
+    return Availability(
+        f"unavailable_reason returned {type(why).__name__} {repr(why)[:80]}, not a str or None", fault=True
+    )
 
 
 def catalogue_offers(

@@ -52,7 +52,7 @@ from .outcomes import (
     scratch_artifacts,
 )
 from .plugins import collect_registrations, default_plugin_manager, describe_plugin, plugin_label
-from .provider import Provider, RunContext
+from .provider import Provider, RunContext, checked_unavailable_reason
 from .retry import Backoff
 from .secrets import redact
 from .store import ResultStore
@@ -62,6 +62,18 @@ from .types import TASKS, Offer, OutputFile, ProviderOutput, RequestModel, Resul
 log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
+
+# Plugin and provider faults already logged as warnings in this process: (who, what), each said once.
+_reported_faults: set[tuple[str, str]] = set()
+
+
+def _report_fault(who: str, what: str, message: str, exc: BaseException | None = None) -> None:
+    """Log a plugin's fault as a warning once per process (later repeats at debug), its traceback at debug."""
+    first = (who, what) not in _reported_faults
+    _reported_faults.add((who, what))
+    log.log(logging.WARNING if first else logging.DEBUG, "%s", message)
+    if first and exc is not None:
+        log.debug("%s", redact("".join(traceback.format_exception(exc))))
 
 
 def _fault(exc: BaseException) -> str:
@@ -308,11 +320,7 @@ class Router:
         usable: list[Offer] = []
         rejections: list[Rejection] = []
         headroom: dict[tuple[str, ...], Headroom | None] = {}
-        unavailable = {
-            name: self.providers[name].unavailable_reason(self.settings)
-            for name in {o.provider for o in offers}
-            if name in self.providers
-        }
+        unavailable = {name: self.unavailable_reason(name) for name in {o.provider for o in offers}}
         for offer in offers:
             reason = self._rejection_reason(request, offer, order, budgeted, headroom, unavailable)
             if reason:
@@ -397,8 +405,25 @@ class Router:
             return "not installed (no plugin registers it)"
         if not self.settings.provider(name).enabled:
             return "disabled in config"
-        why = provider.unavailable_reason(self.settings)
+        why = self.unavailable_reason(name)
         return f"unavailable: {why}" if why else f"makes no offer for {request.task_name}"
+
+    def unavailable_reason(self, name: str) -> str | None:
+        """Why provider ``name`` cannot serve now, or None (also None for a provider no plugin registers).
+
+        Its ``unavailable_reason`` is asked safely: one that raises, or answers something that is not a ``str``,
+        makes the provider unavailable with a reason saying so and naming the plugin to fix (logged once). Use
+        this rather than calling the provider's method (``genroute providers`` shows it as the status).
+        """
+        provider = self.providers.get(name)
+        if provider is None:
+            return None
+        found = checked_unavailable_reason(provider, self.settings)
+        if not found.fault:
+            return found.reason
+        why = f"{redact(found.reason or '')} (plugin {self.plugin_of.get(name, '?')}); fix the plugin"
+        _report_fault(name, "unavailable_reason", f"provider {name}: {why}; it counts as unavailable", found.error)
+        return why
 
     async def aplan(self, request: RequestLike) -> RoutePlan:
         """Where ``request`` would go, at what estimated price; spends and records nothing."""
