@@ -172,3 +172,22 @@ def test_webhooks_serve_on_a_busy_port_says_so_before_announcing_anything(
     assert f"cannot receive webhooks on 127.0.0.1:{port}: the port is in use" in proc.stderr
     assert "choose another --port" in proc.stderr
     assert "receiving Replicate webhooks" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "99999"), "argument --port: 99999 is not a TCP port (1-65535)"),
+        (("--port", "0"), "argument --port: 0 is not a TCP port (1-65535)"),
+        (("--port", "abc"), "argument --port: invalid int value: 'abc'"),
+        (("--tolerance", "0"), "argument --tolerance: 0 is not a positive number of seconds"),
+        (("--tolerance", "-5"), "argument --tolerance: -5 is not a positive number of seconds"),
+        (("--tolerance", "1.5"), "argument --tolerance: invalid int value: '1.5'"),
+    ],
+)
+def test_webhooks_serve_refuses_bad_option_values_as_usage_errors(
+    cli: Cli, args: tuple[str, str], message: str
+) -> None:
+    proc = cli("webhooks", "serve", *args, rc=2)
+    assert message in proc.stderr and "usage:" in proc.stderr
+    assert "configuration" not in proc.stderr and "receiving Replicate webhooks" not in proc.stderr

@@ -25,12 +25,38 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="serve the receiver (secret from $REPLICATE_WEBHOOK_SECRET or the Replicate API)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8787, help="port to listen on (default: 8787)")
+    serve.add_argument("--port", type=_port, default=8787, help="port to listen on, 1-65535 (default: 8787)")
     serve.add_argument(
-        "--tolerance", type=int, default=None, help="oldest webhook timestamp accepted, in seconds (default: 300)"
+        "--tolerance",
+        type=_positive_seconds,
+        default=None,
+        help="oldest webhook timestamp accepted, in whole seconds > 0 (default: 300)",
     )
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=cmd_serve)
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port, 1-65535 (argparse names the option and exits 2 otherwise)."""
+    port = _integer(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _positive_seconds(text: str) -> int:
+    """``--tolerance``: a positive whole number of seconds (0 would accept replays of any age)."""
+    seconds = _integer(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{seconds} is not a positive number of seconds")
+    return seconds
 
 
 def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -43,16 +69,14 @@ def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - a dependency of genroute
         raise GenrouteError("uvicorn is not installed", hint="pip install uvicorn") from exc
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port {args.port} is not a TCP port")
     router = router_from_args(args)
     try:
         if NAME not in router.providers:
             raise GenrouteError("the replicate provider is not installed", hint="install genroute's Replicate plugin")
         options = options_for(router.settings, router.provider_options.get(NAME))
         tolerance = args.tolerance if args.tolerance is not None else options.webhook_tolerance_seconds
-        if tolerance <= 0:
-            raise ConfigError("--tolerance must be a positive number of seconds")
+        if tolerance <= 0:  # from the configuration (the command line's --tolerance is checked by argparse)
+            raise ConfigError("webhook_tolerance_seconds must be a positive number of seconds")
         app = create_app(router, tolerance=tolerance, close_router_on_shutdown=True)
         listening = _listen(args.host, args.port)  # before anything is announced: a busy port fails here
         announcement = (
