@@ -703,3 +703,18 @@ def test_an_offer_with_a_negative_estimate_is_refused_naming_the_field(estimate:
 @pytest.mark.parametrize("estimate", [Decimal(0), Decimal("0.003"), None])
 def test_an_offer_of_zero_or_more_or_unpriced_is_accepted(estimate: Decimal | None) -> None:
     assert offer(estimate).estimate == estimate
+
+
+def test_a_voice_is_a_short_name_or_a_speaker_sample_given_as_a_url_or_data_uri() -> None:
+    # xtts-style models clone a voice from a sample: a data: URI of a few seconds of audio is far past a name's size
+    sample = "data:audio/wav;base64," + "UklGR" * 20_000
+    assert Router.parse({"task": "text-to-speech", "text": "hi", "voice": sample}).voice == sample
+    assert Router.parse({"task": "text-to-speech", "text": "hi", "voice": "af_bella"}).voice == "af_bella"
+    url = "https://example.com/samples/" + "s" * 200 + ".wav"
+    assert Router.parse({"task": "text-to-speech", "text": "hi", "voice": url}).voice == url
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "text-to-speech", "text": "hi", "voice": "v" * 101})
+    assert info.value.field == "voice"
+    assert (
+        "a voice name is at most 100 characters; give a speaker sample to clone as an https URL" in info.value.message
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import math
+import re
 import shutil
 from datetime import datetime
 from decimal import Decimal
@@ -238,6 +239,26 @@ def _not_blank(text: str) -> str:
 
 _Prompt = Annotated[str, Field(min_length=1, max_length=10_000), AfterValidator(_not_blank)]
 
+VOICE_NAME_MAX = 100
+VOICE_SAMPLE_MAX = 16 * 2**20  # characters of a speaker sample's URL or data: URI
+
+
+def _voice(value: str) -> str:
+    """A voice's name, or a speaker sample to clone as an http(s) URL or ``data:`` URI (much longer)."""
+    if re.match(r"^(https?|data):", value, flags=re.IGNORECASE):
+        if len(value) > VOICE_SAMPLE_MAX:
+            raise ValueError(f"a speaker sample's URL or data: URI is at most {VOICE_SAMPLE_MAX:,} characters")
+        return value
+    if len(value) > VOICE_NAME_MAX:
+        raise ValueError(
+            f"a voice name is at most {VOICE_NAME_MAX} characters; give a speaker sample to clone as an https URL "
+            "or data: URI"
+        )
+    return value
+
+
+_Voice = Annotated[str, Field(min_length=1), AfterValidator(_not_blank), AfterValidator(_voice)]
+
 
 class TextToImage(_Visual):
     task: Literal["text-to-image"] = "text-to-image"
@@ -287,7 +308,7 @@ class ImageToVideo(_Visual):
 class TextToSpeech(_Request):
     task: Literal["text-to-speech"] = "text-to-speech"
     text: Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)]
-    voice: str | None = Field(default=None, max_length=100)
+    voice: _Voice | None = None
     language: str | None = Field(default=None, min_length=2, max_length=10)
 
 
