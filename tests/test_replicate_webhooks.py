@@ -289,3 +289,26 @@ def test_a_signed_body_that_is_not_a_prediction_is_answered_400_without_touching
     assert _ledger(submitter) == before and submitter.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
     # The proper delivery is still handled: the refusal did not remember its id or touch the job.
     assert asyncio.run(_post(app, delivery.body, delivery.headers)).json()["status"] == "succeeded"
+
+
+def test_a_failed_or_canceled_job_records_the_cost_the_ledger_settled(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, receiver = routers
+    app = create_app(receiver, secret=fake.webhook_secret, tolerance=300)
+    fake.set_predict_time("nightmareai/real-esrgan", 2.357)  # T4 $0.000225/s × 2.357 s = $0.000530325
+    fake.fail_model("nightmareai/real-esrgan", "out of memory", times=1)
+    failed = submitter.submit(Upscale(image=png(), tier="fast"), webhook_url=UNREACHABLE)
+    assert _replay(app, fake, failed.remote_id or "").json()["status"] == "failed"
+    fake.set_predict_time("nightmareai/real-esrgan", 5.0)
+    canceled = submitter.submit(Upscale(image=png(), scale=4, tier="fast"), webhook_url=UNREACHABLE)
+    time.sleep(0.3)  # some compute time to pay for
+    replicate.Client(api_token=fake.token, base_url=fake.base_url).predictions.cancel(canceled.remote_id or "")
+    assert _replay(app, fake, canceled.remote_id or "").json()["status"] == "canceled"
+    settled = {e.id: e.actual for e in submitter.ledger.entries() if e.status == "settled"}
+    for job in (failed, canceled):
+        done = submitter.jobs.get(job.id)
+        assert done is not None and done.cost is not None and done.cost == quantize(done.cost)
+        assert done.cost == settled[job.reservation_id or ""]
+    assert submitter.jobs.get(failed.id).cost == Decimal("0.000530")  # type: ignore[union-attr]
+    assert submitter.ledger.open_reservations() == []

@@ -139,13 +139,15 @@ async def _complete(router: Router, job: Job, payload: Any) -> Job:
             # The job stays pending and the error reaches the webhook receiver, whose non-2xx answer makes
             # the provider deliver again.
             raise
-        _settle_job(router, job, reservation, exc.incurred or Decimal(0), note=redact(exc.message)[:200])
+        # Rounded to the micro-dollar as the ledger settles it: the job's cost is what was settled.
+        incurred = quantize(exc.incurred) if exc.incurred is not None else None
+        _settle_job(router, job, reservation, incurred or Decimal(0), note=redact(exc.message)[:200])
         failed = job.model_copy(
             update={
                 "status": "canceled" if isinstance(exc, RemoteCanceled) else "failed",
                 "error": redact(exc.message),
                 "finished_at": now_utc(),
-                "cost": exc.incurred,
+                "cost": incurred,
             }
         )
         router.jobs.update(failed)
