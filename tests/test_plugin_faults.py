@@ -9,7 +9,10 @@ promised; a plugin registered in code that pluggy refuses; and a bug in one requ
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -20,9 +23,10 @@ import genroute.router as router_module
 from conftest import FakePlugin, FakeProvider, section
 from genroute import hookimpl
 from genroute.config import BudgetLimit
-from genroute.errors import PluginError
+from genroute.errors import GenrouteError, NoRouteAvailable, PluginError
 from genroute.plugins import make_plugin_manager
-from genroute.types import Offer, RequestModel, TextToImage
+from genroute.router import UnexpectedError
+from genroute.types import Offer, ProviderOutput, RequestModel, Result, TextToImage
 
 D = Decimal
 HERE = __name__
@@ -55,6 +59,144 @@ def entries(router: Any) -> list[tuple[str, str, Decimal | None]]:
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "genroute.router"]
+
+
+# ------------------------------------------------------------------------------------------- genroute_offers
+
+
+class OffersLab:
+    """A plugin bringing provider ``lab`` ($0.001, cheapest) whose ``genroute_offers`` answers ``answer(offers)``."""
+
+    def __init__(self, answer: Callable[[list[Offer]], Any]) -> None:
+        self.provider = FakeProvider("lab")
+        self.answer = answer
+
+    @hookimpl
+    def genroute_register_providers(self, register: Any) -> None:
+        register(self.provider)
+
+    @hookimpl
+    def genroute_offers(self, request: RequestModel, settings: Any) -> Any:
+        from genroute.provider import catalogue_offers
+
+        return self.answer(catalogue_offers("lab", request, settings))
+
+
+class AsyncOffers:
+    @hookimpl
+    async def genroute_offers(self, request: RequestModel, settings: Any) -> list[Offer]:  # wrongly async
+        return []
+
+
+def _raise_key_error(offers: list[Offer]) -> Any:
+    return {}["missing"]
+
+
+BAD_OFFERS = {
+    "raises": (_raise_key_error, "failed in genroute_offers: KeyError: 'missing'"),
+    "one offer": (lambda offers: offers[0], "genroute_offers returned Offer, not a list of Offers"),
+    "a dict": (lambda offers: {"lab": offers}, "genroute_offers returned dict, not a list of Offers"),
+    "a str": (lambda offers: "lab/balanced", "genroute_offers returned str, not a list of Offers"),
+    "an int": (lambda offers: 3, "genroute_offers returned int, not a list of Offers"),
+    "a list of dicts": (
+        lambda offers: [o.model_dump() for o in offers],
+        "genroute_offers returned a list holding dict, not only Offers",
+    ),
+}
+
+
+@pytest.mark.parametrize("answer, what", BAD_OFFERS.values(), ids=BAD_OFFERS.keys())
+async def test_a_plugin_whose_offers_fail_is_skipped_named_and_the_others_serve(
+    answer, what, settings_factory, router_factory, caplog
+):
+    lab = OffersLab(answer)
+    sections = {"lab": section("lab", "0.001"), "a": section("a", "0.01")}
+    router = router_factory(settings_factory(sections), lab, FakePlugin(FakeProvider("a")))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        first = await router.arun(image(prompt="one"))
+        second = await router.arun(image(prompt="two"))
+        plan = await router.aplan(image(prompt="three"))
+
+    assert (first.provider, second.provider) == ("a", "a")
+    assert not lab.provider.calls
+    assert router.ledger.open_reservations() == []
+    reason = f"plugin {HERE}.OffersLab {what}; fix the plugin, or uninstall it"
+    assert [(r.provider, r.reason) for r in plan.rejections if r.provider == "lab"] == [("lab", reason)]
+    assert logged(caplog) == [f"{reason} (its offers are skipped)"]  # once per plugin, not once per request
+
+
+async def test_an_async_def_genroute_offers_is_named_and_its_coroutine_closed(settings_factory, router_factory):
+    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(FakeProvider("a")), AsyncOffers())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = await router.arun(image())
+        plan = await router.aplan(image(prompt="plan"))
+        gc.collect()
+
+    assert result.provider == "a"
+    [line] = [r for r in plan.rejections if "AsyncOffers" in r.reason]
+    assert line.reason == (
+        f"plugin {HERE}.AsyncOffers genroute_offers is an async def (it returned a coroutine); make it a plain def "
+        "returning a list of Offers; fix the plugin, or uninstall it"
+    )
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_with_only_the_failing_plugin_the_error_names_it(settings_factory, router_factory):
+    lab = OffersLab(_raise_key_error)
+    router = router_factory(settings_factory({"lab": section("lab", "0.001")}), lab)
+
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(image())
+
+    message = str(info.value)
+    assert f"lab · - [balanced]: plugin {HERE}.OffersLab failed in genroute_offers: KeyError: 'missing'" in message
+    assert "makes no offer" not in message  # its line says what happened instead
+    assert router.ledger.open_reservations() == []
+
+
+async def test_a_failing_offers_plugin_does_not_break_a_batch(settings_factory, router_factory):
+    lab = OffersLab(lambda offers: offers[0])
+    sections = {"lab": section("lab", "0.001"), "a": section("a", "0.01")}
+    router = router_factory(settings_factory(sections), lab, FakePlugin(FakeProvider("a")))
+
+    outcomes = await router.abatch([image(prompt=f"p{i}") for i in range(5)], concurrency=3)
+
+    assert [o.provider for o in outcomes if isinstance(o, Result)] == ["a"] * 5
+    assert router.ledger.open_reservations() == []
+
+
+async def test_an_unexpected_exception_fails_only_its_own_request_of_a_batch(
+    settings_factory, router_factory, monkeypatch
+):
+    """A bug (not a genroute error) while serving one request is that request's error; the requests in flight
+    beside it are not cancelled (their work is paid for) and nothing stays reserved."""
+    slow = FakeProvider("a", sleep=0.05, output=lambda r: ProviderOutput(text=f"ok {r.prompt}"))  # type: ignore[attr-defined]
+    router = router_factory(
+        settings_factory({"a": section("a", "0.01", task="text-generation", unit="request")}), FakePlugin(slow)
+    )
+    real_arun = router.arun
+
+    async def buggy_arun(request: Any) -> Result:
+        if request["prompt"] == "bug":
+            await asyncio.sleep(0.01)  # while the others are in flight
+            raise KeyError("bug")
+        return await real_arun(request)
+
+    monkeypatch.setattr(router, "arun", buggy_arun)
+    requests = [{"task": "text-generation", "prompt": p} for p in ("p0", "bug", "p2", "p3")]
+
+    outcomes = await router.abatch(requests, concurrency=4)
+
+    assert [o.text if isinstance(o, Result) else None for o in outcomes] == ["ok p0", None, "ok p2", "ok p3"]
+    error = outcomes[1]
+    assert isinstance(error, UnexpectedError) and isinstance(error, GenrouteError)
+    assert error.message == "request 1 of the batch failed unexpectedly: KeyError: 'bug'"
+    assert isinstance(error.__cause__, KeyError)
+    assert slow.cancelled == 0 and len(slow.calls) == 3
+    assert router.ledger.open_reservations() == []
 
 
 # ----------------------------------------------------------------------------------------- unavailable_reason

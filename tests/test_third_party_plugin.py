@@ -292,3 +292,52 @@ def test_a_provider_without_a_name_raises_plugin_error():
     pm = make_plugin_manager(entry_points=False, plugins=[_RegistersTwice(nameless)])
     with pytest.raises(PluginError, match="has no name"):
         collect_providers(pm)
+
+
+LAB_PACKAGE = '''\
+"""genroute-broken: a provider whose offers raise (a stranger's bug)."""
+
+from genroute import hookimpl
+from genroute.provider import Provider
+from genroute.types import ProviderOutput
+
+
+class LabProvider(Provider):
+    name = "lab"
+
+    async def run(self, request, offer, ctx):
+        return ProviderOutput(text="never")
+
+
+@hookimpl
+def genroute_register_providers(register):
+    register(LabProvider())
+
+
+@hookimpl
+def genroute_offers(request, settings):
+    return {}[request.task_name]
+'''
+
+
+async def test_an_installed_plugin_whose_offers_raise_is_named_by_entry_point_and_the_mock_serves(
+    site, settings_factory, router_factory, caplog, monkeypatch
+):
+    monkeypatch.setattr("genroute.router._reported_faults", set())  # as in a fresh process: not yet logged
+    (site / "genroute_broken_lab.py").write_text(LAB_PACKAGE, encoding="utf-8")
+    install_dist(site, "genroute-broken", "[genroute]\nlab = genroute_broken_lab\n")
+    providers = {"lab": section("lab", "0", task="text-generation", unit="request"), "mock": mock_section()}
+    router = router_factory(settings_factory(providers, profiles={"p": ["lab", "mock"]}), entry_points=True)
+
+    with caplog.at_level("WARNING", logger="genroute.router"):
+        result = await router.arun(TextGeneration(prompt="hello", tier="fast"))
+        plan = await router.aplan(TextGeneration(prompt="hello", tier="fast"))
+
+    assert result.provider == "mock"
+    reason = (
+        "plugin 'lab' (genroute_broken_lab, from genroute-broken 0.1.0) failed in genroute_offers: "
+        "KeyError: 'text-generation'; fix the plugin, or uninstall it"
+    )
+    assert [r.reason for r in plan.rejections if r.provider == "lab"] == [reason]
+    assert reason in caplog.text
+    assert router.ledger.open_reservations() == []

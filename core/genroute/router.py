@@ -90,6 +90,14 @@ def _returned(answer: object, expected: str) -> str:
     return f"returned {type(answer).__name__}, not {expected}"
 
 
+class UnexpectedError(GenrouteError):
+    """Something that is not a genroute error escaped while serving one request of a batch (a bug in genroute
+    or in a plugin): the batch reports it as that request's error, and its other requests carry on."""
+
+    exit_code = 70
+    default_hint = "this is a bug in genroute or in a plugin: run again with --debug and report the traceback"
+
+
 class RoutePlan(BaseModel):
     """Where a request would go and what it would cost, decided without spending anything."""
 
@@ -190,6 +198,9 @@ class Router:
         registered = collect_registrations(self.pm)
         self.providers: dict[str, Provider] = {name: provider for name, (provider, _, _) in registered.items()}
         self.plugin_of: dict[str, str] = {name: source for name, (_, source, _) in registered.items()}
+        self._plugin_providers: dict[int, list[str]] = {}  # id(plugin) -> the providers it registers
+        for name, (_, _, plugin) in registered.items():
+            self._plugin_providers.setdefault(id(plugin), []).append(name)
         self._profile_offers = _profile_offers_hook(self.pm, registered, settings.active.providers)
         self.provider_options: dict[str, BaseModel | None] = {
             name: provider.check_options(settings.provider(name), settings.source)
@@ -315,10 +326,9 @@ class Router:
         budgeted = bool(self.settings.limits())
         everyone = explain or (request.provider is not None and request.provider not in order)
         hook = self.pm.hook.genroute_offers if everyone else self._profile_offers
-        answers = hook(request=request, settings=self.settings)
-        offers: list[Offer] = [offer for answer in answers if answer for offer in answer]
-        usable: list[Offer] = []
         rejections: list[Rejection] = []
+        offers, failed = self._collect_offers(hook, request, rejections)
+        usable: list[Offer] = []
         headroom: dict[tuple[str, ...], Headroom | None] = {}
         unavailable = {name: self.unavailable_reason(name) for name in {o.provider for o in offers}}
         for offer in offers:
@@ -330,7 +340,7 @@ class Router:
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, budget_period=period))
             else:
                 usable.append(offer)
-        offered = {offer.provider for offer in offers}
+        offered = {offer.provider for offer in offers} | failed  # a failed plugin's providers have their line
         for name in profile.providers:
             if name not in offered:
                 rejections.append(Rejection(name, "-", request.tier, self._silence_reason(name, request)))
@@ -351,6 +361,54 @@ class Router:
             else:
                 usable = list(chosen)
         return usable, rejections
+
+    def _collect_offers(
+        self, hook: Any, request: RequestModel, rejections: list[Rejection]
+    ) -> tuple[list[Offer], set[str]]:
+        """Every plugin's offers for ``request`` (``hook``: ``genroute_offers`` or its subset for the profile),
+        and the providers of the plugins that failed.
+
+        Each plugin is called on its own, in pluggy's order, so that one that raises or answers something other
+        than a list of Offers (say one Offer, or an ``async def``'s coroutine) loses only its own offers: a
+        rejection line names it and what it did, the fault is logged once, and the other plugins still serve.
+        """
+        offers: list[Offer] = []
+        failed: set[str] = set()
+        kwargs = {"request": request, "settings": self.settings}
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                answer = impl.function(*[kwargs[name] for name in impl.argnames])
+            except Exception as exc:
+                self._offers_fault(impl.plugin, request, f"failed in genroute_offers: {_fault(exc)}", rejections, exc)
+                failed.update(self._plugin_providers.get(id(impl.plugin), ()))
+                continue
+            if answer is None:
+                continue
+            if isinstance(answer, list | tuple):
+                wrong = next((item for item in answer if not isinstance(item, Offer)), None)
+                if wrong is None:
+                    offers.extend(answer)
+                    continue
+                what = f"returned a list holding {type(wrong).__name__}, not only Offers"
+            else:
+                what = _returned(answer, "a list of Offers")
+            self._offers_fault(impl.plugin, request, f"genroute_offers {what}", rejections)
+            failed.update(self._plugin_providers.get(id(impl.plugin), ()))
+        return offers, failed
+
+    def _offers_fault(
+        self,
+        plugin: object,
+        request: RequestModel,
+        what: str,
+        rejections: list[Rejection],
+        exc: BaseException | None = None,
+    ) -> None:
+        who = plugin_label(self.pm, plugin)
+        reason = f"{who} {what}; fix the plugin, or uninstall it"
+        providers = self._plugin_providers.get(id(plugin))
+        rejections.append(Rejection(", ".join(providers) if providers else "-", "-", request.tier, reason))
+        _report_fault(who, "genroute_offers", f"{reason} (its offers are skipped)", exc)
 
     def _rejection_reason(
         self,
@@ -715,6 +773,11 @@ class Router:
             return BatchItem(index, result=await self.arun(request))
         except GenrouteError as exc:
             return BatchItem(index, error=exc)
+        except Exception as exc:  # a bug must fail this request only: the others (maybe paid for) carry on
+            log.debug("%s", redact("".join(traceback.format_exception(exc))))
+            error = UnexpectedError(f"request {index} of the batch failed unexpectedly: {_fault(exc)}")
+            error.__cause__ = exc
+            return BatchItem(index, error=error)
 
     async def abatch(
         self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike], *, concurrency: int = 8
@@ -888,5 +951,6 @@ __all__ = [
     "Router",
     "SyncTextStream",
     "TextStream",
+    "UnexpectedError",
     "invalid_request_from",
 ]
