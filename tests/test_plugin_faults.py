@@ -23,7 +23,7 @@ import genroute.router as router_module
 from conftest import FakePlugin, FakeProvider, section
 from genroute import hookimpl
 from genroute.config import BudgetLimit
-from genroute.errors import GenrouteError, NoRouteAvailable, PluginError
+from genroute.errors import GenrouteError, ModelFailed, NoRouteAvailable, PluginError
 from genroute.plugins import make_plugin_manager
 from genroute.router import UnexpectedError
 from genroute.types import Offer, ProviderOutput, RequestModel, Result, TextToImage
@@ -250,6 +250,106 @@ async def test_a_broken_unavailable_reason_of_a_provider_making_no_offer_is_said
         "unavailable: unavailable_reason raised RuntimeError: cannot read token file (plugin conftest.FakePlugin); "
         "fix the plugin"
     }
+
+
+# -------------------------------------------------------------------------------------------- genroute_choose
+
+
+class Chooser:
+    """A policy plugin whose ``genroute_choose`` answers ``answer(offers)``."""
+
+    def __init__(self, answer: Callable[[list[Offer]], Any]) -> None:
+        self.answer = answer
+
+    @hookimpl
+    def genroute_choose(self, request: RequestModel, offers: list[Offer]) -> Any:
+        return self.answer(offers)
+
+
+@pytest.mark.parametrize(
+    "answer, what",
+    [
+        (lambda offers: 1 / 0, " failed in genroute_choose: ZeroDivisionError: division by zero; "),
+        (lambda offers: 3, ": genroute_choose returned int, not a list of the offers it was given; "),
+        (lambda offers: "b", ": genroute_choose returned str, not a list of the offers it was given; "),
+        (lambda offers: ["b/balanced"], ": genroute_choose returned a list holding str, not only Offers; "),
+    ],
+    ids=["raises", "int", "str", "list of str"],
+)
+async def test_a_broken_chooser_is_named_and_the_routers_own_order_used(
+    answer, what, settings_factory, router_factory, caplog
+):
+    router = two_providers(settings_factory, router_factory, Chooser(answer))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image())
+        plan = await router.aplan(image(prompt="plan"))
+
+    assert result.provider == "a" and not router.b.calls
+    assert [o.provider for o in plan.candidates] == ["a", "b"]
+    assert logged(caplog) == [
+        f"plugin {HERE}.Chooser{what}its answer is ignored (as if it returned None); fix the plugin, or uninstall it"
+    ]
+    assert router.ledger.open_reservations() == []
+
+
+async def test_a_chooser_answering_equal_copies_is_followed(settings_factory, router_factory, caplog):
+    """Offers are frozen values: a copy of an offer stands for it."""
+    chooser = Chooser(lambda offers: [o.model_copy() for o in reversed(offers)])
+    router = two_providers(settings_factory, router_factory, chooser)
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image())
+
+    assert result.provider == "b" and not router.a.calls
+    assert logged(caplog) == []
+
+
+async def test_an_offer_a_chooser_names_twice_is_tried_once(settings_factory, router_factory):
+    failing = FakeProvider("a", errors=[ModelFailed] * 5)
+    router = two_providers(settings_factory, router_factory, Chooser(lambda offers: offers * 3), a=failing)
+
+    plan = await router.aplan(image(prompt="plan"))
+    result = await router.arun(image())
+
+    assert [o.provider for o in plan.candidates] == ["a", "b"]
+    assert result.provider == "b"
+    assert len(failing.calls) == 1  # ModelFailed is not retried; a duplicate would call it again
+    assert entries(router) == [("a", "released", D(0)), ("b", "settled", D("0.02"))]
+    assert router.ledger.open_reservations() == []
+
+
+async def test_offers_a_chooser_leaves_out_are_listed_as_dropped(settings_factory, router_factory):
+    router = two_providers(settings_factory, router_factory, Chooser(lambda offers: offers[1:]))
+
+    plan = await router.aplan(image())
+    result = await router.arun(image())
+
+    assert [o.provider for o in plan.candidates] == ["b"] and result.provider == "b"
+    dropped = [(r.provider, r.reason) for r in plan.rejections if r.reason.startswith("dropped")]
+    assert dropped == [("a", f"dropped by genroute_choose (plugin {HERE}.Chooser)")]
+
+
+async def test_a_chooser_dropping_every_offer_ends_in_no_route_that_says_so(settings_factory, router_factory):
+    config = settings_factory({"a": section("a", {"fast": "0.01", "balanced": "0.02"})})
+    a = FakeProvider("a")
+    router = router_factory(config, FakePlugin(a), Chooser(lambda offers: []))
+
+    plan = await router.aplan(image(tier="fast"))
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(image(tier="fast"))
+
+    assert plan.candidates == []
+    assert ("a", "a/fast", f"dropped by genroute_choose (plugin {HERE}.Chooser)") in {
+        (r.provider, r.model, r.reason) for r in plan.rejections
+    }
+    assert f"a · a/fast [fast]: dropped by genroute_choose (plugin {HERE}.Chooser)" in info.value.message
+    assert info.value.hint == (
+        f"the genroute_choose of plugin {HERE}.Chooser left out the offers that could serve: change its policy, "
+        "or uninstall it"
+    )
+    assert "ask for tier" not in str(info.value)  # the other tier's offer would be dropped too
+    assert not a.calls and router.ledger.open_reservations() == []
 
 
 # ------------------------------------------------------------------------------------- genroute_budget_limits

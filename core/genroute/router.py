@@ -36,6 +36,7 @@ from .errors import (
     ProviderRejectedInput,
     ProviderTimeout,
     Rejection,
+    route_hint,
 )
 from .jobs import Job, JobStore
 from .keys import request_key
@@ -62,6 +63,8 @@ from .types import TASKS, Offer, OutputFile, ProviderOutput, RequestModel, Resul
 log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
+
+_DROPPED = "dropped by genroute_choose"  # how a rejection of an offer the policy hook left out starts
 
 # Plugin and provider faults already logged as warnings in this process: (who, what), each said once.
 _reported_faults: set[tuple[str, str]] = set()
@@ -353,14 +356,7 @@ class Router:
                 o.priority,
             )
         )
-        chosen = self.pm.hook.genroute_choose(request=request, offers=list(usable))
-        if chosen is not None:
-            allowed = {id(o) for o in usable}
-            if any(id(o) not in allowed for o in chosen):
-                log.warning("genroute_choose returned offers that were not usable; ignoring its answer")
-            else:
-                usable = list(chosen)
-        return usable, rejections
+        return self._choose(request, usable, rejections), rejections
 
     def _collect_offers(
         self, hook: Any, request: RequestModel, rejections: list[Rejection]
@@ -409,6 +405,40 @@ class Router:
         providers = self._plugin_providers.get(id(plugin))
         rejections.append(Rejection(", ".join(providers) if providers else "-", "-", request.tier, reason))
         _report_fault(who, "genroute_offers", f"{reason} (its offers are skipped)", exc)
+
+    def _choose(self, request: RequestModel, usable: list[Offer], rejections: list[Rejection]) -> list[Offer]:
+        """``usable`` as the first ``genroute_choose`` answer that is not None orders it (pluggy's firstresult).
+
+        Each implementation is called on its own so that a mistake names its plugin: one that raises, or answers
+        anything but a list of the offers it was given, is logged and counts as no answer (``None``). Offers are
+        values, so an equal copy stands for the offer it copies; an offer given twice is tried once; the offers
+        the answer leaves out become rejections ``dropped by genroute_choose (plugin …)``.
+        """
+        impls = self.pm.hook.genroute_choose.get_hookimpls()
+        if not impls:
+            return usable
+        for impl in reversed(impls):
+            kwargs = {"request": request, "offers": list(usable)}
+            try:
+                answer = impl.function(*[kwargs[name] for name in impl.argnames])
+            except Exception as exc:
+                who = plugin_label(self.pm, impl.plugin)
+                _report_fault(
+                    who, "genroute_choose", f"{who} failed in genroute_choose: {_fault(exc)}; " + _IGNORED, exc
+                )
+                continue
+            if answer is None:
+                continue
+            chosen, what = _chosen(answer, usable)
+            who = plugin_label(self.pm, impl.plugin)
+            if chosen is None:
+                _report_fault(who, "genroute_choose", f"{who}: genroute_choose {what}; {_IGNORED}")
+                continue
+            kept = {id(offer) for offer in chosen}
+            reason = f"{_DROPPED} ({who})"
+            rejections.extend(Rejection(o.provider, o.model, o.tier, reason) for o in usable if id(o) not in kept)
+            return chosen
+        return usable
 
     def _rejection_reason(
         self,
@@ -526,10 +556,12 @@ class Router:
                 running = None
         except TimeoutError:
             raise deadline_exceeded("request", deadline_seconds, running, rejections) from None
-        raise no_route(
-            f"no provider could serve this {request.task_name} request "
-            f"(tier {request.tier}, profile {self.settings.profile!r}):",
-            rejections,
+        raise _with_chooser_hint(
+            no_route(
+                f"no provider could serve this {request.task_name} request "
+                f"(tier {request.tier}, profile {self.settings.profile!r}):",
+                rejections,
+            )
         )
 
     def _lookup(self, request: RequestModel, key: str, started: float) -> Result | None:
@@ -887,6 +919,46 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
             if (limit.scope, limit.period) not in taken:
                 brought.append(limit)
     return [*configured, *brought]
+
+
+_IGNORED = "its answer is ignored (as if it returned None); fix the plugin, or uninstall it"
+
+
+def _chosen(answer: object, usable: list[Offer]) -> tuple[list[Offer] | None, str]:
+    """A ``genroute_choose`` answer as the usable offers it names, in its order and each once; or None and what
+    is wrong with it. An offer equal to a usable one (a copy) stands for it: offers are frozen values."""
+    if not isinstance(answer, list | tuple):
+        return None, _returned(answer, "a list of the offers it was given")
+    chosen: list[Offer] = []
+    seen: set[int] = set()
+    for item in answer:
+        match = next((o for o in usable if o is item), None) or next((o for o in usable if o == item), None)
+        if match is None:
+            if not isinstance(item, Offer):
+                return None, f"returned a list holding {type(item).__name__}, not only Offers"
+            return None, f"returned an offer it was not given ({item.provider} · {item.model} [{item.tier}])"
+        if id(match) not in seen:
+            seen.add(id(match))
+            chosen.append(match)
+    return chosen, ""
+
+
+def _with_chooser_hint(error: GenrouteError) -> GenrouteError:
+    """When a ``genroute_choose`` answer left out offers that could serve, the hint says so first; a hint to
+    ask for another tier would be wrong (the policy would drop those offers too)."""
+    rejections = getattr(error, "rejections", None)
+    if not rejections or not getattr(error, "hint_from_rejections", False):
+        return error
+    dropped = next((r.reason for r in rejections if r.reason.startswith(_DROPPED)), None)
+    if dropped is None:
+        return error
+    who = dropped.removeprefix(_DROPPED).strip(" ()")
+    others = route_hint([r for r in rejections if not r.reason.startswith(("wrong tier", _DROPPED))])
+    error.hint = "; or ".join(
+        [f"the genroute_choose of {who} left out the offers that could serve: change its policy, or uninstall it"]
+        + ([others] if others else [])
+    )
+    return error
 
 
 def _profile_offers_hook(
