@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 import genroute.router as router_module
-from conftest import FakePlugin, FakeProvider, section
+from conftest import FakePlugin, FakeProvider, section, tiny_png
 from genroute import hookimpl
 from genroute.config import BudgetLimit
 from genroute.errors import GenrouteError, ModelFailed, NoRouteAvailable, PluginError
+from genroute.keys import request_key
 from genroute.plugins import make_plugin_manager
 from genroute.router import UnexpectedError
-from genroute.types import Offer, ProviderOutput, RequestModel, Result, TextToImage
+from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, Result, TextGeneration, TextToImage
 
 D = Decimal
 HERE = __name__
@@ -388,6 +389,98 @@ def test_a_bad_budget_limits_answer_stops_the_router_with_a_plugin_error(
     assert info.value.message == message
     assert "fix the plugin, or uninstall it" in info.value.hint
     assert info.value.exit_code == 11
+
+
+# --------------------------------------------------------------------------------------------- output checks
+
+
+def html_as_png(request: RequestModel) -> ProviderOutput:
+    return ProviderOutput(files=[OutputFile(data=b"<html>502 Bad Gateway</html>", media_type="image/png")])
+
+
+@pytest.mark.parametrize(
+    "output, problem",
+    [
+        (
+            html_as_png,
+            "a: output file 1 of 1 is declared image/png, but its bytes are not a known media type (28 bytes, "
+            "starting b'<html>502 Bad Gateway</html>')",
+        ),
+        (
+            lambda r: ProviderOutput(files=[OutputFile(data=tiny_png(), media_type="image/jpeg")]),
+            "a: output file 1 of 1 is declared image/jpeg, but its bytes are image/png",
+        ),
+        (lambda r: ProviderOutput(), "a: answered a text-to-image request without a file"),
+    ],
+    ids=["html as png", "png as jpeg", "no file"],
+)
+async def test_output_that_is_not_what_the_task_asked_for_is_refused_settled_and_not_stored(
+    output, problem, settings_factory, router_factory
+):
+    router = two_providers(settings_factory, router_factory, a=FakeProvider("a", output=output))
+
+    result = await router.arun(image())
+    again = await router.arun(image())
+
+    assert result.provider == "b" and not result.cached
+    assert again.provider == "b" and again.cached  # b's result was stored, a's never
+    assert len(router.a.calls) == 1  # not retried: a second call would be billed too
+    # the provider ran and may have billed: a's call is settled (at its price), then b serves
+    assert entries(router)[:2] == [("a", "settled", D("0.01")), ("b", "settled", D("0.02"))]
+    assert router.ledger.open_reservations() == []
+    [note] = [e.note for e in router.ledger.entries() if e.provider == "a"]  # why the money went
+    assert problem in note
+
+
+async def test_refused_output_of_the_only_offer_is_named_in_the_error(settings_factory, router_factory):
+    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(FakeProvider("a", output=html_as_png)))
+
+    with pytest.raises(NoRouteAvailable) as info:
+        await router.arun(image())
+
+    assert "a · a/balanced [balanced]: failed after 1 attempt(s): a: output file 1 of 1 is declared image/png" in (
+        info.value.message
+    )
+    assert router.store is not None and router.store.get(request_key(image())) is None
+    assert router.ledger.open_reservations() == []
+
+
+@pytest.mark.parametrize("text", [None, "", "  \n"], ids=["none", "empty", "blank"])
+async def test_a_text_generation_answer_without_text_falls_back(text, settings_factory, router_factory):
+    sections = {
+        "a": section("a", "0.01", task="text-generation", unit="request"),
+        "b": section("b", "0.02", task="text-generation", unit="request"),
+    }
+    a = FakeProvider("a", output=lambda r: ProviderOutput(text=text))
+    router = router_factory(settings_factory(sections), FakePlugin(a, FakeProvider("b")))
+
+    result = await router.arun(TextGeneration(prompt="hi"))
+
+    assert (result.provider, result.text) == ("b", "b says: hi")
+    assert [(e.provider, e.status) for e in router.ledger.entries()] == [("a", "settled"), ("b", "settled")]
+    assert router.ledger.open_reservations() == []
+
+
+@pytest.mark.parametrize(
+    "data, media_type",
+    [
+        (tiny_png(), "image/png"),
+        (tiny_png(), "IMAGE/PNG; name=x"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "image/jpg"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40, "audio/x-wav"),
+        (b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40, "video/mp4"),
+        (b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 40, "audio/mp4"),
+        (b"anything at all", "video/quicktime"),  # a type the sniffer does not know is not checked
+        (b"anything at all", "application/octet-stream"),
+    ],
+)
+async def test_output_of_its_declared_type_is_accepted(data, media_type, settings_factory, router_factory):
+    a = FakeProvider("a", output=lambda r: ProviderOutput(files=[OutputFile(data=data, media_type=media_type)]))
+    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
+
+    result = await router.arun(image())
+
+    assert result.provider == "a" and [e.status for e in router.ledger.entries()] == ["settled"]
 
 
 # ------------------------------------------------------------------------------------ plugins registered in code

@@ -41,7 +41,7 @@ from .errors import (
 from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Headroom, Ledger, Reservation
-from .media import INPUT_TOO_LARGE_HINT
+from .media import INPUT_TOO_LARGE_HINT, sniff_media_type
 from .money import fmt_usd, quantize
 from .outcomes import (
     call_cost,
@@ -700,15 +700,16 @@ class Router:
         )
 
     def _check_output(self, offer: Offer, output: ProviderOutput, *, billed: Decimal) -> None:
-        """Refuse output over the size cap; the call was billed all the same, so the refusal carries it."""
-        total = sum(len(f.data) for f in output.files)
-        if total > self.settings.routing.max_output_bytes:
-            raise OutputRejected(
-                f"output is {total} bytes, over routing.max_output_bytes",
-                provider=offer.provider,
-                retryable=False,
-                incurred=billed,
-            )
+        """Refuse output that cannot be what the offer's task asked for: over the size cap, a media task
+        without a file, a text task without text, a file whose bytes are not its declared media type (say an
+        HTML error page as ``image/png``). The call was billed all the same, so the refusal carries it."""
+        problem = _output_problem(offer.task, output)
+        if problem is None:
+            total = sum(len(f.data) for f in output.files)
+            if total > self.settings.routing.max_output_bytes:
+                problem = f"output is {total} bytes, over routing.max_output_bytes"
+        if problem is not None:
+            raise OutputRejected(problem, provider=offer.provider, retryable=False, incurred=billed)
 
     def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
         if self.store is not None and request.cache != "bypass":
@@ -959,6 +960,51 @@ def _with_chooser_hint(error: GenrouteError) -> GenrouteError:
         + ([others] if others else [])
     )
     return error
+
+
+# What the first bytes of a file of a media type sniff as (genroute.media.sniff_media_type), for the declared
+# types it recognises; a file of another type (text/plain, video/quicktime…) is not checked.
+_SNIFFS_AS: dict[str, frozenset[str]] = {
+    declared: frozenset(found)
+    for found, names in (
+        ({"image/png"}, ("image/png",)),
+        ({"image/jpeg"}, ("image/jpeg", "image/jpg", "image/pjpeg")),
+        ({"image/gif"}, ("image/gif",)),
+        ({"image/webp"}, ("image/webp",)),
+        ({"image/avif"}, ("image/avif",)),
+        ({"image/heic", "image/avif"}, ("image/heic", "image/heif")),
+        ({"audio/wav"}, ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")),
+        ({"audio/mpeg"}, ("audio/mpeg", "audio/mp3", "audio/mpeg3", "audio/x-mpeg-3")),
+        ({"audio/flac"}, ("audio/flac", "audio/x-flac")),
+        ({"audio/ogg"}, ("audio/ogg", "audio/opus", "video/ogg")),
+        ({"video/mp4"}, ("video/mp4", "audio/mp4", "audio/m4a", "audio/x-m4a", "audio/aac+mp4")),
+        ({"video/webm"}, ("video/webm", "audio/webm", "video/x-matroska")),
+    )
+    for declared in names
+}
+_TEXT_TASKS = frozenset({"text-generation", "speech-to-text"})
+
+
+def _output_problem(task: str, output: ProviderOutput) -> str | None:
+    """What makes ``output`` unfit for ``task``, or None. Cheap: a file's first bytes are read, nothing more."""
+    if task in _TEXT_TASKS:
+        if output.text is None or (task == "text-generation" and not output.text.strip()):
+            return f"answered a {task} request without text"
+    elif not output.files:
+        return f"answered a {task} request without a file"
+    for number, file in enumerate(output.files, 1):
+        expected = _SNIFFS_AS.get(file.media_type.partition(";")[0].strip().lower())
+        if expected is None:
+            continue
+        found = sniff_media_type(file.data)
+        if found not in expected:
+            start = redact(repr(file.data[:40]))
+            return (
+                f"output file {number} of {len(output.files)} is declared {file.media_type}, but its bytes are "
+                f"{'not a known media type' if found == 'application/octet-stream' else found} "
+                f"({len(file.data)} bytes, starting {start})"
+            )
+    return None
 
 
 def _profile_offers_hook(
