@@ -24,11 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from replicate.client import Client
+from replicate.client import Client, RetryTransport
 
 from .options import TOKEN_VARIABLE, ReplicateOptions
 
 TransportFactory = Callable[[], httpx.AsyncBaseTransport]
+
+SDK_MAX_ATTEMPTS = 1
+"""Tries the client's own RetryTransport makes of one request: no retries of its own. It would retry a
+GET on 429/503/504 up to 10 times, with backoff up to 60 s (longer with ``Retry-After``), inside each of
+the provider's polls, reconcile listings and schema fetches, which already retry with their own bounds
+(``poll_error_limit``, ``reconcile_attempts``, the router's attempts and deadline). POSTs it never retries."""
 
 _THROTTLE_DETAIL = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
@@ -136,6 +142,18 @@ class _AsyncOnly(httpx.BaseTransport, httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def _bound_sdk_retries(client: Client) -> None:
+    """Configure the (unmodified) client's RetryTransport to try each request :data:`SDK_MAX_ATTEMPTS` times.
+
+    The client always wraps the transport it is given in a RetryTransport with its defaults, so the one
+    its async httpx client holds is configured here, when that client is built.
+    """
+    retrying = client._async_client._transport
+    if isinstance(retrying, RetryTransport):  # replicate 1.0.x; the test of the poll outage notices otherwise
+        retrying.max_attempts = SDK_MAX_ATTEMPTS
+        retrying.max_backoff_wait = 0
+
+
 def read_token() -> str | None:
     """``REPLICATE_API_TOKEN``, or None when unset or blank. The only place the token is read."""
     token = os.environ.get(TOKEN_VARIABLE, "").strip()
@@ -208,6 +226,7 @@ class Sessions:
                 event_hooks={"response": [_raise_api_errors]},
             )
             client.poll_interval = options.poll_initial_seconds
+            _bound_sdk_retries(client)
             http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
             account = hashlib.sha256(token.encode()).hexdigest()[:16]
             session = Session(client=client, http=http, options=options, account=account)

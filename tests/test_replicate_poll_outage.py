@@ -1,0 +1,69 @@
+"""A status-endpoint outage ends a run within the provider's own poll bounds.
+
+The ``replicate`` client wraps every GET in its RetryTransport (10 tries, backoff up to 60 s, honouring
+``Retry-After``); the provider's poll loop already tolerates ``poll_error_limit`` failed polls, so the
+client's retries only multiplied it (a 3-second prediction held for about 6 minutes). Everything runs
+through the real client against the fake.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeReplicate
+from genroute.errors import GenrouteError
+from genroute.router import Router
+from genroute.types import Upscale
+from test_replicate_helpers import build_settings, png
+
+pytest_plugins = ["test_replicate_helpers"]  # its fixtures: fake, token, make_router
+
+POLL_ERROR_LIMIT = 5
+MAX_ATTEMPTS = 3
+
+
+def test_a_status_endpoint_outage_fails_the_run_within_seconds(
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    settings = build_settings(
+        tmp_path,
+        fake,
+        options={"wait_seconds": 1, "poll_error_limit": POLL_ERROR_LIMIT},
+        routing={"max_attempts": MAX_ATTEMPTS, "deadline_seconds": 600},
+        providers=("replicate",),
+    )
+    fake.set_predict_time("nightmareai/real-esrgan", 3.0)
+    fake.faults.add("GET /v1/predictions/*", 503, retry_after=1)
+    started = time.monotonic()
+    with pytest.raises(GenrouteError):
+        make_router(settings).run(Upscale(image=png(), tier="fast"))
+    elapsed = time.monotonic() - started
+    polls = fake.count("GET", "/v1/predictions/*")
+    assert elapsed < 30, f"the outage held the run for {elapsed:.0f} s"
+    # Each attempt polls at most poll_error_limit times (a retry adopts the same prediction, never a new one).
+    assert polls <= POLL_ERROR_LIMIT * MAX_ATTEMPTS, f"{polls} polls"
+    assert fake.count("POST", "/v1/models/*/predictions") + fake.count("POST", "/v1/predictions") == 1
+
+
+def test_the_deadline_bounds_a_wait_through_a_status_endpoint_outage(
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    settings = build_settings(
+        tmp_path,
+        fake,
+        options={"wait_seconds": 1, "poll_error_limit": 100, "poll_max_seconds": 0.5},
+        routing={"max_attempts": MAX_ATTEMPTS, "deadline_seconds": 3},
+        providers=("replicate",),
+    )
+    fake.set_predict_time("nightmareai/real-esrgan", 60.0)
+    fake.faults.add("GET /v1/predictions/*", 503, retry_after=30)
+    started = time.monotonic()
+    with pytest.raises(GenrouteError):
+        make_router(settings).run(Upscale(image=png(), tier="fast"))
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"a 3 s deadline held the run for {elapsed:.0f} s"
+    assert fake.count("POST", "/v1/predictions/*/cancel") == 1  # and the prediction stopped billing
