@@ -12,6 +12,7 @@ import pytest
 
 from conftest import FakePlugin, FakeProvider, section
 from genroute.errors import (
+    AuthenticationFailed,
     InputRefused,
     NoRouteAvailable,
     OverBudget,
@@ -261,3 +262,53 @@ def test_a_pin_with_nothing_else_on_offer_asks_to_check_the_name() -> None:
     assert (
         route_hint(rejections, pinned="mokc") == "no installed plugin registers 'mokc'; check the name, or drop the pin"
     )
+
+
+async def test_a_refused_token_puts_the_providers_own_advice_first_and_warns_on_fallback(
+    settings_factory, router_factory, caplog
+):
+    # A wrong token is the user's to fix: the provider says how, and a fallback does not hide it.
+    advice = "check REP_API_TOKEN: it must be a valid API token"
+    wrong = FakeProvider("rep", errors=[AuthenticationFailed("HTTP 401 Unauthenticated", provider="rep", hint=advice)])
+    router = router_factory(settings_factory({"rep": section("rep")}), FakePlugin(wrong))
+
+    err = await no_route(router)
+    assert err.hint == advice
+    assert [r.hint for r in err.rejections if r.reason.startswith("failed")] == [advice]
+
+    fallback = FakeProvider("spare")
+    wrong.errors = [AuthenticationFailed("HTTP 401 Unauthenticated", provider="rep", hint=advice)]
+    providers = {"rep": section("rep", "0.01"), "spare": section("spare", "0.02")}
+    router = router_factory(settings_factory(providers), FakePlugin(wrong, fallback))
+    with caplog.at_level("WARNING", logger="genroute"):
+        result = await router.arun(image("another"))
+    assert result.provider == "spare"
+    assert any(advice in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+async def test_a_provider_whose_catalogue_lacks_the_task_makes_no_offer_rather_than_wanting_a_token(
+    settings_factory, router_factory
+):
+    # Its token would not make it serve this task: asking for the token would send the user the wrong way.
+    images_only = FakeProvider("hug", unavailable="HUG_TOKEN is not set")
+    other = FakeProvider("rep", unavailable="REP_API_TOKEN is not set")
+    providers = {"hug": section("hug", task="text-to-speech"), "rep": section("rep")}
+    router = router_factory(settings_factory(providers), FakePlugin(images_only, other))
+
+    err = await no_route(router)
+
+    reasons = {r.provider: r.reason for r in err.rejections}
+    assert reasons["hug"] == "makes no offer for text-to-image"
+    assert err.hint == "set REP_API_TOKEN in the environment, or use another profile"
+
+
+async def test_a_misspelt_pin_says_no_plugin_registers_it_even_when_tokens_are_missing(
+    settings_factory, router_factory
+):
+    rep = FakeProvider("rep", unavailable="REP_API_TOKEN is not set")
+    router = router_factory(settings_factory({"rep": section("rep")}), FakePlugin(rep))
+
+    err = await no_route(router, image(provider="repp"))
+
+    assert err.pinned == "repp"
+    assert err.hint.startswith("no installed plugin registers 'repp'")

@@ -18,6 +18,7 @@ from .errors import (
     NoRouteAvailable,
     OverBudget,
     ProviderError,
+    UnexpectedError,
 )
 from .hookspecs import hookimpl
 from .media import MediaInput
@@ -84,6 +85,7 @@ __all__ = [
     "TextToImage",
     "TextToSpeech",
     "TextToVideo",
+    "UnexpectedError",
     "Upscale",
     "Usage",
     "catalogue_offers",

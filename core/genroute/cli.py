@@ -992,7 +992,7 @@ def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
             elif not section.enabled:
                 status = "disabled in config"
             else:
-                why = provider.unavailable_reason(settings)
+                why = router.unavailable_reason(name)  # one that raises is reported, not a crash
                 status = f"unavailable: {why}" if why else "available"
             models = [
                 {"task": task, "tier": tier, "model": model, "unit": entry.unit, "price": str(entry.price)}

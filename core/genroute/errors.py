@@ -143,6 +143,10 @@ class Rejection:
     from a reason that quotes a :class:`BudgetExceeded` message (``… (total) would be exceeded …``).
     """
 
+    hint: str | None = None
+    """For a provider's failure the user can act on (a refused token, no credit left), what the provider says
+    to do about it; :func:`route_hint` puts it first."""
+
     def over_budget_period(self) -> str | None:
         """The period of the limit this offer was refused by, when it was refused for money and that is known."""
         if not self.reason.startswith("over budget"):
@@ -201,6 +205,8 @@ _MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
 # The router's reasons for a provider no installed plugin registers: an offer made for it, a profile entry.
 _NOT_REGISTERED = ("no installed plugin registers this provider", "not installed (no plugin registers it)")
 _PINNED_ELSEWHERE = "not the pinned provider "
+# The router's reason for an offer a genroute_choose policy left out: "dropped by genroute_choose (plugin …)".
+_DROPPED_BY_CHOOSER = "dropped by genroute_choose"
 
 
 def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) -> str | None:
@@ -232,11 +238,17 @@ def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) ->
     outside: list[str] = []
     tiers: list[str] = []
     over_budget: list[str | None] = []  # the periods of the limits that refused offers (None: not said)
+    choosers: list[str] = []  # genroute_choose plugins that left out offers which could serve
     too_many_outputs = unpriced = tried = False
     for r in rejections:
         reason = r.reason
         if reason.startswith("failed"):
             tried = True
+            if r.hint:  # a refused token, no credit left: the provider's own advice
+                _add(remedies, r.hint)
+        elif reason.startswith(_DROPPED_BY_CHOOSER):
+            who = reason.removeprefix(_DROPPED_BY_CHOOSER).strip()
+            _add(choosers, who[1:-1] if who.startswith("(") and who.endswith(")") else who)
         elif reason.startswith("unavailable:"):
             found = _MISSING_VARIABLE.findall(reason)
             if found:
@@ -271,7 +283,13 @@ def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) ->
         # Every plugin is asked when a pin is outside the profile, so only a known pin says which provider is meant.
         named = _names(outside) if pin is not None else "the pinned provider"
         remedies.append(f"use a profile that lists {named}, or drop the pin")
-    if tiers and not remedies and not tried:  # nothing else stood in the way: those offers were usable but for it
+    if choosers:  # the policy would leave out offers of another tier too: no tier remedy then
+        remedies.insert(
+            0,
+            f"the genroute_choose of {_names(choosers)} left out the offers that could serve: change its policy, "
+            "or uninstall it",
+        )
+    elif tiers and not remedies and not tried:  # nothing else stood in the way: those offers were usable but for it
         remedies.append(f"ask for tier {' or '.join(tiers)}, the {'tier' if len(tiers) == 1 else 'tiers'} on offer")
     return "; or ".join(remedies) or None
 
@@ -345,6 +363,14 @@ class BatchInterrupted(GenrouteError):
             f"{len(outcomes)} request(s); those ran to their end and their outcomes are in .outcomes"
         )
         self.outcomes = outcomes
+
+
+class UnexpectedError(GenrouteError):
+    """Something that is not a genroute error escaped while serving one request of a batch (a bug in genroute
+    or in a plugin): the batch reports it as that request's error, and its other requests carry on."""
+
+    exit_code = 70
+    default_hint = "this is a bug in genroute or in a plugin: run again with --debug and report the traceback"
 
 
 class StoreError(GenrouteError):

@@ -25,6 +25,7 @@ from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
+    AuthenticationFailed,
     BatchInterrupted,
     BudgetExceeded,
     GenrouteError,
@@ -36,7 +37,7 @@ from .errors import (
     ProviderRejectedInput,
     ProviderTimeout,
     Rejection,
-    route_hint,
+    UnexpectedError,
 )
 from .jobs import Job, JobStore
 from .keys import request_key
@@ -91,14 +92,6 @@ def _returned(answer: object, expected: str) -> str:
         answer.close()
         return f"is an async def (it returned a coroutine); make it a plain def returning {expected}"
     return f"returned {type(answer).__name__}, not {expected}"
-
-
-class UnexpectedError(GenrouteError):
-    """Something that is not a genroute error escaped while serving one request of a batch (a bug in genroute
-    or in a plugin): the batch reports it as that request's error, and its other requests carry on."""
-
-    exit_code = 70
-    default_hint = "this is a bug in genroute or in a plugin: run again with --debug and report the traceback"
 
 
 class RoutePlan(BaseModel):
@@ -491,8 +484,12 @@ class Router:
         provider = self.providers.get(name)
         if provider is None:
             return "not installed (no plugin registers it)"
-        if not self.settings.provider(name).enabled:
+        section = self.settings.provider(name)
+        if not section.enabled:
             return "disabled in config"
+        if section.models and not section.models.get(request.task_name):
+            # Its catalogue has no model for this task: a token would not change that, so do not ask for one.
+            return f"makes no offer for {request.task_name}"
         why = self.unavailable_reason(name)
         return f"unavailable: {why}" if why else f"makes no offer for {request.task_name}"
 
@@ -556,12 +553,11 @@ class Router:
                 running = None
         except TimeoutError:
             raise deadline_exceeded("request", deadline_seconds, running, rejections) from None
-        raise _with_chooser_hint(
-            no_route(
-                f"no provider could serve this {request.task_name} request "
-                f"(tier {request.tier}, profile {self.settings.profile!r}):",
-                rejections,
-            )
+        raise no_route(
+            f"no provider could serve this {request.task_name} request "
+            f"(tier {request.tier}, profile {self.settings.profile!r}):",
+            rejections,
+            pinned=request.provider,
         )
 
     def _lookup(self, request: RequestModel, key: str, started: float) -> Result | None:
@@ -611,8 +607,20 @@ class Router:
             self._count_failure(offer, exc)
             reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
             refused = isinstance(exc, ProviderRejectedInput)
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused))
-            log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
+            # A refused token or an empty account is the user's to fix: keep the provider's advice, and say so
+            # even when another provider serves the request instead (else a wrong token hides behind a fallback).
+            actionable = isinstance(exc, (AuthenticationFailed, OutOfCredit))
+            hint = redact(exc.hint) if actionable else None
+            rejections.append(
+                Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused, hint=hint)
+            )
+            log.log(
+                logging.WARNING if actionable else logging.INFO,
+                "%s/%s failed, falling back: %s",
+                offer.provider,
+                offer.model,
+                reason + (f" ({hint})" if hint else ""),
+            )
             return None
         except BaseException:
             billed = tries.cancelled_cost()
@@ -942,24 +950,6 @@ def _chosen(answer: object, usable: list[Offer]) -> tuple[list[Offer] | None, st
             seen.add(id(match))
             chosen.append(match)
     return chosen, ""
-
-
-def _with_chooser_hint(error: GenrouteError) -> GenrouteError:
-    """When a ``genroute_choose`` answer left out offers that could serve, the hint says so first; a hint to
-    ask for another tier would be wrong (the policy would drop those offers too)."""
-    rejections = getattr(error, "rejections", None)
-    if not rejections or not getattr(error, "hint_from_rejections", False):
-        return error
-    dropped = next((r.reason for r in rejections if r.reason.startswith(_DROPPED)), None)
-    if dropped is None:
-        return error
-    who = dropped.removeprefix(_DROPPED).strip(" ()")
-    others = route_hint([r for r in rejections if not r.reason.startswith(("wrong tier", _DROPPED))])
-    error.hint = "; or ".join(
-        [f"the genroute_choose of {who} left out the offers that could serve: change its policy, or uninstall it"]
-        + ([others] if others else [])
-    )
-    return error
 
 
 # What the first bytes of a file of a media type sniff as (genroute.media.sniff_media_type), for the declared
