@@ -103,7 +103,11 @@ async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> J
         )
         router.jobs.add(job)
         return job
-    raise no_route(f"no provider could take this request by webhook (profile {router.settings.profile!r}):", rejections)
+    raise no_route(
+        f"no provider could take this request by webhook (profile {router.settings.profile!r}):",
+        rejections,
+        pinned=model.provider,
+    )
 
 
 async def complete(router: Router, provider: str, remote_id: str, payload: Any) -> Job:
