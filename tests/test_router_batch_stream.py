@@ -647,3 +647,44 @@ async def test_a_bug_cutting_a_stream_short_says_how_far_it_got_not_that_it_fell
     assert info.value.hint.startswith("the stream was cut short after 2 piece(s): ")
     assert "fell through every provider" not in str(info.value)
     assert not router.b.calls and router.ledger.open_reservations() == []
+
+
+class _ReportingOnStop(FakeProvider):
+    """Streams one piece; stopped (by the caller or the deadline) it reports ``incurred`` as a cancel does."""
+
+    def __init__(self, name: str, incurred: object) -> None:
+        super().__init__(name, stream_pieces=["Hel"])
+        self.incurred = incurred
+
+    async def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:
+        try:
+            yield "Hel"
+            await asyncio.sleep(30)
+        except (asyncio.CancelledError, GeneratorExit):
+            ctx.extra["incurred"] = self.incurred
+            raise
+
+
+@pytest.mark.parametrize(
+    ("reported", "status", "actual"),
+    [
+        (D("0.0000475"), "settled", D("0.000048")),  # what the stopped call produced, rounded as the ledger rounds
+        (D(0), "released", None),  # known to have cost nothing: not the estimate, though text was delivered
+        (0, "released", None),
+        ("-1", "settled", D("0.001")),  # no amount (logged): as if nothing were reported, the estimate
+        (None, "settled", D("0.001")),
+    ],
+)
+async def test_a_stream_stopped_by_its_deadline_settles_what_the_provider_reported(
+    settings_factory, router_factory, reported, status, actual
+):
+    provider = _ReportingOnStop("a", reported)
+    router = router_factory(settings_factory({"a": text_section("a")}), FakePlugin(provider))
+    pieces: list[str] = []
+    with pytest.raises(DeadlineExceeded):
+        async for piece in router.astream(TextGeneration(prompt="x", deadline_seconds=0.3)):
+            pieces.append(piece)
+    assert pieces == ["Hel"]
+    (entry,) = list(router.ledger.entries())
+    assert (entry.status, entry.actual if status == "settled" else None) == (status, actual)
+    assert router.ledger.open_reservations() == []

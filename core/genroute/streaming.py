@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -211,14 +212,34 @@ def _cut_short_hint(delivered: int) -> str:
 
 
 def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str], why: str, ctx: RunContext) -> None:
-    reported = extra_incurred(ctx)
-    if reported:
-        router.ledger.settle(reservation, quantize(reported), note=f"{why}; billed as the provider reported")
+    # What the provider reported for the stopped work (say, the tokens generated before its cancel), as the
+    # non-streamed path takes it (Router._try_offer): an amount, or Decimal(0) when nothing was produced. Popped,
+    # so it is counted once whichever path closes the reservation.
+    reported: Decimal | None = None
+    if ctx.extra.get("incurred") is not None:
+        amount = extra_incurred(ctx)  # a value that is no amount of money is logged and comes back as 0
+        reported = amount if amount or _is_zero(ctx.extra["incurred"]) else None
+    ctx.extra.pop("incurred", None)
+    if reported is not None:
+        if reported:
+            router.ledger.settle(reservation, quantize(reported), note=f"{why}; billed as the provider reported")
+        else:
+            router.ledger.release(reservation, note=f"{why}; the provider reported nothing billed")
     elif pieces:
         # Tokens already generated were probably billed: settle at the estimate rather than guess low.
         router.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
     else:
         router.ledger.release(reservation, note=why)
+
+
+def _is_zero(value: object) -> bool:
+    """Whether ``value`` (as a provider may report money) is an amount of exactly zero."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        return False
+    try:
+        return Decimal(str(value).strip()) == 0
+    except ArithmeticError:
+        return False
 
 
 def _open_source(provider: Provider, request: TextGeneration, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:

@@ -3,8 +3,8 @@
 The API returns no price. Per-output models settle on the files returned (``Usage.outputs``),
 per-second models on ``metrics.predict_time`` (``Usage.compute_seconds``) times the catalogue's hardware
 rate, whisper on the input audio's length (``Usage.input_seconds``), language models on
-``metrics.output_token_count``. A failed prediction of a per-second model still cost its compute time:
-that is the ``incurred`` of the error.
+``metrics.output_token_count``. A failed or canceled prediction still cost what it produced (compute time,
+tokens generated, outputs made): that is the ``incurred`` of the error, zero when it made nothing.
 """
 
 from __future__ import annotations
@@ -68,10 +68,50 @@ def usage(
 
 
 def incurred(entry: ModelEntry | None, prediction: Mapping[str, Any]) -> Decimal | None:
-    """What a failed or canceled prediction cost: its compute time, for per-second models; else None."""
-    if entry is None or entry.unit != "compute_second":
+    """What a failed, canceled (or, raced by a cancel, succeeded) prediction cost, priced on what it produced.
+
+    Per-second models: the compute time ran. Language models: the output tokens generated
+    (``metrics.output_token_count``). Per-output models: the outputs actually present. Per-media-second and
+    per-audio-minute models: the seconds the metrics report. ``Decimal(0)`` when it is known nothing billable
+    was produced (no compute time, no output); None when the prediction does not say (the router then uses
+    what it knows otherwise).
+    """
+    if entry is None:
         return None
-    seconds = predict_time(prediction)
-    if not seconds:
-        return None
-    return entry.price * Decimal(str(seconds))
+    metrics = prediction.get("metrics")
+    metrics = metrics if isinstance(metrics, Mapping) else {}
+    produced = _produced(prediction.get("output"))
+    match entry.unit:
+        case "compute_second":
+            seconds = predict_time(prediction)
+            return None if seconds is None else entry.price * Decimal(str(seconds))
+        case "1k_tokens":
+            tokens = metrics.get("output_token_count")
+            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+                return entry.price * Decimal(tokens) / 1000
+            return Decimal(0) if produced == 0 else None
+        case "output":
+            return entry.price * produced
+        case "request":
+            return entry.price if produced else Decimal(0)
+        case "media_second" | "audio_minute":
+            if produced == 0:
+                return Decimal(0)
+            key = "video_seconds" if "video_seconds" in metrics else "audio_seconds"
+            seconds = _number(metrics.get(key))
+            if seconds is None:
+                return None
+            if key == "video_seconds":
+                seconds *= produced
+            per = Decimal(60) if entry.unit == "audio_minute" else Decimal(1)
+            return entry.price * Decimal(str(seconds)) / per
+    return None
+
+
+def _produced(output: Any) -> int:
+    """How many outputs a prediction holds: the non-empty items of a list, one for any other non-empty value."""
+    if output is None or output == "" or output == {}:
+        return 0
+    if isinstance(output, list):
+        return sum(1 for item in output if item not in (None, ""))
+    return 1

@@ -216,13 +216,9 @@ class ReplicateProvider(Provider):
         canceled = await self._predictions.cancel(session, str(prediction["id"]))
         self._predictions.forget(key)
         spent = cost.incurred(entry, canceled) if canceled is not None else None
-        if spent is None and canceled is not None and canceled.get("status") == "succeeded" and entry is not None:
-            # It finished before the cancel arrived: its outputs are billed like any success.
-            produced = canceled.get("output")
-            count = len(produced) if isinstance(produced, list) else int(produced is not None)
-            spent = entry.price * count if entry.unit == "output" else None
-        if spent:
-            # The router settles this instead of releasing the reservation: the seconds ran were billed.
+        if spent is not None:
+            # The router settles this instead of guessing: what ran (seconds, tokens, outputs) was billed, and
+            # Decimal(0) says nothing was, so the reservation is released even if text already reached the caller.
             ctx.extra["incurred"] = spent
 
     async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:

@@ -1701,9 +1701,15 @@ class FakeReplicate:
                 p.completed_wall = time.time()
                 ran = 0.0 if p.started_mono is None else min(p.planned_seconds, now - p.started_mono)
                 p.predict_time = round(ran, 6)
+                # As Replicate does: a canceled prediction reports what it did so far (predict_time is added
+                # from p.predict_time); a language model also the tokens it read and the ones it emitted.
                 p.metrics = {}
                 if p.plan.tokens is None:
                     p.output = None
+                else:
+                    if "input_token_count" in p.plan.metrics:
+                        p.metrics["input_token_count"] = p.plan.metrics["input_token_count"]
+                    p.metrics["output_token_count"] = len(p.output or [])
                 self._finish(p, now)
             self._cond.notify_all()
             return _json_response(self._prediction_json(p))
