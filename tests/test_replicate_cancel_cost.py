@@ -152,3 +152,15 @@ def test_a_cancel_before_any_output_reports_zero_to_the_router(
     (prediction,) = fake.predictions
     assert prediction.status == "canceled"
     assert "incurred" in extra and extra["incurred"] == Decimal(0)  # known: nothing billed, not "unknown"
+
+
+def test_a_deadline_inside_the_held_create_charges_the_tokens_produced(
+    fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
+) -> None:
+    router = make_router(build_settings(tmp_path, fake, options={"wait_seconds": 10}))
+    fake.set_predict_time(LLM, 3.0)  # eight tokens a second; the create is held 1 s, past the 0.8 s deadline
+    request = TextGeneration(prompt="a long story", tier="quality", max_tokens=32000, deadline_seconds=0.8)  # type: ignore[arg-type]
+    with pytest.raises(errors.DeadlineExceeded):
+        router.run(request)
+    tokens = _tokens_of_the_canceled_prediction(fake)
+    assert _settled(router) == quantize(PRICE * tokens / 1000) > 0

@@ -163,6 +163,17 @@ class ReplicateProvider(Provider):
                     wait=_wait_seconds(session.options, ctx),
                     orphaned_since=ctx.orphaned_since,
                 )
+            except asyncio.CancelledError:
+                # Cut short during the held create: the create's own clean-up found and cancelled the prediction;
+                # read what it produced (the cancel answers with the prediction) so the router settles that too.
+                record = self._predictions.pending(key)
+                if record is not None and record.prediction_id is not None:
+                    await self._read_canceled(session, record.prediction_id, key, ctx, offer.entry)
+                raise
+            except errors.ProviderError as exc:
+                await self._abandon_if_last(session, key, ctx, offer.entry, exc)
+                raise
+            try:
                 prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
             except errors.ProviderError as exc:
                 await self._abandon_if_last(session, key, ctx, offer.entry, exc)
@@ -215,11 +226,23 @@ class ReplicateProvider(Provider):
         """Cancel remotely; what the canceled prediction billed goes to ``ctx.extra["incurred"]``."""
         canceled = await self._predictions.cancel(session, str(prediction["id"]))
         self._predictions.forget(key)
-        spent = cost.incurred(entry, canceled) if canceled is not None else None
-        if spent is not None:
-            # The router settles this instead of guessing: what ran (seconds, tokens, outputs) was billed, and
-            # Decimal(0) says nothing was, so the reservation is released even if text already reached the caller.
-            ctx.extra["incurred"] = spent
+        _report_spent(ctx, entry, canceled)
+
+    async def _read_canceled(
+        self, session: Session, prediction_id: str, key: tuple[str, str, str], ctx: RunContext, entry: ModelEntry | None
+    ) -> None:
+        """After a create cut short (its clean-up already cancelled the prediction): report what it billed."""
+        try:
+            async with asyncio.timeout(10):
+                seen = await self._predictions._get(session, prediction_id)
+        except Exception as exc:  # best effort, like the cancel itself: the router then knows nothing
+            log.warning("could not read the cancelled prediction %s: %s", prediction_id, type(exc).__name__)
+            return
+        if seen is not None and seen.get("status") not in TERMINAL:
+            await self._stop(session, seen, key, ctx, entry)  # the clean-up's cancel did not take: cancel now
+            return
+        self._predictions.forget(key)
+        _report_spent(ctx, entry, seen)
 
     async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
         if not isinstance(request, TextGeneration):
@@ -514,6 +537,15 @@ class ReplicateProvider(Provider):
 
     async def aclose(self) -> None:
         await self._sessions.aclose()
+
+
+def _report_spent(ctx: RunContext, entry: ModelEntry | None, canceled: dict[str, Any] | None) -> None:
+    """What a canceled prediction billed, in ``ctx.extra["incurred"]`` for the router to settle; nothing if unknown."""
+    spent = cost.incurred(entry, canceled) if canceled is not None else None
+    if spent is not None:
+        # The router settles this instead of guessing: what ran (seconds, tokens, outputs) was billed, and
+        # Decimal(0) says nothing was, so the reservation is released even if text already reached the caller.
+        ctx.extra["incurred"] = spent
 
 
 def _wait_seconds(options: ReplicateOptions, ctx: RunContext) -> int:
