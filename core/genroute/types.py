@@ -257,9 +257,6 @@ def _voice(value: str) -> str:
     return value
 
 
-_Voice = Annotated[str, Field(min_length=1), AfterValidator(_not_blank), AfterValidator(_voice)]
-
-
 class TextToImage(_Visual):
     task: Literal["text-to-image"] = "text-to-image"
     prompt: _Prompt
@@ -308,8 +305,13 @@ class ImageToVideo(_Visual):
 class TextToSpeech(_Request):
     task: Literal["text-to-speech"] = "text-to-speech"
     text: Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)]
-    voice: _Voice | None = None
+    voice: str | None = Field(default=None, min_length=1)
     language: str | None = Field(default=None, min_length=2, max_length=10)
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_or_sample(cls, value: str | None) -> str | None:
+        return None if value is None else _voice(_not_blank(value))
 
 
 class SpeechToText(_Request):
