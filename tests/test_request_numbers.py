@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import math
-import wave
-from typing import Any, get_args
+from typing import get_args
 
 import pytest
 
 from genroute.errors import InvalidRequest
 from genroute.router import Router
 from genroute.types import REQUEST_TYPES, TASKS
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32 + b"fake-png-body"
-
-
-def wav() -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x00\x00" * 4000)
-    return buffer.getvalue()
-
-
-MINIMAL: dict[str, dict[str, Any]] = {
-    "text-to-image": {"prompt": "a red fox"},
-    "image-to-image": {"prompt": "as a watercolour", "image": PNG},
-    "inpaint": {"prompt": "a hat", "image": PNG, "mask": PNG},
-    "upscale": {"image": PNG},
-    "remove-background": {"image": PNG},
-    "text-to-video": {"prompt": "waves"},
-    "image-to-video": {"image": PNG},
-    "text-to-speech": {"text": "hello there"},
-    "speech-to-text": {"audio": wav()},
-    "text-generation": {"prompt": "say hi"},
-}
+from request_samples import good
 
 # Every (task, field) whose value is a float: fields added later are covered without touching this test.
 FLOAT_FIELDS = [
@@ -57,7 +30,7 @@ def test_the_float_fields_are_found() -> None:
 @pytest.mark.parametrize(("task", "name"), FLOAT_FIELDS)
 def test_nan_or_infinity_is_refused_as_not_finite(task: str, name: str, value: float) -> None:
     with pytest.raises(InvalidRequest) as info:
-        Router.parse({"task": task, **MINIMAL[task], name: value})
+        Router.parse({**good(task), name: value})
 
     assert info.value.field == name
     assert info.value.message == f"{name}: must be a finite number, not {value}"
@@ -66,5 +39,5 @@ def test_nan_or_infinity_is_refused_as_not_finite(task: str, name: str, value: f
 
 @pytest.mark.parametrize(("task", "name"), FLOAT_FIELDS)
 def test_a_finite_number_in_range_is_still_taken(task: str, name: str) -> None:
-    request = Router.parse({"task": task, **MINIMAL[task], name: 0.5})
+    request = Router.parse({**good(task), name: 0.5})
     assert getattr(request, name) == 0.5
