@@ -30,6 +30,7 @@ from replicate.webhook import InvalidSignatureError, InvalidTimestampError, Webh
 from werkzeug.wrappers import Response
 
 from fakes import FakeReplicate, default_catalogue
+from request_samples import wav_bytes
 
 TOKEN = "r8_test"
 SCHNELL = "black-forest-labs/flux-schnell"
@@ -47,16 +48,6 @@ def _png(width: int = 40, height: int = 30, colour: tuple[int, int, int] = (200,
 
 def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def _wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return buf.getvalue()
 
 
 def _open_image(data: bytes) -> Image.Image:
@@ -197,11 +188,11 @@ def test_uploaded_file_inputs_reach_the_model(server: FakeReplicate, client: rep
 
 def test_transcripts_and_text_outputs(server: FakeReplicate, client: replicate.Client) -> None:
     whisper = server.model("openai/whisper").latest
-    result = client.run(f"openai/whisper:{whisper}", input={"audio": _data_uri(_wav(7.0), "audio/wav")})
+    result = client.run(f"openai/whisper:{whisper}", input={"audio": _data_uri(wav_bytes(7.0), "audio/wav")})
     assert set(result) >= {"transcription", "segments", "detected_language"}
     assert [(s["start"], s["end"]) for s in result["segments"]] == [(0.0, 3.0), (3.0, 6.0), (6.0, 7.0)]
     assert result["transcription"] == "".join(s["text"] for s in result["segments"]).strip()
-    srt = client.run(f"openai/whisper:{whisper}", input={"audio": _data_uri(_wav(2.0), "audio/wav"),
+    srt = client.run(f"openai/whisper:{whisper}", input={"audio": _data_uri(wav_bytes(2.0), "audio/wav"),
                                                          "transcription": "srt"})  # fmt: skip
     assert srt["transcription"].startswith("1\n00:00:00,000 --> 00:00:02,000\n")
 
