@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A reader that goes away (``genroute batch … | head -1``) ends the command quietly with
     :data:`EXIT_BROKEN_PIPE`, as a Unix tool killed by SIGPIPE would; work in flight is cancelled on the way out,
-    so its reservations are released or settled.
+    so its reservations are released or settled. SIGTERM is taken as Ctrl-C is (:class:`_Termination`) and ends
+    with :data:`EXIT_TERMINATED`.
     """
     termination = _Termination()
     try:
