@@ -1169,3 +1169,41 @@ async def test_impossible_usage_fails_the_offer_instead_of_the_batch(
     assert router.ledger.open_reservations() == []
     statuses = sorted({(e.provider, e.status) for e in router.ledger.entries()})
     assert statuses == [("bad", "released"), ("good", "settled")]
+
+
+async def test_the_same_request_running_twice_at_once_is_paid_once(settings_factory, router_factory):
+    # A batch with repeated lines, or two callers asking at once: the second waits for the first and is served
+    # from the store, as it would be a moment later; a different request is not held back.
+    a = FakeProvider("a", sleep=0.3)
+    router = router_factory(settings_factory({"a": section("a", "0.01")}), FakePlugin(a))
+
+    first, second, other = await asyncio.gather(
+        router.arun(image("twice")), router.arun(image("twice")), router.arun(image("once"))
+    )
+
+    assert len(a.calls) == 2  # "twice" once, "once" once
+    assert sorted([first.cached, second.cached]) == [False, True]
+    assert not other.cached
+    assert (first.artifacts[0].sha256, first.request_key) == (second.artifacts[0].sha256, second.request_key)
+    assert [e.status for e in entries(router)].count("settled") == 2
+    assert router.store.stats().hits == 1
+
+
+async def test_a_failed_twin_lets_the_waiting_request_run_itself(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderRejectedInput], sleep=0.2)
+    router = router_factory(settings_factory({"a": section("a", "0.01")}), FakePlugin(a))
+
+    outcomes = await asyncio.gather(router.arun(image("x")), router.arun(image("x")), return_exceptions=True)
+
+    assert isinstance(outcomes[0], NoRouteAvailable)  # the first met the scripted refusal
+    assert isinstance(outcomes[1], Result) and not outcomes[1].cached  # the second then ran, and was served
+    assert len(a.calls) == 2
+
+
+async def test_bypass_and_refresh_requests_never_wait_for_a_twin(settings_factory, router_factory):
+    a = FakeProvider("a", sleep=0.2)
+    router = router_factory(settings_factory({"a": section("a", "0.01")}), FakePlugin(a))
+
+    await asyncio.gather(router.arun(image("y")), router.arun(image("y", cache="refresh")))
+
+    assert len(a.calls) == 2  # refresh asks for new work: it pays, as it says

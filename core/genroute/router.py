@@ -28,6 +28,7 @@ from .errors import (
     AuthenticationFailed,
     BatchInterrupted,
     BudgetExceeded,
+    DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
     OutOfCredit,
@@ -229,6 +230,7 @@ class Router:
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Runner | None = None
         self._jobs: JobStore | None = None
+        self._running: dict[str, asyncio.Future[None]] = {}  # request keys being served now → done when served
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -536,12 +538,38 @@ class Router:
             self._notify("genroute_request_finished", request=model, key=key, result=result, error=error)
 
     async def _route(self, request: RequestModel, key: str, started: float) -> Result:
-        hit = self._lookup(request, key, started)
-        if hit is not None:
-            return hit
         loop = asyncio.get_running_loop()
         deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
         deadline = loop.time() + deadline_seconds
+        shared = self.store is not None and request.cache == "use"
+        # The same request already running here (a batch with repeated lines, two callers at once): wait for it
+        # and take its result from the store, rather than pay for the same work twice.
+        while shared and (twin := self._running.get(key)) is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(twin)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"request did not finish within {deadline_seconds:g}s (waiting for the same request, already "
+                    "running)"
+                ) from None
+        hit = self._lookup(request, key, started)
+        if hit is not None:
+            return hit
+        if not shared:
+            return await self._serve(request, key, started, deadline, deadline_seconds)
+        done = loop.create_future()
+        self._running[key] = done
+        try:
+            return await self._serve(request, key, started, deadline, deadline_seconds)
+        finally:
+            del self._running[key]
+            done.set_result(None)  # its twins look in the store: a hit if this one was kept, else they run
+
+    async def _serve(
+        self, request: RequestModel, key: str, started: float, deadline: float, deadline_seconds: float
+    ) -> Result:
+        """Serve a request the store does not hold: offers, then each usable one in turn until one succeeds."""
         candidates, rejections = self._candidates(request)
         running: Offer | None = None
         try:
