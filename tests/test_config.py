@@ -37,6 +37,13 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
+def shipped_with(path: Path, old: str, new: str) -> Path:
+    """The shipped plugins.toml with ``old`` (which must be in it) replaced by ``new``, written to ``path``."""
+    text = SHIPPED.read_text(encoding="utf-8")
+    assert old in text, f"plugins.toml no longer contains {old!r}: update the test"
+    return write_toml(path, text.replace(old, new, 1))
+
+
 MINIMAL = """
 default_profile = "a"
 [profiles.a]
@@ -159,12 +166,11 @@ def test_an_amount_out_of_range_is_a_config_error_naming_the_key_and_the_range(
 
 
 def test_a_huge_limit_in_the_file_is_reported_not_a_crash(tmp_path: Path) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace(
+    path = shipped_with(
+        tmp_path / "plugins.toml",
         '{ scope = "simulated", period = "daily", usd = "5.00" }',
         '{ scope = "simulated", period = "daily", usd = "1e400" }',
     )
-    assert "1e400" in text
-    path = write_toml(tmp_path / "plugins.toml", text)
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={})
     assert str(info.value).startswith(f"{path}: budget.limits.2.usd: must be from 0 to 1,000,000,000,000 dollars")
@@ -379,12 +385,11 @@ def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_unknown_deep_key_names_dotted_path(tmp_path: Path) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace(
+    bad = shipped_with(
+        tmp_path / "bad.toml",
         'fast     = { model = "mock/flux-schnell", unit = "output", price = "0.003" }',
         'fast     = { model = "mock/flux-schnell", unit = "output", prise = "0.003", price = "0.003" }',
     )
-    assert "prise" in text
-    bad = write_toml(tmp_path / "bad.toml", text)
     with pytest.raises(ConfigError) as info:
         load_settings(bad, env={})
     dotted = "providers.mock.models.text-to-image.fast.prise"
@@ -614,10 +619,11 @@ def test_secret_looking_keys_refused_with_env_hint(path: tuple[str | int, ...]) 
 
 
 def test_secret_in_file_refused_through_load_settings(tmp_path: Path) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace(
-        "[providers.replicate]\n", '[providers.replicate]\napi_token = "r8_supersecretvalue"\n'
+    bad = shipped_with(
+        tmp_path / "secret.toml",
+        "[providers.replicate]\n",
+        '[providers.replicate]\napi_token = "r8_supersecretvalue"\n',
     )
-    bad = write_toml(tmp_path / "secret.toml", text)
     with pytest.raises(ConfigError) as info:
         load_settings(bad, env={})
     _assert_secret_refusal(info.value, "providers.replicate.api_token")
@@ -713,9 +719,7 @@ def test_random_file_text_raises_only_config_error(tmp_path_factory: pytest.Temp
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_an_infinite_or_nan_setting_is_refused_naming_the_key(tmp_path: Path, value: str) -> None:
-    text = SHIPPED.read_text(encoding="utf-8").replace("deadline_seconds = 600", f"deadline_seconds = {value}")
-    path = tmp_path / "plugins.toml"
-    path.write_text(text, encoding="utf-8")
+    path = shipped_with(tmp_path / "plugins.toml", "deadline_seconds = 600", f"deadline_seconds = {value}")
 
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={"GENROUTE_HOME": str(tmp_path)})
