@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-import genroute.router as router_module
 from conftest import FakePlugin, FakeProvider, section, tiny_png
 from genroute import hookimpl
 from genroute.config import BudgetLimit
@@ -31,12 +30,6 @@ from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, Resu
 
 D = Decimal
 HERE = __name__
-
-
-@pytest.fixture(autouse=True)
-def _faults_not_yet_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts as a fresh process would: no plugin fault logged yet."""
-    monkeypatch.setattr(router_module, "_reported_faults", set())
 
 
 def image(prompt: str = "a lighthouse at dusk", **fields: Any) -> TextToImage:

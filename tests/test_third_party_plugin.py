@@ -323,7 +323,6 @@ def genroute_offers(request, settings):
 async def test_an_installed_plugin_whose_offers_raise_is_named_by_entry_point_and_the_mock_serves(
     site, settings_factory, router_factory, caplog, monkeypatch
 ):
-    monkeypatch.setattr("genroute.router._reported_faults", set())  # as in a fresh process: not yet logged
     (site / "genroute_broken_lab.py").write_text(LAB_PACKAGE, encoding="utf-8")
     install_dist(site, "genroute-broken", "[genroute]\nlab = genroute_broken_lab\n")
     providers = {"lab": section("lab", "0", task="text-generation", unit="request"), "mock": mock_section()}

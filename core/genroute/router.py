@@ -68,17 +68,10 @@ RequestLike = RequestModel | Mapping[str, Any]
 
 _DROPPED = "dropped by genroute_choose"  # how a rejection of an offer the policy hook left out starts
 
-# Plugin and provider faults already logged as warnings in this process: (who, what), each said once.
-_reported_faults: set[tuple[str, str]] = set()
 
-
-def _report_fault(who: str, what: str, message: str, exc: BaseException | None = None) -> None:
-    """Log a plugin's fault as a warning once per process (later repeats at debug), its traceback at debug."""
-    first = (who, what) not in _reported_faults
-    _reported_faults.add((who, what))
-    log.log(logging.WARNING if first else logging.DEBUG, "%s", message)
-    if first and exc is not None:
-        log.debug("%s", redact("".join(traceback.format_exception(exc))))
+def _call_hookimpl(impl: Any, **kwargs: Any) -> Any:
+    """One plugin's implementation of a hook, called on its own with the arguments it declares (as pluggy does)."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
 
 
 def _fault(exc: BaseException) -> str:
@@ -231,6 +224,7 @@ class Router:
         self._runner: asyncio.Runner | None = None
         self._jobs: JobStore | None = None
         self._running: dict[str, asyncio.Future[None]] = {}  # request keys being served now → done when served
+        self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -365,10 +359,9 @@ class Router:
         """
         offers: list[Offer] = []
         failed: set[str] = set()
-        kwargs = {"request": request, "settings": self.settings}
         for impl in reversed(hook.get_hookimpls()):
             try:
-                answer = impl.function(*[kwargs[name] for name in impl.argnames])
+                answer = _call_hookimpl(impl, request=request, settings=self.settings)
             except Exception as exc:
                 self._offers_fault(impl.plugin, request, f"failed in genroute_offers: {_fault(exc)}", rejections, exc)
                 failed.update(self._plugin_providers.get(id(impl.plugin), ()))
@@ -399,7 +392,7 @@ class Router:
         reason = f"{who} {what}; fix the plugin, or uninstall it"
         providers = self._plugin_providers.get(id(plugin))
         rejections.append(Rejection(", ".join(providers) if providers else "-", "-", request.tier, reason))
-        _report_fault(who, "genroute_offers", f"{reason} (its offers are skipped)", exc)
+        self._report_fault(who, "genroute_offers", f"{reason} (its offers are skipped)", exc)
 
     def _choose(self, request: RequestModel, usable: list[Offer], rejections: list[Rejection]) -> list[Offer]:
         """``usable`` as the first ``genroute_choose`` answer that is not None orders it (pluggy's firstresult).
@@ -413,12 +406,11 @@ class Router:
         if not impls:
             return usable
         for impl in reversed(impls):
-            kwargs = {"request": request, "offers": list(usable)}
             try:
-                answer = impl.function(*[kwargs[name] for name in impl.argnames])
+                answer = _call_hookimpl(impl, request=request, offers=list(usable))
             except Exception as exc:
                 who = plugin_label(self.pm, impl.plugin)
-                _report_fault(
+                self._report_fault(
                     who, "genroute_choose", f"{who} failed in genroute_choose: {_fault(exc)}; " + _IGNORED, exc
                 )
                 continue
@@ -427,7 +419,7 @@ class Router:
             chosen, what = _chosen(answer, usable)
             who = plugin_label(self.pm, impl.plugin)
             if chosen is None:
-                _report_fault(who, "genroute_choose", f"{who}: genroute_choose {what}; {_IGNORED}")
+                self._report_fault(who, "genroute_choose", f"{who}: genroute_choose {what}; {_IGNORED}")
                 continue
             kept = {id(offer) for offer in chosen}
             reason = f"{_DROPPED} ({who})"
@@ -495,6 +487,14 @@ class Router:
         why = self.unavailable_reason(name)
         return f"unavailable: {why}" if why else f"makes no offer for {request.task_name}"
 
+    def _report_fault(self, who: str, what: str, message: str, exc: BaseException | None = None) -> None:
+        """Log a plugin's fault as a warning once per router (later repeats at debug), its traceback at debug."""
+        first = (who, what) not in self._reported_faults
+        self._reported_faults.add((who, what))
+        log.log(logging.WARNING if first else logging.DEBUG, "%s", message)
+        if first and exc is not None:
+            log.debug("%s", redact("".join(traceback.format_exception(exc))))
+
     def unavailable_reason(self, name: str) -> str | None:
         """Why provider ``name`` cannot serve now, or None (also None for a provider no plugin registers).
 
@@ -509,7 +509,7 @@ class Router:
         if not found.fault:
             return found.reason
         why = f"{redact(found.reason or '')} (plugin {self.plugin_of.get(name, '?')}); fix the plugin"
-        _report_fault(name, "unavailable_reason", f"provider {name}: {why}; it counts as unavailable", found.error)
+        self._report_fault(name, "unavailable_reason", f"provider {name}: {why}; it counts as unavailable", found.error)
         return why
 
     async def aplan(self, request: RequestLike) -> RoutePlan:
@@ -910,7 +910,7 @@ class Router:
         # Each observer on its own: one that raises must neither fail the request nor silence the others.
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
+                _call_hookimpl(impl, **kwargs)
             except Exception:
                 log.warning(
                     "observer hook %s raised (plugin %s); ignored: %s",
@@ -933,7 +933,7 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
     for impl in reversed(pm.hook.genroute_budget_limits.get_hookimpls()):
         who = plugin_label(pm, impl.plugin)
         try:
-            answer: Any = impl.function(**{name: settings for name in impl.argnames if name == "settings"})
+            answer: Any = _call_hookimpl(impl, settings=settings)
         except Exception as exc:
             raise PluginError(
                 f"{who} failed in genroute_budget_limits: {_fault(exc)}", hint="fix the plugin, or uninstall it"
