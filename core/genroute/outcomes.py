@@ -52,17 +52,23 @@ def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryabl
 
 
 def extra_incurred(ctx: RunContext, provider: str | None = None) -> Decimal:
-    """What the provider put in ``ctx.extra["incurred"]`` (billed for work then cancelled), or 0.
+    """What the provider put in ``ctx.extra["incurred"]`` (billed for work then cancelled), or 0 (see
+    :func:`reported_incurred`)."""
+    return reported_incurred(ctx, provider) or Decimal(0)
+
+
+def reported_incurred(ctx: RunContext, provider: str | None = None) -> Decimal | None:
+    """What the provider put in ``ctx.extra["incurred"]``, or None when it reported nothing usable.
 
     Taken as :class:`ProviderError` takes ``incurred`` (:func:`genroute.errors.billed_amount`): a Decimal, an int, a
-    float (through ``str``) or a numeric string; anything else (negative, NaN, infinity, another type) is logged as a
-    warning naming the provider and counts as nothing reported.
+    float (through ``str``) or a numeric string, zero included; anything else (negative, NaN, infinity, another type)
+    is logged as a warning naming the provider and counts as nothing reported.
     """
     value = ctx.extra.get("incurred")
     if value is None:
-        return Decimal(0)
+        return None
     name = provider if provider is not None else _provider_name(ctx)
-    return billed_amount(value, provider=name, source='ctx.extra["incurred"]') or Decimal(0)
+    return billed_amount(value, provider=name, source='ctx.extra["incurred"]')
 
 
 def _provider_name(ctx: RunContext) -> str:

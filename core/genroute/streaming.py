@@ -12,7 +12,6 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -25,7 +24,7 @@ from .errors import (
 )
 from .ledger import Reservation
 from .money import quantize
-from .outcomes import call_cost, deadline_exceeded, extra_incurred, make_result, no_route, provider_failure
+from .outcomes import call_cost, deadline_exceeded, make_result, no_route, provider_failure, reported_incurred
 from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
@@ -215,10 +214,7 @@ def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str]
     # What the provider reported for the stopped work (say, the tokens generated before its cancel), as the
     # non-streamed path takes it (Router._try_offer): an amount, or Decimal(0) when nothing was produced. Popped,
     # so it is counted once whichever path closes the reservation.
-    reported: Decimal | None = None
-    if ctx.extra.get("incurred") is not None:
-        amount = extra_incurred(ctx)  # a value that is no amount of money is logged and comes back as 0
-        reported = amount if amount or _is_zero(ctx.extra["incurred"]) else None
+    reported = reported_incurred(ctx)  # a value that is no amount of money is logged and counts as none
     ctx.extra.pop("incurred", None)
     if reported is not None:
         if reported:
@@ -230,16 +226,6 @@ def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str]
         router.ledger.settle(reservation, reservation.amount, note=f"{why} after {len(pieces)} piece(s)")
     else:
         router.ledger.release(reservation, note=why)
-
-
-def _is_zero(value: object) -> bool:
-    """Whether ``value`` (as a provider may report money) is an amount of exactly zero."""
-    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
-        return False
-    try:
-        return Decimal(str(value).strip()) == 0
-    except ArithmeticError:
-        return False
 
 
 def _open_source(provider: Provider, request: TextGeneration, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
