@@ -9,14 +9,14 @@ from typing import Any
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32 + b"fake-png-body"
 
 
-def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """A silent mono 16-bit WAV file."""
+def wav_bytes(seconds: float = 0.5, rate: int = 8000, frame: bytes = b"\x00\x00") -> bytes:
+    """A mono 16-bit WAV file repeating one ``frame`` (silence by default)."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
+        w.writeframes(frame * int(seconds * rate))
     return buffer.getvalue()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import tomllib
-import wave
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +33,7 @@ from genroute_replicate.inputs import map_request
 from genroute_replicate.options import ReplicateOptions
 from genroute_replicate.outputs import acceptable, host_allowed, sniff, transcript_of
 from genroute_replicate.schema import ModelSchema, parse_openapi, validate_inputs
+from request_samples import wav_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "r8_CanaryToken0123456789abcdefXYZ"
@@ -140,13 +140,8 @@ def mask_png(width: int = 48, height: int = 32) -> bytes:
 
 
 def wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x01\x00" * int(seconds * rate))
-    return buf.getvalue()
+    """A mono 16-bit WAV file whose samples are not all zero."""
+    return wav_bytes(seconds, rate, frame=b"\x01\x00")
 
 
 def image_of(data: bytes) -> Image.Image:
