@@ -18,8 +18,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -875,46 +874,6 @@ class _Tally:
 def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink: TextIO, err: Console) -> _Tally:
     tally = _Tally()
     invalid: list[tuple[int, InvalidRequest]] = []
-    # A line repeating a request still running waits for it, then is served from the store: paid once.
-    Line = tuple[int, RequestModel | InvalidRequest]
-    running: set[str] = set()  # the requests in flight (cache "use")
-    waiting: dict[str, list[tuple[int, RequestModel]]] = {}  # their repeats, held back
-    ready: deque[tuple[int, RequestModel, str | None]] = deque()  # repeats whose request has finished
-
-    def requests(lines: Iterable[Line], numbers: list[int], identities: list[str | None]) -> Iterator[RequestModel]:
-        def take(number: int, request: RequestModel, identity: str | None) -> RequestModel:
-            numbers.append(number)
-            identities.append(identity)
-            if identity is not None:
-                running.add(identity)
-            return request
-
-        for number, request in lines:
-            while ready:
-                yield take(*ready.popleft())
-            if isinstance(request, InvalidRequest):
-                invalid.append((number, request))
-                continue
-            identity = _repeat_identity(request) if merges and request.cache == "use" else None
-            if identity is not None and identity in running:
-                waiting.setdefault(identity, []).append((number, request))
-                continue
-            yield take(number, request, identity)
-        while ready:
-            yield take(*ready.popleft())
-
-    def finished(identity: str | None, succeeded: bool) -> None:
-        if identity is None:
-            return
-        running.discard(identity)
-        held = waiting.pop(identity, [])
-        if succeeded:  # every repeat is now a store hit: let them all run
-            ready.extend((number, request, None) for number, request in held)
-        elif held:  # the request failed: its first repeat tries again, the others wait for that one
-            number, request = held.pop(0)
-            ready.append((number, request, identity))
-            if held:
-                waiting[identity] = held
 
     def emit(line: int, item: BatchItem | None, error: GenrouteError | None = None) -> None:
         record: dict[str, Any] = {"line": line}
@@ -957,23 +916,25 @@ def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink
         transient=False,
     )
     with _router(args) as router, progress:
-        merges = router.store is not None
         bar = progress.add_task("batch", total=total, cost="$0")
+        numbers: list[int] = []  # the input line of each request handed to the router, by batch index
+
+        def requests() -> Iterator[RequestModel]:
+            for number, data in source:
+                request = _validated(source.label, number, data)
+                if isinstance(request, InvalidRequest):
+                    invalid.append((number, request))
+                    continue
+                numbers.append(number)
+                yield request
 
         async def drive() -> None:
-            lines: Iterable[Line] = ((number, _validated(source.label, number, data)) for number, data in source)
-            while True:
-                numbers: list[int] = []
-                identities: list[str | None] = []
-                requested = requests(lines, numbers, identities)
-                async for item in router.aiter_batch(requested, concurrency=args.concurrency):
-                    emit_invalid()
-                    finished(identities[item.index], item.result is not None)
-                    emit(numbers[item.index], item)
+            # A line repeating a request still running is paid once: the router makes it wait for that one and
+            # serves it from the store (Router.arun).
+            async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
                 emit_invalid()
-                if not ready:  # repeats released after the input ran out run in one more round
-                    return
-                lines = ()
+                emit(numbers[item.index], item)
+            emit_invalid()
 
         router._sync().run(drive())
         progress.update(bar, total=tally.ok + tally.failed)  # known at last when the input was a pipe
