@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal as D
 from typing import Any
 
@@ -176,3 +177,92 @@ def test_a_file_at_the_jobs_path_is_named(tmp_path) -> None:  # type: ignore[no-
         JobStore(mine)
     assert f"job store at {mine}: a file is there, not a directory" in str(info.value)
     assert "jobs.path" in info.value.hint
+
+
+class Gated(Hooked):
+    """A provider whose submit takes a while (until ``opened``): two identical submissions overlap in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+        self.entered = 0
+        self.fail_next = False
+
+    async def submit(self, request: RequestModel, offer: Offer, ctx: RunContext, webhook_url: str) -> str:
+        self.entered += 1
+        await self.opened.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise ProviderUnavailable("HTTP 503 while creating", provider=self.name, retryable=False)
+        return await super().submit(request, offer, ctx, webhook_url)
+
+
+@pytest.fixture
+def shared(settings_factory, router_factory):  # type: ignore[no-untyped-def]
+    """Two routers over the same directories (two processes' views) calling one provider, which counts."""
+    settings = settings_factory({"hooked": section("hooked", "0.02")})
+    provider = Gated()
+    provider.opened.set()
+    return router_factory(settings, FakePlugin(provider)), router_factory(settings, FakePlugin(provider)), provider
+
+
+async def test_the_same_request_submitted_again_while_pending_gets_the_pending_job(shared) -> None:  # type: ignore[no-untyped-def]
+    first_router, second_router, provider = shared
+    job = await first_router.asubmit(_request(), webhook_url="https://example.test/hook")
+    again = await first_router.asubmit(_request(), webhook_url="https://example.test/hook")
+    elsewhere = await second_router.asubmit(_request(), webhook_url="https://example.test/other-hook")
+
+    assert again == job and elsewhere == job and job.status == "pending"
+    assert provider.submitted == [("pred-1", "https://example.test/hook")]  # one remote job, so paid once
+    [reservation] = second_router.ledger.open_reservations()
+    assert reservation.id == job.reservation_id and reservation.amount == D("0.04")
+    assert [j.id for j in second_router.jobs.list()] == [job.id]
+
+    done = await second_router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2})
+    assert done.status == "succeeded"
+    after = await first_router.asubmit(_request(), webhook_url="https://example.test/hook")  # finished: the store
+    assert after.status == "succeeded" and after.result is not None and after.result.cached and after.cost == 0
+    assert len(provider.submitted) == 1
+    assert [(e.status, e.actual) for e in first_router.ledger.entries() if e.status != "saving"] == [
+        ("settled", D("0.04"))
+    ]
+
+
+async def test_identical_submissions_at_the_same_moment_start_one_remote_job(shared) -> None:  # type: ignore[no-untyped-def]
+    first_router, second_router, provider = shared
+    provider.opened.clear()
+    submissions = [
+        asyncio.create_task(router.asubmit(_request(), webhook_url="https://example.test/hook"))
+        for router in (first_router, second_router, first_router)
+    ]
+    while provider.entered < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the others had every chance to start their own
+    provider.opened.set()
+    jobs = await asyncio.gather(*submissions)
+
+    assert provider.entered == 1 and len(provider.submitted) == 1
+    assert len({job.id for job in jobs}) == 1 and jobs[0].status == "pending"
+    assert len(first_router.ledger.open_reservations()) == 1
+
+
+async def test_a_submission_that_failed_leaves_nothing_in_the_way_of_the_next(shared) -> None:  # type: ignore[no-untyped-def]
+    router, _, provider = shared
+    provider.fail_next = True
+    with pytest.raises(NoRouteAvailable, match="HTTP 503 while creating"):
+        await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    assert job.status == "pending" and provider.submitted == [("pred-1", "https://example.test/hook")]
+
+
+async def test_a_failed_job_or_a_refresh_starts_new_work(shared) -> None:  # type: ignore[no-untyped-def]
+    router, _, provider = shared
+    first = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    refreshed = await router.asubmit(_request().model_copy(update={"cache": "refresh"}), webhook_url="https://x.test/h")
+    assert refreshed.id != first.id and refreshed.remote_id == "pred-2"  # asked for new work: it gets it
+    assert await router.asubmit(_request(), webhook_url="https://example.test/hook") == first
+
+    await router.acomplete("hooked", "pred-1", {"status": "failed", "error": "NSFW"})
+    retried = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    assert retried.id not in (first.id, refreshed.id) and retried.remote_id == "pred-3"
+    assert len(provider.submitted) == 3

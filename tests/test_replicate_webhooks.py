@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -37,6 +39,7 @@ from test_replicate_helpers import TOKEN, build_settings, png
 UNREACHABLE = "http://127.0.0.1:9/hooks"  # the discard port: the fake's delivery fails; tests replay it by hand
 OTHER_SECRET = "whsec_" + base64.b64encode(b"not the account's signing secret").decode()
 
+PROCESSES = 3
 pytest_plugins = ["test_replicate_helpers"]  # its fixtures: fake, token, router, make_router
 
 
@@ -312,3 +315,65 @@ def test_a_failed_or_canceled_job_records_the_cost_the_ledger_settled(
         assert done.cost == settled[job.reservation_id or ""]
     assert submitter.jobs.get(failed.id).cost == Decimal("0.000530")  # type: ignore[union-attr]
     assert submitter.ledger.open_reservations() == []
+
+
+def _creates(fake: FakeReplicate) -> int:
+    return fake.count("POST", "/v1/models/*/predictions") + fake.count("POST", "/v1/predictions")
+
+
+def test_the_same_request_submitted_again_while_pending_creates_one_prediction(
+    fake: FakeReplicate, routers: tuple[Router, Router]
+) -> None:
+    submitter, other = routers  # two processes' views of the same directories
+    app = create_app(other, secret=fake.webhook_secret, tolerance=300)
+    fake.set_predict_time("nightmareai/real-esrgan", 5.0)  # still running while it is submitted again
+    request = Upscale(image=png(), tier="fast")
+    job = submitter.submit(request, webhook_url=UNREACHABLE)
+    assert submitter.submit(request, webhook_url=UNREACHABLE) == job
+    assert other.submit(request, webhook_url=UNREACHABLE) == job
+
+    assert _creates(fake) == 1 and len(fake.predictions) == 1
+    [reservation] = other.ledger.open_reservations()
+    assert reservation.id == job.reservation_id
+    # A different request is new work, as before.
+    different = other.submit(Upscale(image=png(colour=(1, 2, 3)), tier="fast"), webhook_url=UNREACHABLE)
+    assert different.id != job.id and _creates(fake) == 2
+
+    client = replicate.Client(api_token=fake.token, base_url=fake.base_url)
+    for prediction_id in (job.remote_id, different.remote_id):
+        client.predictions.cancel(prediction_id or "")  # say, from Replicate's dashboard
+    assert _replay(app, fake, job.remote_id or "").json()["status"] == "canceled"
+    again = submitter.submit(request, webhook_url=UNREACHABLE)  # the job is over: this is new work
+    assert again.id != job.id and again.status == "pending" and _creates(fake) == 3
+
+
+def _submit_in_a_process(settings: Any, token: str, start: Any, results: Any) -> None:
+    """One process: a Router over the shared directories (plugins from entry points) submits the request."""
+    os.environ["REPLICATE_API_TOKEN"] = token
+    with Router(settings) as router:
+        start.wait(60)
+        job = router.submit(Upscale(image=png(), tier="fast"), webhook_url=UNREACHABLE)
+        results.put(job.id)
+
+
+@pytest.mark.slow
+def test_identical_submissions_from_several_processes_create_one_prediction(
+    fake: FakeReplicate, token: str, tmp_path: Path
+) -> None:
+    settings = build_settings(tmp_path, fake)
+    fake.set_predict_time("nightmareai/real-esrgan", 5.0)
+    fake.faults.add("POST /v1/*predictions", "slow", seconds=0.5)  # the others arrive while it is under way
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [
+        ctx.Process(target=_submit_in_a_process, args=(settings, token, start, results), daemon=True)
+        for _ in range(PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    ids = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert len(set(ids)) == 1  # every process got the same job
+    assert _creates(fake) == 1 and len(fake.predictions) == 1  # and Replicate was asked once: paid once

@@ -1,7 +1,9 @@
 """Jobs: requests handed to a provider that answers later, by webhook, instead of while the caller waits.
 
-A job is recorded before the provider is asked, so a completion arriving in another process (the
-webhook receiver) finds the reservation to settle and the request key to store the result under.
+A job is recorded as soon as the provider accepted it, so a completion arriving in another process (the
+webhook receiver) finds the reservation to settle and the request key to store the result under. While a
+request's job is pending, its request key is marked with the job's id, so an identical submission (in any
+process sharing the directory) is handed that job instead of starting the work, and paying for it, again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _JOB = "j|"
 _REMOTE = "r|"
 _SEEN = "w|"
 _CLAIM = "c|"
+_SUBMITTING = "p|"  # request key → the id of the job being submitted, or pending, for it
 
 
 class Job(BaseModel):
@@ -72,10 +75,18 @@ class JobStore:
             self._cache: Any = diskcache.Cache(str(self.path), eviction_policy="none", cull_limit=0)
 
     def add(self, job: Job) -> None:
+        """Record ``job``; the mark :meth:`start_submission` left for its request stays while the job is
+        pending (now without expiry: the job is on record) and goes when it is finished."""
         with self._guard(f"record job {job.id}"), self._cache.transact():
             self._cache.set(_JOB + job.id, job.model_dump_json())
             if job.remote_id:
                 self._cache.set(f"{_REMOTE}{job.provider}|{job.remote_id}", job.id)
+            mark = _SUBMITTING + job.request_key
+            if self._cache.get(mark) == job.id:
+                if job.status == "pending":
+                    self._cache.set(mark, job.id)
+                else:
+                    self._cache.delete(mark)
 
     def update(self, job: Job) -> None:
         self.add(job)
@@ -98,6 +109,29 @@ class JobStore:
             raws = [self._cache.get(k) for k in keys]
         jobs = [Job.model_validate_json(raw) for raw in raws if raw is not None]
         return sorted((j for j in jobs if status is None or j.status == status), key=lambda j: j.created_at)
+
+    def start_submission(self, request_key: str, job_id: str, *, expire: float) -> str | None:
+        """Mark ``job_id`` as the submission of ``request_key`` (atomic across processes).
+
+        Returns None when the mark is now ``job_id``'s; else the id of the job that holds it: submitted
+        and pending, or still being handed to its provider (no record yet). The mark lapses after
+        ``expire`` seconds unless :meth:`add` records the job pending first (so a process that died while
+        submitting blocks nobody for long); :meth:`add` removes it when the job finishes.
+        """
+        mark = _SUBMITTING + request_key
+        with self._guard(f"mark the submission of job {job_id}"), self._cache.transact():
+            held = self._cache.get(mark)
+            if held is not None:
+                return str(held)
+            self._cache.set(mark, job_id, expire=expire)
+            return None
+
+    def drop_submission(self, request_key: str, job_id: str) -> None:
+        """Remove ``request_key``'s mark if ``job_id`` holds it (its submission failed, or the job is over)."""
+        mark = _SUBMITTING + request_key
+        with self._guard(f"unmark the submission of job {job_id}"), self._cache.transact():
+            if self._cache.get(mark) == job_id:
+                self._cache.delete(mark)
 
     def first_sighting(self, delivery_id: str, *, keep_seconds: float) -> bool:
         """True the first time a webhook delivery id is seen; False for a replay (atomic across processes)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import billing
 from .errors import (
     BudgetExceeded,
+    DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
     LedgerError,
@@ -23,6 +24,7 @@ from .errors import (
     ProviderRejectedInput,
     Rejection,
     RemoteCanceled,
+    StoreError,
 )
 from .jobs import Job, now_utc
 from .ledger import Reservation
@@ -38,15 +40,66 @@ if TYPE_CHECKING:
 # The router's logger: a job is one request's way through the router.
 log = logging.getLogger("genroute.router")
 
+_SUBMITTING_POLL_SECONDS = 0.05  # how often a submission waiting for an identical one looks for its job
+
 
 async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> Job:
-    """:meth:`Router.asubmit <genroute.router.Router.asubmit>`: reserve, hand the request over, record the job."""
+    """:meth:`Router.asubmit <genroute.router.Router.asubmit>`: reserve, hand the request over, record the job.
+
+    The same request (same request key) submitted again while its job is pending gets that job back: no
+    second remote job, no second reservation, in any process sharing ``jobs.path``. A submission arriving
+    while the first is still being handed to its provider waits for it to be recorded. ``cache = "refresh"``
+    or ``"bypass"`` asks for new work, so such a request never joins a pending job.
+    """
     started = time.perf_counter()
     model, key = await router._prepare(request)
+    deadline_seconds = model.deadline_seconds or router.settings.routing.deadline_seconds
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds
+    job_id = uuid.uuid4().hex
+    while True:
+        # Marked before the store is looked at: a job finishing meanwhile stores its result before its mark goes.
+        holder = router.jobs.start_submission(key, job_id, expire=deadline_seconds + 60)
+        if holder is None or model.cache != "use":
+            break
+        earlier = router.jobs.get(holder)
+        if earlier is not None and earlier.status == "pending":
+            log.info("job %s: the same request is already pending as job %s; not submitted again", job_id, holder)
+            return earlier
+        if earlier is not None:  # finished, yet still marked: stale, the store decides below
+            router.jobs.drop_submission(key, holder)
+            continue
+        if loop.time() >= deadline:  # being handed to its provider (here or in another process) for too long
+            raise DeadlineExceeded(
+                f"the same request is being submitted by another caller (job {holder}), and it was not recorded "
+                f"within {deadline_seconds:g}s",
+                hint="look for it with `genroute jobs --status pending` and submit again, or submit with "
+                'cache = "refresh" to start new work regardless',
+            )
+        await asyncio.sleep(_SUBMITTING_POLL_SECONDS)
+    marked = holder is None
+    try:
+        return await _submit(router, model, key, job_id, webhook_url, started, deadline, deadline_seconds)
+    except BaseException:
+        if marked:  # nothing recorded: let the next identical submission start its own
+            _unmark(router, key, job_id)
+        raise
+
+
+async def _submit(
+    router: Router,
+    model: RequestModel,
+    key: str,
+    job_id: str,
+    webhook_url: str,
+    started: float,
+    deadline: float,
+    deadline_seconds: float,
+) -> Job:
     hit = router._lookup(model, key, started)
     if hit is not None:
         job = Job(
-            id=uuid.uuid4().hex,
+            id=job_id,
             request_key=key,
             task=model.task_name,
             tier=hit.tier,
@@ -60,11 +113,9 @@ async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> J
             result=hit,
             cost=Decimal(0),
         )
-        router.jobs.add(job)
+        router.jobs.add(job)  # finished: its submission mark goes with it
         return job
     candidates, rejections = router._candidates(model)
-    deadline_seconds = model.deadline_seconds or router.settings.routing.deadline_seconds
-    deadline = asyncio.get_running_loop().time() + deadline_seconds
     for offer in candidates:
         provider = router.providers[offer.provider]
         if not provider.supports_webhooks:
@@ -88,7 +139,7 @@ async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> J
             router.ledger.release(reservation, note="submission cancelled")
             raise
         job = Job(
-            id=uuid.uuid4().hex,
+            id=job_id,
             request_key=key,
             task=model.task_name,
             tier=offer.tier,
@@ -101,13 +152,20 @@ async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> J
             keep=model.cache != "bypass",
             created_at=now_utc(),
         )
-        router.jobs.add(job)
+        router.jobs.add(job)  # pending: its submission mark now points identical submissions at it
         return job
     raise no_route(
         f"no provider could take this request by webhook (profile {router.settings.profile!r}):",
         rejections,
         pinned=model.provider,
     )
+
+
+def _unmark(router: Router, key: str, job_id: str) -> None:
+    try:
+        router.jobs.drop_submission(key, job_id)
+    except StoreError as exc:  # the mark lapses by itself after the deadline; the original error matters more
+        log.warning("job %s: could not remove its submission mark: %s", job_id, exc.message)
 
 
 async def complete(router: Router, provider: str, remote_id: str, payload: Any) -> Job:
