@@ -15,8 +15,9 @@ from genroute.ledger import Ledger
 from genroute.types import TextToImage
 
 D = Decimal
-TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets), or ask for a cheaper tier"
-PERIOD_HINT = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+# No cheaper tier is suggested unless the router found one where an offer fits the budget.
+TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets)"
+PERIOD_HINT = "raise the limit in plugins.toml, or wait for the next period"
 
 
 def refusal(period: str) -> BudgetExceeded:
@@ -66,8 +67,25 @@ def test_route_hint_follows_the_period_of_the_refusing_limits(rejections: list[R
 
 def test_a_mix_of_total_and_periodic_limits_says_which_can_be_waited_for() -> None:
     hint = over_budget_hint(["total", "monthly"])
-    assert hint.startswith("raise the limit in plugins.toml, or ask for a cheaper tier")
+    assert hint.startswith("raise the limit in plugins.toml; ")
     assert "frees only a daily or monthly limit (a total limit never resets)" in hint
+    assert "tier" not in hint
+
+
+@pytest.mark.parametrize(
+    ("periods", "hint"),
+    [
+        (["daily"], "raise the limit in plugins.toml, wait for the next period, or ask for the cheaper tier fast, "),
+        (["total"], "raise the total limit in plugins.toml (a total limit never resets), or ask for the cheaper tier "),
+        (["total", "daily"], "raise the limit in plugins.toml, or ask for the cheaper tier fast, where an offer fits "),
+    ],
+)
+def test_a_cheaper_tier_is_suggested_only_when_the_router_found_one_that_fits(periods: list[str], hint: str) -> None:
+    assert over_budget_hint(periods, ["fast"]).startswith(hint)
+    assert "tier" not in over_budget_hint(periods)
+    assert over_budget_hint(["daily"], ["fast", "balanced"]).endswith(
+        "or ask for a cheaper tier (fast or balanced), where an offer fits the budget"
+    )
 
 
 def test_over_budget_error_on_a_total_limit_asks_to_raise_it() -> None:

@@ -13,6 +13,7 @@ import pytest
 from conftest import FakePlugin, FakeProvider, section
 from genroute.errors import (
     AuthenticationFailed,
+    DeadlineExceeded,
     InputRefused,
     NoRouteAvailable,
     OverBudget,
@@ -82,7 +83,8 @@ async def test_every_offer_over_budget_asks_for_a_higher_limit_or_a_wait(setting
     err = await no_route(router)
 
     assert isinstance(err, OverBudget) and err.exit_code == 5
-    assert err.hint == "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+    # a is offered at tier balanced alone: there is no cheaper tier to ask for
+    assert err.hint == "raise the limit in plugins.toml, or wait for the next period"
 
 
 async def test_over_budget_beside_a_missing_token_gives_both_ways_out(settings_factory, router_factory):
@@ -97,8 +99,73 @@ async def test_over_budget_beside_a_missing_token_gives_both_ways_out(settings_f
     assert isinstance(err, OverBudget)
     assert err.hint == (
         "set AWAY_TOKEN in the environment, or use another profile; "
-        "or raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
+        "or raise the limit in plugins.toml, or wait for the next period"
     )
+
+
+DAILY = [{"scope": "global", "period": "daily", "usd": "0.015"}]  # fits fast ($0.01), not balanced ($0.02)
+
+
+async def test_over_budget_at_the_fast_tier_never_asks_for_a_cheaper_tier(settings_factory, router_factory):
+    a = FakeProvider("a")
+    limits = [{"scope": "global", "period": "daily", "usd": "0.001"}]
+    router = router_factory(settings_factory({"a": section("a")}, limits=limits), FakePlugin(a))
+
+    err = await no_route(router, image(tier="fast"))  # fast is the cheapest tier there is
+
+    assert isinstance(err, OverBudget)
+    assert err.hint == "raise the limit in plugins.toml, or wait for the next period"
+    assert not a.calls
+
+
+async def test_over_budget_asks_for_a_cheaper_tier_only_where_an_offer_fits_the_budget(
+    settings_factory, router_factory
+):
+    a = FakeProvider("a")
+    router = router_factory(settings_factory({"a": section("a")}, limits=DAILY), FakePlugin(a))
+
+    err = await no_route(router, image(tier="quality"))
+
+    assert isinstance(err, OverBudget)
+    # balanced ($0.02) is cheaper than quality but over the $0.015 left too: only fast would be served
+    assert err.hint == (
+        "raise the limit in plugins.toml, wait for the next period, "
+        "or ask for the cheaper tier fast, where an offer fits the budget"
+    )
+    assert (await router.arun(image(tier="fast"))).tier == "fast"  # and it does: the hint was true
+
+
+async def test_over_budget_with_no_cheaper_offer_asks_only_for_money_or_time(settings_factory, router_factory):
+    a = FakeProvider("a")
+    # balanced and quality only: nothing cheaper than balanced exists
+    config = settings_factory({"a": section("a", {"balanced": "0.02", "quality": "0.04"})}, limits=DAILY)
+    router = router_factory(config, FakePlugin(a))
+
+    err = await no_route(router, image(tier="balanced"))
+
+    assert err.hint == "raise the limit in plugins.toml, or wait for the next period"
+
+
+async def test_a_cheaper_tier_also_over_budget_is_not_suggested(settings_factory, router_factory):
+    a = FakeProvider("a")
+    limits = [{"scope": "global", "period": "total", "usd": "0.005"}]  # under even fast's $0.01
+    router = router_factory(settings_factory({"a": section("a")}, limits=limits), FakePlugin(a))
+
+    err = await no_route(router, image(tier="quality"))
+
+    assert err.hint == "raise the total limit in plugins.toml (a total limit never resets)"
+
+
+async def test_a_stream_over_budget_names_the_cheaper_tier_that_fits(settings_factory, router_factory):
+    a = FakeProvider("a", stream_pieces=["hi"])
+    config = settings_factory({"a": section("a", task="text-generation", unit="request")}, limits=DAILY)
+    router = router_factory(config, FakePlugin(a))
+
+    with pytest.raises(OverBudget) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="hi", tier="balanced"))]
+
+    assert info.value.hint.endswith("or ask for the cheaper tier fast, where an offer fits the budget")
+    assert router.ledger.open_reservations() == []
 
 
 async def test_offers_only_in_other_tiers_name_the_tiers_on_offer(settings_factory, router_factory):
@@ -312,3 +379,34 @@ async def test_a_misspelt_pin_says_no_plugin_registers_it_even_when_tokens_are_m
 
     assert err.pinned == "repp"
     assert err.hint.startswith("no installed plugin registers 'repp'")
+
+
+# ---------------------------------------------------------------------------------------------- deadline
+
+
+async def test_a_deadline_at_the_fast_tier_never_asks_for_a_faster_one(settings_factory, router_factory):
+    slow = FakeProvider("slow", sleep=5)
+    router = router_factory(settings_factory({"slow": section("slow")}), FakePlugin(slow))
+
+    with pytest.raises(DeadlineExceeded) as info:
+        await router.arun(image(tier="fast", deadline_seconds=0.1))
+
+    assert info.value.hint == "raise deadline_seconds (or routing.deadline_seconds in plugins.toml)"
+    assert "faster" not in str(info.value)
+
+
+async def test_a_deadline_names_the_faster_tier_only_when_an_offer_there_could_serve(settings_factory, router_factory):
+    slow = FakeProvider("slow", sleep=5)
+    router = router_factory(settings_factory({"slow": section("slow")}), FakePlugin(slow))
+
+    with pytest.raises(DeadlineExceeded) as info:
+        await router.arun(image(tier="balanced", deadline_seconds=0.1))
+    assert info.value.hint == (
+        "raise deadline_seconds (or routing.deadline_seconds in plugins.toml), "
+        "or ask for the faster tier fast, where an offer could serve"
+    )
+
+    only_balanced = router_factory(settings_factory({"slow": section("slow", "0.02")}), FakePlugin(slow))
+    with pytest.raises(DeadlineExceeded) as info:
+        await only_balanced.arun(image(tier="balanced", deadline_seconds=0.1))
+    assert "faster" not in str(info.value)

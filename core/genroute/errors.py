@@ -72,24 +72,36 @@ class InvalidRequest(GenrouteError):
         self.field = field
 
 
-_OVER_BUDGET_HINT = "raise the limit in plugins.toml, wait for the next period, or ask for a cheaper tier"
-_OVER_TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets), or ask for a cheaper tier"
+_OVER_BUDGET_HINT = "raise the limit in plugins.toml, or wait for the next period"
+_OVER_TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets)"
 _OVER_MIXED_HINT = (
-    "raise the limit in plugins.toml, or ask for a cheaper tier; waiting for the next period frees only a daily "
-    "or monthly limit (a total limit never resets)"
+    "raise the limit in plugins.toml; waiting for the next period frees only a daily or monthly limit "
+    "(a total limit never resets)"
 )
 _PERIOD_IN_REFUSAL = re.compile(r"\((total|daily|monthly)\) would be exceeded")
 
 
-def over_budget_hint(periods: Iterable[str | None]) -> str:
+def over_budget_hint(periods: Iterable[str | None], cheaper_tiers: Sequence[str] = ()) -> str:
     """What to do about offers over budget, from the periods of the limits that refused them (None: unknown).
 
     A total limit never resets, so waiting is offered only when no refusing limit is known to be a total one.
+    ``cheaper_tiers`` are the tiers below the one asked for where an offer would fit the budget now (the router
+    works them out); a cheaper tier is suggested only then, never on the chance that one exists.
     """
     known = {period for period in periods if period is not None}
+    tier = f"ask for {_cheaper(cheaper_tiers)}, where an offer fits the budget" if cheaper_tiers else ""
     if "total" not in known:
-        return _OVER_BUDGET_HINT
-    return _OVER_TOTAL_HINT if known == {"total"} else _OVER_MIXED_HINT
+        return f"raise the limit in plugins.toml, wait for the next period, or {tier}" if tier else _OVER_BUDGET_HINT
+    if known == {"total"}:
+        return f"{_OVER_TOTAL_HINT}, or {tier}" if tier else _OVER_TOTAL_HINT
+    if not tier:
+        return _OVER_MIXED_HINT
+    raise_it, _, wait = _OVER_MIXED_HINT.partition("; ")
+    return f"{raise_it}, or {tier}; {wait}"
+
+
+def _cheaper(tiers: Sequence[str]) -> str:
+    return f"the cheaper tier {tiers[0]}" if len(tiers) == 1 else f"a cheaper tier ({' or '.join(tiers)})"
 
 
 class BudgetExceeded(GenrouteError):
@@ -172,17 +184,25 @@ class NoRouteAvailable(GenrouteError):
     hint_from_rejections = True
 
     def __init__(
-        self, message: str, rejections: list[Rejection], *, hint: str | None = None, pinned: str | None = None
+        self,
+        message: str,
+        rejections: list[Rejection],
+        *,
+        hint: str | None = None,
+        pinned: str | None = None,
+        cheaper_tiers: Sequence[str] = (),
     ) -> None:
         lines = [message] + [f"  - {r}" for r in rejections]
         if not rejections:
             lines.append("  (no provider made any offer for this task)")
         if hint is None and self.hint_from_rejections:
-            hint = route_hint(rejections, pinned=pinned)
+            hint = route_hint(rejections, pinned=pinned, cheaper_tiers=cheaper_tiers)
         super().__init__("\n".join(lines), hint=hint)
         self.rejections = rejections
         self.pinned = pinned
         """The provider the request was pinned to (its ``provider`` field), when the router said."""
+        self.cheaper_tiers = tuple(cheaper_tiers)
+        """The tiers below the one asked for where an offer would have fit the budget, when the router said."""
 
 
 class InputRefused(NoRouteAvailable):
@@ -209,11 +229,14 @@ _PINNED_ELSEWHERE = "not the pinned provider "
 _DROPPED_BY_CHOOSER = "dropped by genroute_choose"
 
 
-def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) -> str | None:
+def route_hint(
+    rejections: Sequence[Rejection], *, pinned: str | None = None, cheaper_tiers: Sequence[str] = ()
+) -> str | None:
     """What to do when no offer could serve, from why each was passed over; None when they suggest nothing.
 
     A missing token names its variable; offers over budget ask for a higher limit, or a wait unless a total limit
-    (which never resets) refused them (:func:`over_budget_hint`); otherwise-usable
+    (which never resets) refused them, or a cheaper tier only if ``cheaper_tiers`` names one where an offer would
+    fit the budget (:func:`over_budget_hint`; the router works them out); otherwise-usable
     offers of another tier name the tiers on offer. Several causes give several remedies, most direct first.
     Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
     provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
@@ -272,7 +295,7 @@ def route_hint(rejections: Sequence[Rejection], *, pinned: str | None = None) ->
     if unavailable:
         remedies.append(f"make {_names(unavailable)} available again ({_its(unavailable)} lines say what is missing)")
     if over_budget:
-        remedies.append(over_budget_hint(over_budget))
+        remedies.append(over_budget_hint(over_budget, cheaper_tiers))
     if cooling:
         remedies.append(f"wait for {_names(cooling)} to finish cooling down")
     if too_many_outputs:
@@ -342,7 +365,16 @@ class DeadlineExceeded(GenrouteError):
     """The request's deadline passed; remote work was cancelled where the provider allows."""
 
     exit_code = 8
-    default_hint = "raise deadline_seconds or try a faster tier"
+    default_hint = "raise deadline_seconds (or routing.deadline_seconds in plugins.toml)"
+
+    def __init__(self, message: str, *, hint: str | None = None, faster_tiers: Sequence[str] = ()) -> None:
+        if hint is None and faster_tiers:
+            hint = f"{self.default_hint}, or ask for {_faster(faster_tiers)}, where an offer could serve"
+        super().__init__(message, hint=hint)
+
+
+def _faster(tiers: Sequence[str]) -> str:
+    return f"the faster tier {tiers[0]}" if len(tiers) == 1 else f"a faster tier ({' or '.join(tiers)})"
 
 
 class BatchInterrupted(GenrouteError):

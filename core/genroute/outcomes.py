@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -79,30 +80,41 @@ def _provider_name(ctx: RunContext) -> str:
     return ""
 
 
-def no_route(message: str, rejections: list[Rejection], *, pinned: str | None = None) -> NoRouteAvailable:
+def no_route(
+    message: str, rejections: list[Rejection], *, pinned: str | None = None, cheaper_tiers: Sequence[str] = ()
+) -> NoRouteAvailable:
     """NoRouteAvailable, or OverBudget when money, not capability, is what stopped every offer.
 
     ``pinned``: the provider the request was pinned to (``request.provider``), so that the hint speaks of it alone
-    (:func:`genroute.errors.route_hint`).
+    (:func:`genroute.errors.route_hint`). ``cheaper_tiers``: the tiers below the one asked for where an offer would
+    fit the budget now (``Router._lower_tiers``), the only cheaper tiers the hint may suggest.
     """
     reasons = [r.reason for r in rejections]
     if any(r.startswith("over budget") for r in reasons) and not any(r.startswith("failed") for r in reasons):
-        return OverBudget(message, rejections, pinned=pinned)
+        return OverBudget(message, rejections, pinned=pinned, cheaper_tiers=cheaper_tiers)
     tried = [r for r in rejections if r.reason.startswith("failed")]
     if tried and all(r.refused_input for r in tried) and not any(r.startswith("over budget") for r in reasons):
         return InputRefused(message, rejections, pinned=pinned)
-    return NoRouteAvailable(message, rejections, pinned=pinned)
+    return NoRouteAvailable(message, rejections, pinned=pinned, cheaper_tiers=cheaper_tiers)
 
 
 def deadline_exceeded(
-    what: str, seconds: float, cut_short: Offer | None, rejections: list[Rejection]
+    what: str,
+    seconds: float,
+    cut_short: Offer | None,
+    rejections: list[Rejection],
+    faster_tiers: Sequence[str] = (),
 ) -> DeadlineExceeded:
-    """DeadlineExceeded naming the offer whose call the deadline cut short and what was tried before it."""
+    """DeadlineExceeded naming the offer whose call the deadline cut short and what was tried before it.
+
+    ``faster_tiers``: the tiers below the one asked for where an offer could serve (``Router._lower_tiers``), the
+    only faster tiers the hint may suggest.
+    """
     if cut_short is not None:
         stopped = Rejection(cut_short.provider, cut_short.model, cut_short.tier, "cut short by the deadline")
         rejections = [*rejections, stopped]
     offers = f" (offers: {'; '.join(str(r) for r in rejections)})" if rejections else ""
-    return DeadlineExceeded(f"{what} did not finish within {seconds:g}s{offers}")
+    return DeadlineExceeded(f"{what} did not finish within {seconds:g}s{offers}", faster_tiers=faster_tiers)
 
 
 def make_result(

@@ -60,7 +60,7 @@ from .retry import Backoff
 from .secrets import redact
 from .store import ResultStore
 from .streaming import SyncTextStream, TextStream
-from .types import TASKS, Offer, OutputFile, ProviderOutput, RequestModel, Result, parse_request
+from .types import TASKS, TIERS, Offer, OutputFile, ProviderOutput, RequestModel, Result, parse_request
 
 log = logging.getLogger("genroute.router")
 
@@ -306,12 +306,16 @@ class Router:
             return ("simulated", f"provider:{offer.provider}")
         return ("global", f"provider:{offer.provider}")
 
-    def _candidates(self, request: RequestModel, *, explain: bool = False) -> tuple[list[Offer], list[Rejection]]:
+    def _candidates(
+        self, request: RequestModel, *, explain: bool = False, other_tiers: list[Offer] | None = None
+    ) -> tuple[list[Offer], list[Rejection]]:
         """Usable offers in the order to try them, and the offers passed over with why.
 
         To serve a request only the plugins with a provider in the active profile are asked (and the ones
         that register no provider, which may offer for others); ``explain`` (``plan``) asks every plugin,
         so that providers outside the profile are listed too. So is a pin to a provider outside it.
+        ``other_tiers``, when given, receives the offers passed over only for their tier, for
+        :meth:`_lower_tiers` to tell whether a cheaper tier could serve should every offer fail.
         """
         profile = self.settings.active
         order = {name: i for i, name in enumerate(profile.providers)}
@@ -330,6 +334,8 @@ class Router:
                 binding = headroom.get(self.budget_scopes(offer)) if reason.startswith("over budget") else None
                 period = binding.period if binding is not None else None
                 rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, budget_period=period))
+                if other_tiers is not None and reason.startswith("wrong tier"):
+                    other_tiers.append(offer)
             else:
                 usable.append(offer)
         offered = {offer.provider for offer in offers} | failed  # a failed plugin's providers have their line
@@ -474,6 +480,30 @@ class Router:
             return f"over budget ({fmt_usd(tightest.left)} left in {where}, needs {fmt_usd(offer.estimate)})"
         return None
 
+    def _lower_tiers(self, request: RequestModel, other_tiers: Sequence[Offer]) -> list[str]:
+        """The tiers below ``request``'s (cheaper and faster) where one of ``other_tiers`` — offers passed over only
+        for their tier — could serve it now, budget included: what a hint may suggest once no offer could serve.
+
+        Worked out only then, never on the way to a success; none below ``fast``, none for a pinned model.
+        """
+        below = TIERS[: TIERS.index(request.tier)]
+        if not below or not other_tiers:
+            return []
+        order = {name: i for i, name in enumerate(self.settings.active.providers)}
+        budgeted = bool(self.settings.limits())
+        headroom: dict[tuple[str, ...], Headroom | None] = {}
+        unavailable = {name: self.unavailable_reason(name) for name in {o.provider for o in other_tiers}}
+        fitting: list[str] = []
+        for tier in below:
+            at_tier = request.model_copy(update={"tier": tier})
+            if any(
+                offer.tier == tier
+                and self._rejection_reason(at_tier, offer, order, budgeted, headroom, unavailable) is None
+                for offer in other_tiers
+            ):
+                fitting.append(tier)
+        return fitting
+
     def _silence_reason(self, name: str, request: RequestModel) -> str:
         provider = self.providers.get(name)
         if provider is None:
@@ -570,7 +600,8 @@ class Router:
         self, request: RequestModel, key: str, started: float, deadline: float, deadline_seconds: float
     ) -> Result:
         """Serve a request the store does not hold: offers, then each usable one in turn until one succeeds."""
-        candidates, rejections = self._candidates(request)
+        other_tiers: list[Offer] = []
+        candidates, rejections = self._candidates(request, other_tiers=other_tiers)
         running: Offer | None = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -580,12 +611,14 @@ class Router:
                         return result
                 running = None
         except TimeoutError:
-            raise deadline_exceeded("request", deadline_seconds, running, rejections) from None
+            faster = self._lower_tiers(request, other_tiers)
+            raise deadline_exceeded("request", deadline_seconds, running, rejections, faster) from None
         raise no_route(
             f"no provider could serve this {request.task_name} request "
             f"(tier {request.tier}, profile {self.settings.profile!r}):",
             rejections,
             pinned=request.provider,
+            cheaper_tiers=self._lower_tiers(request, other_tiers),
         )
 
     def _lookup(self, request: RequestModel, key: str, started: float) -> Result | None:

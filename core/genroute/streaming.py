@@ -132,7 +132,8 @@ async def _stream_offers(
         if hit.text:
             yield hit.text
         return
-    candidates, rejections = router._candidates(request)
+    other_tiers: list[Offer] = []
+    candidates, rejections = router._candidates(request, other_tiers=other_tiers)
     loop = asyncio.get_running_loop()
     deadline_seconds = request.deadline_seconds or router.settings.routing.deadline_seconds
     deadline = loop.time() + deadline_seconds
@@ -172,7 +173,8 @@ async def _stream_offers(
             continue
         except TimeoutError:
             _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
-            raise deadline_exceeded("stream", deadline_seconds, offer, rejections) from None
+            faster = router._lower_tiers(request, other_tiers)
+            raise deadline_exceeded("stream", deadline_seconds, offer, rejections, faster) from None
         except BaseException:
             _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
             raise
@@ -198,6 +200,7 @@ async def _stream_offers(
         f"(tier {request.tier}, profile {router.settings.profile!r}):",
         rejections,
         pinned=request.provider,
+        cheaper_tiers=router._lower_tiers(request, other_tiers),
     )
 
 
