@@ -688,3 +688,87 @@ async def test_a_stream_stopped_by_its_deadline_settles_what_the_provider_report
     (entry,) = list(router.ledger.entries())
     assert (entry.status, entry.actual if status == "settled" else None) == (status, actual)
     assert router.ledger.open_reservations() == []
+
+
+# ------------------------------------------------------------------------------------- empty stream output
+
+
+class _EmptyStream(FakeProvider):
+    """A stream that ends without any text; ``reported`` is the ProviderOutput it leaves in ``ctx.extra``."""
+
+    def __init__(self, name: str, pieces: list[str], reported: ProviderOutput | None = None) -> None:
+        super().__init__(name, stream_pieces=pieces)
+        self.reported = reported
+
+    async def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:
+        self.stream_calls += 1
+        for piece in self.stream_pieces or []:
+            yield piece
+        if self.reported is not None:
+            ctx.extra["output"] = self.reported
+
+
+@pytest.mark.parametrize("pieces", [[], ["", ""]])
+async def test_a_stream_ending_without_text_fails_that_offer_and_falls_back(
+    settings_factory, router_factory, pieces
+) -> None:
+    a, b = _EmptyStream("a", pieces), FakeProvider("b", stream_pieces=["from ", "b"])
+    config = settings_factory({"a": text_section("a", "0.001"), "b": text_section("b", "0.002")})
+    router = router_factory(config, FakePlugin(a, b))
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    text = "".join([piece async for piece in stream])
+
+    assert text == "from b"
+    assert stream.result is not None and stream.result.provider == "b"
+    # a's empty answer was priced as run() prices it (its catalogue price per request): billed, so settled
+    entries = [(e.provider, e.status, e.actual) for e in router.ledger.entries()]
+    assert entries == [("a", "settled", D("0.001")), ("b", "settled", D("0.002"))]
+    assert router.store.stats().entries == 1  # b's answer alone; a's empty one is not kept
+    again = router.astream(TextGeneration(prompt="say hello"))
+    assert "".join([piece async for piece in again]) == "from b"
+    assert again.result is not None and again.result.cached
+
+
+@pytest.mark.parametrize(
+    ("reported", "status", "actual"),
+    [
+        (ProviderOutput(text="", actual_cost=D("0.0003")), "settled", D("0.0003")),  # what the provider billed
+        (ProviderOutput(text="", actual_cost=D(0)), "released", D(0)),  # known to have cost nothing
+    ],
+)
+async def test_a_stream_without_text_is_an_error_settled_as_the_provider_reported(
+    settings_factory, router_factory, reported, status, actual
+) -> None:
+    a = _EmptyStream("a", [], reported)
+    router = router_factory(settings_factory({"a": text_section("a", "0.001")}), FakePlugin(a))
+
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    with pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in stream]
+
+    (rejection,) = info.value.rejections
+    assert rejection.reason == "failed: a: answered a text-generation request without text"
+    assert stream.result is None
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [(status, actual)]
+    assert router.ledger.open_reservations() == []
+    assert router.store.stats().entries == 0
+
+
+async def test_a_blank_stream_already_delivered_fails_without_switching_provider(settings_factory, router_factory):
+    a, b = _EmptyStream("a", [" ", "\n"]), FakeProvider("b", stream_pieces=["from ", "b"])
+    config = settings_factory({"a": text_section("a", "0.001"), "b": text_section("b", "0.002")})
+    router = router_factory(config, FakePlugin(a, b))
+
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for piece in router.astream(TextGeneration(prompt="say hello")):
+            pieces.append(piece)
+
+    assert pieces == [" ", "\n"] and not b.stream_calls  # no other answer glued after the blank one
+    assert str(info.value) == (
+        "a: answered a text-generation request without text — "
+        "the answer was blank (whitespace only); ask again, or pin another provider"
+    )
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.001"))]
+    assert router.store.stats().entries == 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import (
     BudgetExceeded,
     InvalidRequest,
+    OutputRejected,
     ProviderError,
     ProviderRejectedInput,
     ProviderTimeout,
@@ -190,6 +191,21 @@ async def _stream_offers(
         except BaseException:  # never leave the reservation open, whatever goes wrong in pricing the call
             _close_abandoned(router, reservation, pieces, "stream could not be priced", ctx)
             raise
+        try:
+            # As run() checks a call's output: a stream that ended without any text is no answer.
+            router._check_output(offer, output, billed=cost)
+        except OutputRejected as exc:
+            # Close the reservation as run() does (settled at what the call cost, released when that is
+            # nothing) and keep nothing; fall back unless blank text already reached the caller.
+            router._close_failed(reservation, exc)
+            router._count_failure(offer, exc)
+            if "".join(pieces):  # whitespace alone: the caller holds it, so no silent switch of provider
+                exc.hint = "the answer was blank (whitespace only); ask again, or pin another provider"
+                raise
+            reason = f"failed: {redact(exc.message)}"
+            log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
+            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+            continue
         router.ledger.settle(reservation, cost, job_id=output.job_id)
         router.cooldowns.success(offer.provider)
         result = make_result(key, offer, output, cost, time.perf_counter() - started)
