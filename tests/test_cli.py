@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,8 +27,12 @@ import pytest
 from PIL import Image
 
 import genroute.cli
+from conftest import FakePlugin, section
+from genroute.config import Settings
+from genroute.errors import PluginError
 from genroute.keys import request_key
-from genroute.types import Artifact, parse_request
+from genroute.provider import Provider, RunContext
+from genroute.types import Artifact, Offer, ProviderOutput, RequestModel, parse_request
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "plugins.toml"
@@ -726,6 +731,60 @@ def test_providers_json_lists_the_mock_available_and_real_providers_not_installe
     # Hugging Face is installed (built-in plugin) but this environment has no token.
     assert status["huggingface"]["status"] == "unavailable: HF_TOKEN is not set"
     assert status["huggingface"]["in_profile"] is False
+
+
+def test_providers_reset_ends_a_cooldown_for_every_process_sharing_the_ledger(cli, tmp_path):
+    text = CONFIG.read_text(encoding="utf-8")
+    edits = {
+        "cooldown_after_failures = 3\n": "cooldown_after_failures = 1\n",
+        "max_attempts = 3\n": "max_attempts = 1\n",
+    }
+    for old, new in edits.items():
+        assert old in text, f"plugins.toml no longer contains {old!r}; update the test"
+        text = text.replace(old, new, 1)
+    healthy = tmp_path / "healthy.toml"
+    healthy.write_text(text, encoding="utf-8")
+    assert "failure_rate = 0.0\n" in text
+    failing = tmp_path / "failing.toml"
+    failing.write_text(text.replace("failure_rate = 0.0\n", "failure_rate = 1.0\n", 1), encoding="utf-8")
+
+    cli("run", "a fox", "--config", failing, rc=6)  # the mock fails once: out of rotation for 60 s
+    cooled = cli("run", "a fox", "--config", healthy, rc=6)  # another process honours that cooldown
+    assert "cooling down" in cooled.stderr
+
+    reset = cli("providers", "reset", "mock", "--config", healthy, rc=0)
+    assert re.fullmatch(
+        r"mock: forgot the cooldown after repeated failures, until "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC — now available\n",
+        reset.stdout,
+    ), reset.stdout
+    result = json.loads(cli("run", "a fox", "--tier", "fast", "--config", healthy, "--json", rc=0).stdout)
+    assert result["provider"] == "mock" and Decimal(result["actual_cost"]) == Decimal("0.003")
+    again = cli("providers", "reset", "mock", "--config", healthy, rc=0)
+    assert again.stdout == "mock: nothing to forget — available\n"
+
+
+class _Stubborn(Provider):
+    """A third-party provider whose forget_withdrawal has a bug."""
+
+    name = "stubborn"
+
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        raise AssertionError("not run here")
+
+    def forget_withdrawal(self, settings: Settings) -> str | None:
+        raise RuntimeError("state file locked")
+
+
+def test_a_provider_whose_forget_withdrawal_raises_is_named_and_nothing_is_reset(settings_factory, router_factory):
+    router = router_factory(settings_factory({"stubborn": section("stubborn")}), FakePlugin(_Stubborn()))
+    until = time.time() + 60
+    router.ledger.post_cooldown("stubborn", until)
+    with pytest.raises(PluginError) as info:
+        genroute.cli._reset_provider(router, "stubborn")
+    assert info.value.message.startswith("provider stubborn: forget_withdrawal raised RuntimeError: state file locked")
+    assert "its cooldown was left as it was" in info.value.message and "fix or uninstall" in info.value.hint
+    assert router.ledger.cooldown_until("stubborn") == until
 
 
 def test_budget_refuses_one_file_for_both_exports(cli, tmp_path):

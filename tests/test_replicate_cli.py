@@ -106,6 +106,42 @@ def test_without_a_token_providers_say_why_and_a_pinned_run_fails_naming_it(cli:
     assert server.count() == 0
 
 
+def test_after_a_402_providers_reset_brings_replicate_back_once_credit_is_added(
+    cli: Cli, server: FakeReplicate, tmp_path: Path
+) -> None:
+    config = tmp_path / "plugins.toml"  # the cli fixture's copy: one failure is enough for a router cooldown too
+    text = config.read_text(encoding="utf-8")
+    assert "cooldown_after_failures = 3\n" in text
+    config.write_text(text.replace("cooldown_after_failures = 3\n", "cooldown_after_failures = 1\n"), encoding="utf-8")
+    server.faults.add("POST /v1/models/*/predictions", 402, times=1)  # the account is empty, once
+    broke = cli("run", "a fox", "--tier", "fast", "--profile", "prod", rc=6)
+    assert "HTTP 402" in broke.stderr and server.count("POST", "/v1/models/*/predictions") == 1
+    listing = json.loads(cli("providers", "--profile", "prod", "--json", rc=0).stdout)
+    status = next(row["status"] for row in listing["providers"] if row["provider"] == "replicate")
+    assert status.startswith("unavailable: out of credit (HTTP 402); withdrawn until")
+    cli("run", "a fox", "--tier", "fast", "--profile", "prod", rc=6)  # still withdrawn: Replicate is not asked
+    assert server.count("POST", "/v1/models/*/predictions") == 1
+
+    # The user adds credit, then:
+    reset = cli("providers", "reset", "replicate", "--profile", "prod", rc=0)
+    assert reset.stdout.startswith("replicate: forgot out of credit (HTTP 402), withdrawn until ")
+    assert "; the cooldown after repeated failures, until " in reset.stdout
+    assert reset.stdout.rstrip().endswith(" UTC — now available")
+    listing = json.loads(cli("providers", "--profile", "prod", "--json", rc=0).stdout)
+    assert next(row["status"] for row in listing["providers"] if row["provider"] == "replicate") == "available"
+    result = json.loads(cli("run", "a fox", "--tier", "fast", "--profile", "prod", "--json", rc=0).stdout)
+    assert result["provider"] == "replicate" and result["actual_cost"] == "0.003000"
+    assert result["job_id"] == server.predictions[0].id and len(server.predictions) == 1
+    budget = json.loads(cli("budget", "--json", "--profile", "prod", rc=0).stdout)
+    spent = {(row["scope"], row["period"]): row["spent"] for row in budget["usage"]}
+    assert spent[("provider:replicate", "total")] == "0.003000"
+
+    again = json.loads(cli("providers", "reset", "replicate", "--json", rc=0).stdout)  # nothing left to forget
+    assert again == {"providers": [{"provider": "replicate", "forgot": [], "status": "available"}]}
+    unknown = cli("providers", "reset", "replicat", rc=4)
+    assert unknown.stderr.startswith("genroute: error: PROVIDER: 'replicat' is not an installed provider — name one of")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""The ``genroute`` command: run, plan, batch, providers, budget, cache.
+"""The ``genroute`` command: run, plan, batch, providers (and providers reset), budget, cache, jobs.
 
 Errors print what happened and what to do, with a distinct exit code per kind
 (see :mod:`genroute.errors`); a traceback only with ``--debug``.
@@ -17,9 +17,11 @@ import signal
 import stat
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
@@ -31,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import load_settings
-from .errors import GenrouteError, InvalidRequest
+from .errors import GenrouteError, InvalidRequest, PluginError
 from .media import MediaInput
 from .money import fmt_usd
 from .plugins import default_plugin_manager
@@ -236,8 +238,24 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true")
     batch.set_defaults(handler=cmd_batch)
 
-    providers = sub.add_parser("providers", parents=[common], help="installed providers, tasks, tiers, prices")
+    providers = sub.add_parser(
+        "providers",
+        parents=[common],
+        help="installed providers, tasks, tiers, prices; `providers reset NAME` brings one back into rotation",
+        usage="%(prog)s [options] [reset PROVIDER [PROVIDER ...]]",
+        description="List the providers with their status and catalogue; `reset` brings providers back into rotation.",
+    )
     providers.set_defaults(handler=cmd_providers)
+    providers_actions = providers.add_subparsers(dest="providers_action", metavar="ACTION")
+    reset = providers_actions.add_parser(
+        "reset",
+        parents=[common],
+        help="bring providers back into rotation now (after adding credit, say)",
+        description="Forget that each PROVIDER withdrew itself (say, out of credit) and its cooldown after "
+        "repeated failures, in every process sharing the ledger, so it serves again at once.",
+    )
+    reset.add_argument("names", nargs="+", metavar="PROVIDER", help="a provider's name, as `genroute providers` lists")
+    reset.set_defaults(handler=cmd_providers_reset)
 
     budget = sub.add_parser("budget", parents=[common], help="spent, reserved and left per scope and period")
     budget.add_argument("--export-csv", type=Path)
@@ -985,6 +1003,62 @@ def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
         if row["models"]:
             out.print(table)
     return 0
+
+
+def cmd_providers_reset(args: argparse.Namespace, out: Console, err: Console) -> int:
+    with _router(args) as router:
+        names = list(dict.fromkeys(args.names))
+        unknown = [name for name in names if name not in router.providers]
+        if unknown:
+            which = ", ".join(repr(name) for name in unknown)
+            raise InvalidRequest(
+                f"{which} {'is' if len(unknown) == 1 else 'are'} not an installed provider",
+                field="PROVIDER",
+                hint=f"name one of {', '.join(sorted(router.providers))} (see `genroute providers`)",
+            )
+        rows = [_reset_provider(router, name) for name in names]
+    if args.json:
+        out.print(json.dumps({"providers": rows}, indent=2), markup=False)
+        return 0
+    for row in rows:
+        forgot = f"forgot {'; '.join(row['forgot'])}" if row["forgot"] else "nothing to forget"
+        now = "now " if row["forgot"] and row["status"] == "available" else ""
+        still = "still " if row["status"] != "available" else ""
+        out.print(f"{row['provider']}: {forgot} — {now}{still}{row['status']}", markup=False)
+    return 0
+
+
+def _reset_provider(router: Router, name: str) -> dict[str, Any]:
+    """Forget provider ``name``'s cooldown (in the ledger, for every process) and its own withdrawal."""
+    forgot: list[str] = []
+    provider = router.providers[name]
+    try:
+        said: object = provider.forget_withdrawal(router.settings)
+    except GenrouteError:
+        raise
+    except Exception as exc:  # a plugin's bug: say whose, and that nothing else was touched
+        raise PluginError(
+            f"provider {name}: forget_withdrawal raised {type(exc).__name__}: {exc} "
+            f"(plugin {router.plugin_of.get(name, '?')}); its cooldown was left as it was",
+            hint="fix or uninstall the plugin named in the message",
+        ) from exc
+    if said is not None and not isinstance(said, str):
+        raise PluginError(
+            f"provider {name}: forget_withdrawal returned {type(said).__name__}, not a str or None "
+            f"(plugin {router.plugin_of.get(name, '?')}); its cooldown was left as it was",
+        )
+    if said:
+        forgot.append(said)
+    until = router.ledger.cooldown_until(name)
+    if until is not None and until > time.time():
+        router.ledger.post_cooldown(name, 0.0)  # every process sharing the ledger reads it within a second
+        forgot.append(f"the cooldown after repeated failures, until {_utc(until)}")
+    why = router.unavailable_reason(name)
+    return {"provider": name, "forgot": forgot, "status": f"unavailable: {why}" if why else "available"}
+
+
+def _utc(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -80,6 +80,15 @@ class Provider(ABC):
         """Why this provider cannot make offers right now (say, a missing token), or None."""
         return None
 
+    def forget_withdrawal(self, settings: Settings) -> str | None:
+        """Forget a withdrawal this provider made of itself (say, after running out of credit), so it serves again.
+
+        Called by ``genroute providers reset`` once the user has fixed the cause (added credit). Return what was
+        forgotten, for the user (``"out of credit (HTTP 402), withdrawn until … UTC"``), or None when there was
+        nothing. Default: a provider that never withdraws has nothing to forget.
+        """
+        return None
+
     @abstractmethod
     async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
         """Carry out ``request`` as ``offer`` promised, returning the output bytes."""

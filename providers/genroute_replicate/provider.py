@@ -92,6 +92,28 @@ class ReplicateProvider(Provider):
             return f"out of credit (HTTP 402); withdrawn until {stamp} — add credit at replicate.com/account/billing"
         return None
 
+    def forget_withdrawal(self, settings: Settings) -> str | None:
+        """Come back after a 402 once the account has credit again: remove the out-of-credit record.
+
+        Every process on the machine sees it gone within :data:`_CREDIT_RECHECK` seconds.
+        """
+        state = self._state_and_schemas(self._options_of(settings), settings)[0]
+        self._credit_until.pop(state, None)  # read the record as it is now
+        until = self._withdrawn_until(state)
+        path = state / _CREDIT_FILE
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise errors.GenrouteError(
+                f"could not remove the out-of-credit record {path}: {exc.strerror}",
+                hint=f"delete {path} by hand, or wait until the withdrawal ends",
+            ) from exc
+        self._credit_until.pop(state, None)
+        if until is None:
+            return None
+        stamp = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"out of credit (HTTP 402), withdrawn until {stamp}"
+
     def _withdrawn_until(self, state: Path) -> float | None:
         # Another process may record a 402 at any time: look at the file at most every _CREDIT_RECHECK
         # seconds (asked once per request, a stat each time would cost more than the check is worth), and
