@@ -148,3 +148,30 @@ async def test_a_bad_amount_in_ctx_extra_incurred_is_ignored_with_a_warning(sett
         r.getMessage().startswith('provider lab reported ctx.extra["incurred"]=') and "negative" in r.getMessage()
         for r in caplog.records
     )
+
+
+class _ReportsThenFails(FakeProvider):
+    """Puts what the call billed in ``ctx.extra["incurred"]``, then fails without an ``incurred`` of its own."""
+
+    def __init__(self, name: str, billed: object) -> None:
+        super().__init__(name)
+        self.billed = billed
+
+    async def run(self, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
+        ctx.extra["incurred"] = self.billed
+        raise ModelFailed("model crashed", provider=self.name)
+
+
+@pytest.mark.parametrize(("billed", "entry"), [(0.0007, ("settled", D("0.0007"))), (0, ("released", D(0)))])
+async def test_a_failed_call_settles_what_it_reported_in_ctx_extra_as_a_stream_does(
+    settings_factory, router_factory, billed, entry
+):
+    # run and stream close a failed call's reservation through one function: the same report, the same money
+    lab = _ReportsThenFails("lab", billed)
+    router = one_provider(settings_factory, router_factory, lab)
+
+    with pytest.raises(NoRouteAvailable):
+        await router.arun(image())
+
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [entry]
+    assert router.ledger.open_reservations() == []

@@ -772,3 +772,54 @@ async def test_a_blank_stream_already_delivered_fails_without_switching_provider
     )
     assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.001"))]
     assert router.store.stats().entries == 0
+
+
+# ------------------------------------------------------------------ money for a stream failing after text
+
+
+class _FailsAfterText(FakeProvider):
+    """Streams one piece, then fails; the failure reports ``incurred`` on the error or in ``ctx.extra``."""
+
+    def __init__(self, name: str, *, on_error: object = None, in_extra: object = None) -> None:
+        super().__init__(name, stream_pieces=["Hel"])
+        self.on_error, self.in_extra = on_error, in_extra
+
+    async def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:
+        self.stream_calls += 1
+        yield "Hel"
+        if self.in_extra is not None:
+            ctx.extra["incurred"] = self.in_extra
+        raise ProviderUnavailable("connection reset", provider=self.name, incurred=self.on_error)  # type: ignore[arg-type]
+
+
+ESTIMATE = D("0.001")
+
+
+@pytest.mark.parametrize(
+    ("on_error", "in_extra", "status", "actual"),
+    [
+        (0, None, "released", D(0)),  # the provider says the partial answer cost nothing: not the estimate
+        (None, D(0), "released", D(0)),
+        (D("0.0004"), None, "settled", D("0.0004")),
+        (None, "0.0004", "settled", D("0.0004")),
+        (D("0.0004"), D("0.0009"), "settled", D("0.0004")),  # the error's own amount first, counted once
+        (None, None, "settled", ESTIMATE),  # nothing reported: the text delivered was probably billed
+        (None, "-1", "settled", ESTIMATE),  # no amount (logged): as if nothing were reported
+    ],
+)
+async def test_a_stream_failing_after_text_settles_what_the_provider_reported_zero_included(
+    settings_factory, router_factory, on_error, in_extra, status, actual
+) -> None:
+    a = _FailsAfterText("a", on_error=on_error, in_extra=in_extra)
+    router = router_factory(settings_factory({"a": text_section("a", str(ESTIMATE))}), FakePlugin(a))
+
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for piece in router.astream(TextGeneration(prompt="say hello")):
+            pieces.append(piece)
+
+    assert pieces == ["Hel"] and info.value.message == "a: connection reset"
+    (entry,) = router.ledger.entries()
+    assert (entry.status, entry.actual) == (status, actual)
+    assert "connection reset" in entry.note
+    assert router.ledger.open_reservations() == [] and router.store.stats().entries == 0

@@ -72,6 +72,20 @@ def reported_incurred(ctx: RunContext, provider: str | None = None) -> Decimal |
     return billed_amount(value, provider=name, source='ctx.extra["incurred"]')
 
 
+def failure_incurred(exc: ProviderError, ctx: RunContext | None) -> Decimal | None:
+    """What the provider reported it billed for a call that failed with ``exc``; None when it reported nothing usable.
+
+    The error's own ``incurred`` when it carries an amount, zero included; else what the provider put in
+    ``ctx.extra["incurred"]`` (:func:`reported_incurred`). An explicit zero is an answer (nothing was billed), not
+    "nothing reported": only None lets the caller fall back to a guess (the estimate, for a stream that had
+    already delivered text). Every failed call's reservation is closed through this, run and stream alike
+    (``Router._close_failed``).
+    """
+    if exc.incurred is not None:
+        return exc.incurred
+    return reported_incurred(ctx) if ctx is not None else None
+
+
 def _provider_name(ctx: RunContext) -> str:
     """The name of the provider ``ctx`` was made for: the section of the settings it carries."""
     for name, section in ctx.settings.providers.items():

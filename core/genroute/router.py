@@ -49,6 +49,7 @@ from .outcomes import (
     call_cost,
     deadline_exceeded,
     extra_incurred,
+    failure_incurred,
     make_result,
     no_route,
     provider_failure,
@@ -664,7 +665,7 @@ class Router:
             charge = quantize(call_cost(offer, request, output))
             self._check_output(offer, output, billed=charge)
         except ProviderError as exc:
-            self._close_failed(reservation, exc, tries.incurred)
+            self._close_failed(reservation, exc, tries.incurred, ctx=tries.ctx)
             self._count_failure(offer, exc)
             reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
             refused = isinstance(exc, ProviderRejectedInput)
@@ -718,12 +719,32 @@ class Router:
             outlives_process=job,
         )
 
-    def _close_failed(self, reservation: Reservation, exc: ProviderError, earlier: Decimal = Decimal(0)) -> None:
-        billed = (exc.incurred or Decimal(0)) + earlier
-        if billed:
-            self.ledger.settle(reservation, billed, note=f"billed for failed calls: {redact(exc.message)}"[:300])
+    def _close_failed(
+        self,
+        reservation: Reservation,
+        exc: ProviderError,
+        earlier: Decimal = Decimal(0),
+        *,
+        ctx: RunContext | None = None,
+        unreported: Decimal = Decimal(0),
+    ) -> None:
+        """Close a failed offer's reservation: settle what the provider reported the failed call billed
+        (:func:`~genroute.outcomes.failure_incurred`: the error's ``incurred``, else ``ctx.extra["incurred"]``;
+        zero included) plus ``earlier`` (retried attempts), or release it when that comes to nothing.
+
+        ``unreported`` stands in only when the provider reported nothing usable: a stream passes its estimate
+        once text had reached the caller (those tokens were probably billed); run's failures pass nothing.
+        """
+        reported = failure_incurred(exc, ctx)
+        message = redact(exc.message)
+        if reported is None and unreported:
+            billed, note = unreported + earlier, f"failed, nothing reported billed, so the estimate: {message}"
         else:
-            self.ledger.release(reservation, note=redact(exc.message)[:200])
+            billed, note = (reported or Decimal(0)) + earlier, f"billed for failed calls: {message}"
+        if billed:
+            self.ledger.settle(reservation, billed, note=note[:300])
+        else:
+            self.ledger.release(reservation, note=message[:200])
 
     async def _attempts(
         self,

@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from .errors import (
@@ -159,11 +160,9 @@ async def _stream_offers(
                 pieces.append(piece)
                 yield piece
         except ProviderError as exc:
-            if pieces and not exc.incurred:
-                # The pieces the caller holds were generated, so probably billed: as when a stream is abandoned.
-                _close_abandoned(router, reservation, pieces, f"failed: {redact(exc.message)}"[:200], ctx)
-            else:
-                router._close_failed(reservation, exc)
+            # As run() closes a failed call: what the provider reported (zero included). When it reported nothing,
+            # the pieces the caller holds were generated, so probably billed: the estimate, as for an abandoned stream.
+            router._close_failed(reservation, exc, ctx=ctx, unreported=reservation.amount if pieces else Decimal(0))
             router._count_failure(offer, exc)
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
                 exc.hint = _cut_short_hint(len(pieces))
