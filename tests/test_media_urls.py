@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,7 +12,9 @@ from pytest_httpserver import HTTPServer
 from conftest import mock_section
 from genroute.errors import InvalidRequest
 from genroute.keys import request_key
+from genroute.router import Router
 from genroute.types import Upscale
+from request_samples import good
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
@@ -97,3 +100,80 @@ async def test_an_input_over_max_input_bytes_names_the_limit_and_how_to_raise_it
         assert info.value.field == "image" and words in str(info.value)
         assert "raise [routing] max_input_bytes" in str(info.value)
     assert list(router.ledger.entries()) == []
+
+
+# -- schemes other than http(s) ------------------------------------------------------------------------------
+
+SUPPORTED = "give a file path, bytes, an http(s) URL or a data: URI"
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value", "scheme"),
+    [
+        ("image-to-image", "image", "ftp://example.com/x.png", "ftp"),
+        ("upscale", "image", "s3://bucket/x.png", "s3"),
+        ("inpaint", "mask", "gs://bucket/mask.png", "gs"),
+        ("speech-to-text", "audio", "FTP://example.com/talk.wav", "ftp"),
+        ("image-to-video", "image", "sftp://user@host/still.png", "sftp"),
+    ],
+)
+def test_an_unsupported_url_scheme_is_named_with_what_is_supported(
+    task: str, field: str, value: str, scheme: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({**good(task), field: value})
+
+    assert info.value.field == field
+    assert info.value.message == (
+        f"{field}: {scheme}:// URLs are not supported; {SUPPORTED} (a file:// URL is read as the local file it names)"
+    )
+    assert "not found" not in str(info.value)  # never looked up as a mangled path such as ftp:/example.com/x.png
+
+
+async def test_an_unsupported_scheme_is_refused_before_any_money_moves(router) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidRequest) as info:
+        await router.arun({"task": "upscale", "image": "ftp://example.com/x.png"})
+    assert info.value.field == "image" and "ftp:// URLs are not supported" in info.value.message
+    assert list(router.ledger.entries()) == []
+
+
+async def test_a_file_url_is_read_as_the_local_file_it_names(router, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    red = _png((255, 0, 0))
+    photo = tmp_path / "my photo #1.png"  # a space and a '#': percent-encoded in the URL
+    photo.write_bytes(red)
+    uri = photo.as_uri()
+    assert "%20" in uri and "%23" in uri
+
+    model = Router.parse({"task": "upscale", "image": uri, "scale": 2})
+    assert model.media_fields()["image"].path == photo
+    assert request_key(model) == request_key(Upscale(image=red, scale=2))  # the same request as the bytes
+    localhost = Router.parse({"task": "upscale", "image": uri.replace("file://", "file://localhost", 1), "scale": 2})
+    assert request_key(localhost) == request_key(model)
+
+    result = await router.arun({"task": "upscale", "image": uri, "scale": 2})
+    with Image.open(result.artifacts[0].path) as image:
+        assert image.size == (160, 120)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("file:///{missing}", "file not found: /{missing} (give an existing file"),  # the path, not file:/…
+        ("file://fileserver/share/x.png", "file:// URL names host 'fileserver'; only files on this machine"),
+        ("file:///tmp/x.png?size=2", "a file:// URL cannot have a query (?) or fragment (#)"),
+        ("file:///", "file:// URL names no file"),
+    ],
+)
+def test_a_file_url_that_names_no_local_file_says_why(url: str, words: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.png").lstrip("/")
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": url.format(missing=missing)})
+    assert info.value.field == "image"
+    assert words.format(missing=missing) in info.value.message
+
+
+def test_a_windows_drive_or_a_colon_in_a_file_name_is_still_a_path(tmp_path: Path) -> None:
+    for name in ("C:/pictures/x.png", str(tmp_path / "a:b.png")):
+        with pytest.raises(InvalidRequest) as info:
+            Router.parse({"task": "upscale", "image": name})
+        assert f"file not found: {name}" in info.value.message

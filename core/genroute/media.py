@@ -1,14 +1,20 @@
-"""Media inputs: a path, bytes, a ``data:`` URI or an http(s) URL, identified by content hash."""
+"""Media inputs: a path, bytes, a ``data:`` URI or an http(s) URL, identified by content hash.
+
+A ``file://`` URL is taken as the local path it names (``file:///tmp/cat.png``, percent-escapes decoded). Any other
+``scheme://`` string (``ftp://``, ``s3://``…) is refused as an unsupported scheme rather than read as a path.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import re
 import stat
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.request import url2pathname
 
 import httpx
 from pydantic import GetCoreSchemaHandler
@@ -162,7 +168,7 @@ class MediaCheck:
 
 
 class MediaInput:
-    """An input file given as a path, raw bytes, a ``data:`` URI or an http(s) URL.
+    """An input file given as a path, raw bytes, a ``data:`` URI or an http(s) URL (a ``file://`` URL is a path).
 
     Paths and data URIs are read when the request is validated, so a missing file fails before any
     money moves. URLs are fetched by the router (:meth:`aresolve`) before the cache key is computed:
@@ -181,7 +187,10 @@ class MediaInput:
     @classmethod
     def parse(cls, value: Any) -> MediaInput:
         """Accept a path, bytes, ``data:`` URI, http(s) URL, another MediaInput, or a result's
-        :class:`~genroute.types.Artifact` (so one request's output feeds the next)."""
+        :class:`~genroute.types.Artifact` (so one request's output feeds the next).
+
+        A ``file://`` URL is read as the local file it names; another ``scheme://`` (``ftp://``, ``s3://``…) is
+        refused as not supported, never looked up as a path."""
         if isinstance(value, MediaInput):
             return value
         if isinstance(getattr(value, "path", None), Path) and isinstance(getattr(value, "sha256", None), str):
@@ -194,12 +203,21 @@ class MediaInput:
         if isinstance(value, Path):
             return cls._from_path(value)
         if isinstance(value, str):
-            if value.startswith(("http://", "https://")):
+            scheme = _url_scheme(value)
+            if scheme in ("http", "https"):
+                value = scheme + value[len(scheme) :]  # HTTP://… is http://…
                 try:
                     httpx.URL(value)
                 except (httpx.InvalidURL, ValueError) as exc:
                     raise ValueError(f"not a valid URL: {exc}") from exc
                 return cls(url=value)
+            if scheme == "file":
+                return cls._from_path(_file_url_path(value))
+            if scheme is not None:
+                raise ValueError(
+                    f"{scheme}:// URLs are not supported; give a file path, bytes, an http(s) URL or a data: URI "
+                    "(a file:// URL is read as the local file it names)"
+                )
             if value.startswith("data:"):
                 return cls(data=_decode_data_uri(value))
             if not value.strip():
@@ -329,6 +347,38 @@ class MediaInput:
             serialization=core_schema.plain_serializer_function_ser_schema(lambda m: m.describe()),
             json_schema_input_schema=core_schema.str_schema(),
         )
+
+
+# ``scheme://`` at the start of a string: a URL, not a path. Two characters at least, so a Windows drive (``C:/``)
+# is never taken for a scheme.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+def _url_scheme(value: str) -> str | None:
+    """The scheme (lower case) when ``value`` is a URL (``scheme://…``, or ``file:/path``), else None."""
+    match = _URL_SCHEME.match(value)
+    if match:
+        return match.group(1).lower()
+    return "file" if value[:6].lower() == "file:/" else None  # RFC 8089 also allows file:/path
+
+
+def _file_url_path(url: str) -> Path:
+    """The local path a ``file:`` URL names (``file:///tmp/a%20b.png`` is ``/tmp/a b.png``)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(
+            f"file:// URL names host {parts.netloc!r}; only files on this machine can be read "
+            "(file:///path/to/file, or give the path itself)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "a file:// URL cannot have a query (?) or fragment (#); percent-encode those characters in the "
+            "file name (%3F, %23), or give the path itself"
+        )
+    path = url2pathname(parts.path)
+    if not path.strip("/"):
+        raise ValueError("file:// URL names no file; give file:///path/to/file, or the path itself")
+    return Path(path)
 
 
 def _decode_data_uri(uri: str) -> bytes:

@@ -532,8 +532,9 @@ class Artifact(BaseModel):
 
 MediaSource = MediaInput | Artifact | str | Path | bytes | bytearray | memoryview
 """What a media field (``image``, ``mask``, ``audio``) takes: a :class:`MediaInput`, an :class:`Artifact` of an earlier
-result, a file path (``str`` or ``Path``), ``bytes``, a ``data:`` URI or an http(s) URL. Read back, the field is always
-a :class:`MediaInput`."""
+result, a file path (``str`` or ``Path``, or a ``file://`` URL naming a local file), ``bytes``, a ``data:`` URI or an
+http(s) URL; another URL scheme (``ftp://``, ``s3://``…) is refused. Read back, the field is always a
+:class:`MediaInput`."""
 
 MEDIA_SUFFIXES: dict[str, str] = {
     "image/png": ".png",
