@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ from conftest import FakePlugin, FakeProvider, section
 from genroute import errors
 from genroute.errors import DeadlineExceeded, ModelFailed, NoRouteAvailable, ProviderUnavailable
 from genroute.provider import RunContext
-from genroute.types import Offer, ProviderOutput, RequestModel, TextToImage
+from genroute.types import Offer, ProviderOutput, RequestModel, TextGeneration, TextToImage
 
 D = Decimal
 
@@ -175,3 +176,46 @@ async def test_a_failed_call_settles_what_it_reported_in_ctx_extra_as_a_stream_d
 
     assert [(e.status, e.actual) for e in router.ledger.entries()] == [entry]
     assert router.ledger.open_reservations() == []
+
+
+async def test_a_bad_amount_reported_by_a_failed_call_names_its_provider_and_is_ignored(
+    settings_factory, router_factory, caplog
+):
+    lab = _ReportsThenFails("lab", "lots")
+    router = one_provider(settings_factory, router_factory, lab)
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"), pytest.raises(NoRouteAvailable):
+        await router.arun(image())
+
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("released", D(0))]
+    (warning,) = [r.getMessage() for r in caplog.records if 'ctx.extra["incurred"]=' in r.getMessage()]
+    assert warning.startswith('provider lab reported ctx.extra["incurred"]=') and "not a finite number" in warning
+
+
+class _StreamReportsThenFails(FakeProvider):
+    """Streams one piece, puts ``billed`` in ``ctx.extra["incurred"]``, then fails without an amount of its own."""
+
+    def __init__(self, name: str, billed: object) -> None:
+        super().__init__(name, stream_pieces=["Hel"])
+        self.billed = billed
+
+    async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
+        yield "Hel"
+        ctx.extra["incurred"] = self.billed
+        raise ModelFailed("model crashed", provider=self.name)
+
+
+async def test_a_bad_amount_reported_by_a_stream_names_its_provider_and_the_estimate_is_settled(
+    settings_factory, router_factory, caplog
+):
+    lab = _StreamReportsThenFails("lab", D("-2"))
+    config = settings_factory({"lab": section("lab", "0.01", task="text-generation", unit="request")})
+    router = router_factory(config, FakePlugin(lab))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"), pytest.raises(ModelFailed):
+        [piece async for piece in router.astream(TextGeneration(prompt="hi"))]
+
+    # nothing usable reported, and text reached the caller: the estimate
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.01"))]
+    (warning,) = [r.getMessage() for r in caplog.records if 'ctx.extra["incurred"]=' in r.getMessage()]
+    assert warning.startswith('provider lab reported ctx.extra["incurred"]=') and "negative" in warning

@@ -52,28 +52,28 @@ def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryabl
     return ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=provider, retryable=bug_retryable)
 
 
-def extra_incurred(ctx: RunContext, provider: str | None = None) -> Decimal:
-    """What the provider put in ``ctx.extra["incurred"]`` (billed for work then cancelled), or 0 (see
+def extra_incurred(ctx: RunContext, provider: str) -> Decimal:
+    """What ``provider`` put in ``ctx.extra["incurred"]`` (billed for work then cancelled), or 0 (see
     :func:`reported_incurred`)."""
     return reported_incurred(ctx, provider) or Decimal(0)
 
 
-def reported_incurred(ctx: RunContext, provider: str | None = None) -> Decimal | None:
-    """What the provider put in ``ctx.extra["incurred"]``, or None when it reported nothing usable.
+def reported_incurred(ctx: RunContext, provider: str) -> Decimal | None:
+    """What ``provider`` (the offer's, whose call ``ctx`` was made for) put in ``ctx.extra["incurred"]``, or None
+    when it reported nothing usable.
 
     Taken as :class:`ProviderError` takes ``incurred`` (:func:`genroute.errors.billed_amount`): a Decimal, an int, a
     float (through ``str``) or a numeric string, zero included; anything else (negative, NaN, infinity, another type)
-    is logged as a warning naming the provider and counts as nothing reported.
+    is logged as a warning naming ``provider`` and counts as nothing reported.
     """
     value = ctx.extra.get("incurred")
     if value is None:
         return None
-    name = provider if provider is not None else _provider_name(ctx)
-    return billed_amount(value, provider=name, source='ctx.extra["incurred"]')
+    return billed_amount(value, provider=provider, source='ctx.extra["incurred"]')
 
 
-def failure_incurred(exc: ProviderError, ctx: RunContext | None) -> Decimal | None:
-    """What the provider reported it billed for a call that failed with ``exc``; None when it reported nothing usable.
+def failure_incurred(exc: ProviderError, ctx: RunContext | None, provider: str) -> Decimal | None:
+    """What ``provider`` reported it billed for a call that failed with ``exc``; None when it reported nothing usable.
 
     The error's own ``incurred`` when it carries an amount, zero included; else what the provider put in
     ``ctx.extra["incurred"]`` (:func:`reported_incurred`). An explicit zero is an answer (nothing was billed), not
@@ -83,15 +83,7 @@ def failure_incurred(exc: ProviderError, ctx: RunContext | None) -> Decimal | No
     """
     if exc.incurred is not None:
         return exc.incurred
-    return reported_incurred(ctx) if ctx is not None else None
-
-
-def _provider_name(ctx: RunContext) -> str:
-    """The name of the provider ``ctx`` was made for: the section of the settings it carries."""
-    for name, section in ctx.settings.providers.items():
-        if section is ctx.provider_settings:
-            return name
-    return ""
+    return reported_incurred(ctx, provider) if ctx is not None else None
 
 
 def no_route(

@@ -159,10 +159,10 @@ class _Tries:
     incurred: Decimal = Decimal(0)  # billed by attempts that failed and were retried
     ctx: RunContext | None = None  # the current attempt's context
 
-    def cancelled_cost(self) -> Decimal:
-        """Money already billed when the call was cancelled: earlier attempts plus what the provider
-        reported for the cancelled one in ``ctx.extra["incurred"]`` (say, seconds a model already ran)."""
-        return self.incurred + (extra_incurred(self.ctx) if self.ctx is not None else Decimal(0))
+    def cancelled_cost(self, provider: str) -> Decimal:
+        """Money already billed when the call was cancelled: earlier attempts plus what ``provider`` reported
+        for the cancelled one in ``ctx.extra["incurred"]`` (say, seconds a model already ran)."""
+        return self.incurred + (extra_incurred(self.ctx, provider) if self.ctx is not None else Decimal(0))
 
 
 class Router:
@@ -685,7 +685,7 @@ class Router:
             )
             return None
         except BaseException:
-            billed = tries.cancelled_cost()
+            billed = tries.cancelled_cost(offer.provider)
             if billed:
                 self.ledger.settle(reservation, quantize(billed), note="billed before it was cancelled")
             else:
@@ -735,7 +735,7 @@ class Router:
         ``unreported`` stands in only when the provider reported nothing usable: a stream passes its estimate
         once text had reached the caller (those tokens were probably billed); run's failures pass nothing.
         """
-        reported = failure_incurred(exc, ctx)
+        reported = failure_incurred(exc, ctx, reservation.provider)  # the offer's provider, reserved for
         message = redact(exc.message)
         if reported is None and unreported:
             billed, note = unreported + earlier, f"failed, nothing reported billed, so the estimate: {message}"

@@ -232,7 +232,8 @@ def _close_abandoned(router: Router, reservation: Reservation, pieces: list[str]
     # What the provider reported for the stopped work (say, the tokens generated before its cancel), as the
     # non-streamed path takes it (Router._try_offer): an amount, or Decimal(0) when nothing was produced. Popped,
     # so it is counted once whichever path closes the reservation.
-    reported = reported_incurred(ctx)  # a value that is no amount of money is logged and counts as none
+    # A value that is no amount of money is logged, naming the offer's provider (reserved for), and counts as none.
+    reported = reported_incurred(ctx, reservation.provider)
     ctx.extra.pop("incurred", None)
     if reported is not None:
         if reported:
