@@ -1,16 +1,22 @@
-"""Saving outputs to files: Artifact.save's file names and overwriting, and subtitle files ending whole."""
+"""Saving outputs to files: Artifact.save's file names and overwriting, a file gone from the store, and subtitle
+files ending whole."""
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genroute.errors import InvalidRequest
+import genroute
+from genroute.errors import ArtifactMissing, GenrouteError, InvalidRequest, StoreError
+from genroute.store import ResultStore
 from genroute.subtitles import to_srt, to_webvtt
-from genroute.types import Artifact, Segment
+from genroute.types import Artifact, OutputFile, Result, Segment
 
 
 def artifact(tmp_path: Path, data: bytes = b"png bytes", media_type: str = "image/png", name: str = "blob") -> Artifact:
@@ -129,6 +135,83 @@ def test_saving_the_stored_file_onto_itself_leaves_it_whole(tmp_path: Path, over
     art = artifact(tmp_path, b"stored", name="blob.png")
     assert art.save(tmp_path / "store", "blob", overwrite=overwrite) == art.path
     assert art.path.read_bytes() == b"stored"
+
+
+# -- a file gone from the store -------------------------------------------------------------------------------
+
+
+def _assert_says_it_is_gone(error: ArtifactMissing, path: Path) -> None:
+    assert isinstance(error, StoreError) and isinstance(error, GenrouteError)  # caught as any store error
+    assert error.message == (
+        f"the artifact's file {path} is gone: probably evicted from the result store to keep it under "
+        "store.max_bytes, or deleted"
+    )
+    assert "run the request again" in error.hint
+    assert "Artifact.save()" in error.hint and "raise [store] max_bytes" in error.hint
+    assert genroute.ArtifactMissing is ArtifactMissing
+
+
+def _result(key: str) -> Result:
+    return Result(
+        request_key=key,
+        task="text-to-image",
+        provider="mock",
+        model="mock/flux",
+        tier="fast",
+        estimated_cost=Decimal("0.003"),
+        actual_cost=Decimal("0.003"),
+        latency_seconds=0.1,
+        attempts=1,
+        created_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_an_artifact_evicted_from_the_store_says_so_on_read_and_save(tmp_path: Path) -> None:
+    with ResultStore(tmp_path / "store", max_bytes=1024**2) as store:
+
+        def put(n: int) -> Artifact:
+            key = hashlib.sha256(f"request {n}".encode()).hexdigest()
+            data = n.to_bytes(8, "big") + bytes(200_000)
+            return store.put(key, _result(key), [OutputFile(data=data, media_type="image/png")]).artifacts[0]
+
+        first = put(0)
+        assert first.read_bytes()[:8] == bytes(8)  # there on return
+        for n in range(1, 30):  # later results push the first out to keep the store under max_bytes
+            put(n)
+            if not first.path.exists():
+                break
+        assert not first.path.exists()
+
+        with pytest.raises(ArtifactMissing) as read:
+            first.read_bytes()
+        _assert_says_it_is_gone(read.value, first.path)
+        with pytest.raises(ArtifactMissing) as saved:
+            first.save(tmp_path / "out", "first")
+        _assert_says_it_is_gone(saved.value, first.path)
+        assert not (tmp_path / "out").exists()  # nothing written, not even the directory
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_deleted_artifact_file_is_refused_the_same_way_and_nothing_is_written(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    art = artifact(tmp_path, b"stored")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "pic.png").write_bytes(b"an older copy")
+    art.path.unlink()
+
+    with pytest.raises(ArtifactMissing) as info:
+        art.save(tmp_path / "out", "pic", overwrite=overwrite)
+    _assert_says_it_is_gone(info.value, art.path)
+    assert (tmp_path / "out" / "pic.png").read_bytes() == b"an older copy"  # left as it was
+    with pytest.raises(ArtifactMissing):
+        art.read_bytes()
+
+
+def test_a_present_artifact_still_reads_and_saves(tmp_path: Path) -> None:
+    art = artifact(tmp_path, b"stored")
+    assert art.read_bytes() == b"stored"
+    assert art.save(tmp_path / "out", "pic").read_bytes() == b"stored"
 
 
 # -- subtitle files -------------------------------------------------------------------------------------------

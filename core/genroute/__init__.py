@@ -8,6 +8,7 @@ within a budget, with one result store and one budget ledger.
 
 from .config import Settings, load_settings
 from .errors import (
+    ArtifactMissing,
     BatchInterrupted,
     BudgetExceeded,
     ConfigError,
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "ArtifactMissing",
     "BatchInterrupted",
     "BatchItem",
     "BudgetExceeded",

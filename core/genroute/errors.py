@@ -412,6 +412,17 @@ class StoreError(GenrouteError):
     default_hint = "check the store directory (store.path in plugins.toml) is writable and on a local disk"
 
 
+class ArtifactMissing(StoreError):
+    """An artifact's file is gone: evicted from the result store (or its scratch folder) to stay under its size
+    limit, or deleted. Raised by ``Artifact.read_bytes`` and ``Artifact.save``."""
+
+    default_hint = (
+        "run the request again (its stored result is gone too, so it runs and is paid for again); to keep "
+        "outputs, copy them with Artifact.save() as soon as a result comes back, or raise [store] max_bytes "
+        "in plugins.toml"
+    )
+
+
 class LedgerError(GenrouteError):
     """The budget ledger could not be read or written."""
 

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .errors import InvalidRequest
+from .errors import ArtifactMissing, InvalidRequest
 from .media import MediaCheck, MediaInput, media_kind_problem
 
 Task = Literal[
@@ -467,7 +467,17 @@ class Artifact(BaseModel):
     source_url: str | None = None
 
     def read_bytes(self) -> bytes:
-        return self.path.read_bytes()
+        """The file's bytes; :class:`~genroute.errors.ArtifactMissing` when the file is gone (evicted, deleted)."""
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            raise self._missing() from None
+
+    def _missing(self) -> ArtifactMissing:
+        return ArtifactMissing(
+            f"the artifact's file {self.path} is gone: probably evicted from the result store to keep it under "
+            "store.max_bytes, or deleted"
+        )
 
     def suffix(self) -> str:
         return MEDIA_SUFFIXES.get(self.media_type, ".bin")
@@ -484,11 +494,24 @@ class Artifact(BaseModel):
         A file already at the path is replaced (``genroute run`` saves a request's output under one name
         each time). With ``overwrite=False`` a file with other contents is refused instead
         (:class:`InvalidRequest` naming ``stem``), and one with the same bytes is left as it is.
+
+        When the artifact's own file is gone (evicted from the result store, or deleted), raises
+        :class:`~genroute.errors.ArtifactMissing`, writing nothing and making no directory.
         """
         target = Path(directory) / self._file_name(stem)
         if target.is_dir():
             raise InvalidRequest(f"{target} is a directory", field="stem", hint="give another stem or directory")
+        if not self.path.exists():
+            raise self._missing()
         Path(directory).mkdir(parents=True, exist_ok=True)
+        try:
+            return self._copy_to(target, overwrite=overwrite)
+        except FileNotFoundError:
+            if self.path.exists():  # the target's side (its directory removed meanwhile): not ours to explain
+                raise
+            raise self._missing() from None  # evicted between the check above and the copy
+
+    def _copy_to(self, target: Path, *, overwrite: bool) -> Path:
         if target.exists() and target.samefile(self.path):
             return target  # saving the stored file onto itself
         if overwrite:
