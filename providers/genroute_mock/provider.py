@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genroute import errors
+from genroute import billing, errors
 from genroute.provider import Provider, RunContext
 from genroute.types import (
     ImageToImage,
@@ -77,14 +78,24 @@ class MockProvider(Provider):
         return output.model_copy(update={"job_id": f"mock-{ctx.request_key[:12]}-{ctx.attempt}"})
 
     async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
+        """The answer word by word. Before each word goes out, ``ctx.extra["incurred"]`` holds what the words
+        produced so far cost, so a stream the caller abandons (or cancels, or the deadline cuts) is settled at
+        what it produced, not at the ``max_tokens`` estimate; a stream that ends is priced on its whole output."""
         output = await self.run(request, offer, ctx)
         ctx.extra["output"] = output
         delay = _options(ctx).token_latency_seconds
         words = (output.text or "").split(" ")
+        sent = ""
         for i, word in enumerate(words):
             if delay:
                 await asyncio.sleep(delay)
-            yield word if i == len(words) - 1 else word + " "
+            piece = word if i == len(words) - 1 else word + " "
+            sent += piece
+            cost = _cost_of_text(request, offer, sent)
+            if cost is not None:
+                ctx.extra["incurred"] = cost
+            yield piece
+        ctx.extra.pop("incurred", None)  # finished: the router prices extra["output"]
 
 
 def _options(ctx: RunContext) -> MockOptions:
@@ -105,6 +116,19 @@ def _maybe_fail(options: MockOptions, ctx: RunContext) -> None:
     if kind == "invalid_input":
         raise errors.ProviderRejectedInput("the mock refused this input", provider="mock")
     raise errors.ProviderUnavailable("503 Service Unavailable", provider="mock")
+
+
+def _tokens(text: str) -> int:
+    """The tokens the mock bills for ``text``: about four for every three words, at least one."""
+    return max(1, round(len(text.split()) * 4 / 3))
+
+
+def _cost_of_text(request: RequestModel, offer: Offer, text: str) -> Decimal | None:
+    """What generating ``text`` costs, priced as the offer's catalogue entry prices tokens; None without one."""
+    if offer.entry is None:
+        return None
+    usage = Usage(outputs=1, output_tokens=_tokens(text))
+    return billing.actual(offer.entry, request, ProviderOutput(text=text, usage=usage))
 
 
 def _png(data: bytes) -> OutputFile:
@@ -163,6 +187,5 @@ def _generate(request: RequestModel, seed: int, options: MockOptions) -> Provide
         case TextGeneration():
             max_words = max(1, request.max_tokens * 3 // 4)
             text = media.plausible_text(request.prompt, seed=seed, max_words=min(max_words, 400))
-            tokens = max(1, round(len(text.split()) * 4 / 3))
-            return ProviderOutput(text=text, usage=Usage(outputs=1, output_tokens=tokens))
+            return ProviderOutput(text=text, usage=Usage(outputs=1, output_tokens=_tokens(text)))
     raise errors.InvalidRequest(f"the mock does not know task {request.task_name}")
