@@ -18,7 +18,9 @@ from fakes import FakeReplicate
 from genroute.errors import GenrouteError
 from genroute.router import Router
 from genroute.types import Upscale
-from test_replicate_helpers import build_settings, png
+from genroute_replicate.client import ApiStatusError, Sessions
+from genroute_replicate.options import ReplicateOptions
+from test_replicate_helpers import TOKEN, build_settings, png
 
 pytest_plugins = ["test_replicate_helpers"]  # its fixtures: fake, token, make_router
 
@@ -67,3 +69,27 @@ def test_the_deadline_bounds_a_wait_through_a_status_endpoint_outage(
     elapsed = time.monotonic() - started
     assert elapsed < 15, f"a 3 s deadline held the run for {elapsed:.0f} s"
     assert fake.count("POST", "/v1/predictions/*/cancel") == 1  # and the prediction stopped billing
+
+
+async def test_the_replicate_client_sends_each_request_once(fake: FakeReplicate) -> None:
+    """The provider's client (the real one, as the provider builds it) never retries by itself: a GET answered
+    503 with ``Retry-After`` comes back at once, and a create answered 503 after the fake made the prediction
+    is not sent again (one request, one prediction); the provider decides what to retry or reconcile."""
+    sessions = Sessions()
+    session = sessions.get(TOKEN, ReplicateOptions(base_url=fake.base_url))
+    try:
+        fake.faults.add("GET /v1/predictions/*", 503, retry_after=1, times=3)
+        started = time.monotonic()
+        with pytest.raises(ApiStatusError) as info:
+            await session.client.predictions.async_get("some-prediction")
+        assert info.value.status == 503 and info.value.retry_after == 1
+        assert fake.count("GET", "/v1/predictions/*") == 1 and time.monotonic() - started < 1
+
+        fake.faults.add("POST /v1/models/*/predictions", 503, processed=True, times=1)
+        with pytest.raises(ApiStatusError):
+            await session.client.models.predictions.async_create(
+                model="black-forest-labs/flux-schnell", input={"prompt": "once"}
+            )
+        assert fake.count("POST", "/v1/models/*/predictions") == 1 and len(fake.predictions) == 1
+    finally:
+        await sessions.aclose()

@@ -24,17 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from replicate.client import Client, RetryTransport
+from replicate.client import Client
 
 from .options import TOKEN_VARIABLE, ReplicateOptions
 
 TransportFactory = Callable[[], httpx.AsyncBaseTransport]
-
-SDK_MAX_ATTEMPTS = 1
-"""Tries the client's own RetryTransport makes of one request: no retries of its own. It would retry a
-GET on 429/503/504 up to 10 times, with backoff up to 60 s (longer with ``Retry-After``), inside each of
-the provider's polls, reconcile listings and schema fetches, which already retry with their own bounds
-(``poll_error_limit``, ``reconcile_attempts``, the router's attempts and deadline). POSTs it never retries."""
 
 _THROTTLE_DETAIL = re.compile(r"available in (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
@@ -142,16 +136,19 @@ class _AsyncOnly(httpx.BaseTransport, httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def _bound_sdk_retries(client: Client) -> None:
-    """Configure the (unmodified) client's RetryTransport to try each request :data:`SDK_MAX_ATTEMPTS` times.
+def sdk_unretried(transport: httpx.AsyncBaseTransport) -> dict[str, httpx.AsyncBaseTransport]:
+    """httpx ``mounts`` that send every request of the (unmodified) client through ``transport``, and once.
 
-    The client always wraps the transport it is given in a RetryTransport with its defaults, so the one
-    its async httpx client holds is configured here, when that client is built.
+    ``replicate.Client`` wraps the ``transport=`` it is given in its RetryTransport, which would retry a GET on
+    429/503/504 up to 10 times with backoff up to 60 s (longer with ``Retry-After``) inside each of the
+    provider's polls, reconcile listings and schema fetches: those already retry with their own bounds
+    (``poll_error_limit``, ``reconcile_attempts``, the router's attempts and deadline), so a status outage
+    would hold a run for minutes. POSTs it never retries (a create is never re-sent blindly; see creates.py).
+    A transport mounted for ``all://`` takes precedence over the client's transport for every URL (httpx
+    looks up mounts first), and the client hands its extra keyword arguments to httpx as they are: this is
+    public API on both sides, with no private attribute of the client touched.
     """
-    retrying = client._async_client._transport
-    if isinstance(retrying, RetryTransport):  # replicate 1.0.x; the test of the poll outage notices otherwise
-        retrying.max_attempts = SDK_MAX_ATTEMPTS
-        retrying.max_backoff_wait = 0
+    return {"all://": transport}
 
 
 def read_token() -> str | None:
@@ -222,11 +219,11 @@ class Sessions:
                 api_token=token,
                 base_url=options.base_url,
                 timeout=timeout,
-                transport=transport,
+                transport=transport,  # wrapped in the client's RetryTransport, unused: see sdk_unretried
+                mounts=sdk_unretried(transport),
                 event_hooks={"response": [_raise_api_errors]},
             )
             client.poll_interval = options.poll_initial_seconds
-            _bound_sdk_retries(client)
             http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
             account = hashlib.sha256(token.encode()).hexdigest()[:16]
             session = Session(client=client, http=http, options=options, account=account)
