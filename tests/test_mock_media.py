@@ -11,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageDraw
 
+from conftest import mock_section
+from genroute.types import ImageToVideo
 from genroute_mock.media import (
     animated_gif,
     plausible_text,
@@ -18,6 +20,7 @@ from genroute_mock.media import (
     speech_duration_seconds,
     transcript_segments,
     transform_image,
+    video_size,
     wav_audio,
     wav_duration_seconds,
 )
@@ -199,6 +202,77 @@ def test_gif_is_deterministic_and_seeded() -> None:
 def test_gif_rejects_bad_timing(frames: int, fps: int) -> None:
     with pytest.raises(ValueError):
         animated_gif(10, 10, frames=frames, fps=fps, seed=1)
+
+
+# -- video_size and image-to-video ----------------------------------------------------------------
+
+
+def _still(width: int, height: int, fmt: str = "PNG", orientation: int | None = None) -> bytes:
+    img = Image.new("RGB", (width, height), (30, 90, 200))
+    buf = io.BytesIO()
+    if orientation is None:
+        img.save(buf, fmt)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation  # EXIF Orientation, as a phone writes it
+        img.save(buf, fmt, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "long_side", "expected"),
+    [
+        ((1920, 1080), 256, (256, 144)),  # 16:9
+        ((1080, 1920), 256, (144, 256)),  # 9:16
+        ((300, 300), 256, (256, 256)),
+        ((640, 480), 512, (512, 384)),  # 4:3, a longer side asked for
+        ((50, 40), 256, (256, 208)),  # a small still is scaled up to the long side
+        ((2000, 100), 256, (256, 64)),  # a sliver: the short side stays at the 64 px minimum
+        ((999, 561), 250, (248, 144)),  # sides rounded to a multiple of 8
+    ],
+)
+def test_video_size_follows_the_image_shape(size: tuple[int, int], long_side: int, expected: tuple[int, int]) -> None:
+    assert video_size(_still(*size), long_side) == expected
+
+
+def test_video_size_honours_exif_rotation() -> None:
+    # Stored landscape, shown portrait (rotated 90°): the video is portrait, as the photo looks.
+    assert video_size(_still(320, 180, "JPEG", orientation=6), 256) == (144, 256)
+
+
+def test_video_size_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="not a readable image"):
+        video_size(b"not an image at all", 256)
+
+
+@pytest.fixture
+def mock_router(settings_factory, router_factory):  # type: ignore[no-untyped-def]
+    return router_factory(settings_factory({"mock": mock_section()}), entry_points=True)
+
+
+async def _video_of(router, **fields: object) -> bytes:  # type: ignore[no-untyped-def]
+    request = ImageToVideo(duration_seconds=1, fps=4, tier="fast", cache="bypass", **fields)  # type: ignore[arg-type]
+    result = await router.arun(request)
+    return result.artifacts[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("still", "expected"),
+    [((1280, 720), (256, 144)), ((720, 1280), (144, 256)), ((400, 300), (256, 192)), ((500, 500), (256, 256))],
+)
+async def test_image_to_video_keeps_the_still_aspect_ratio(mock_router, still, expected) -> None:  # type: ignore[no-untyped-def]
+    data = await _video_of(mock_router, image=_still(*still))
+    gif = _open(data)
+    assert gif.format == "GIF" and gif.n_frames == 4
+    assert gif.size == expected
+    assert await _video_of(mock_router, image=_still(*still)) == data  # deterministic, as before
+
+
+async def test_image_to_video_with_an_asked_shape_keeps_that_shape(mock_router) -> None:  # type: ignore[no-untyped-def]
+    wide = _still(1280, 720)
+    assert _open(await _video_of(mock_router, image=wide, aspect_ratio="1:1")).size == (256, 256)
+    assert _open(await _video_of(mock_router, image=wide, aspect_ratio="9:16")).size == (144, 256)
+    assert _open(await _video_of(mock_router, image=wide, width=128, height=96)).size == (128, 96)
 
 
 # -- wav_audio / wav_duration_seconds -----------------------------------------------------------

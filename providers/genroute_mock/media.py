@@ -175,6 +175,21 @@ def transform_image(
     return _png(img)
 
 
+def video_size(data: bytes, long_side: int, *, min_side: int = 64) -> tuple[int, int]:
+    """The size of a video made from the image `data`: the image's shape (after EXIF rotation) with
+    `long_side` pixels on its long side, each side rounded to a multiple of 8 and at least `min_side`.
+
+    Raises ValueError if `data` cannot be decoded.
+    """
+    width, height = _decode(data, "image").size
+    scale = long_side / max(width, height)
+
+    def fit(side: int) -> int:
+        return max(min_side, round(side * scale / 8) * 8)
+
+    return fit(width), fit(height)
+
+
 def animated_gif(width: int, height: int, *, frames: int, fps: int, seed: int) -> bytes:
     """A looping GIF of a disc orbiting the centre, `frames` frames at `fps`.
 

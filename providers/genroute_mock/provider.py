@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genroute import billing, errors
 from genroute.provider import Provider, RunContext
 from genroute.types import (
+    MIN_SIDE,
     ImageToImage,
     ImageToVideo,
     Inpaint,
@@ -55,7 +56,8 @@ class MockOptions(BaseModel):
     retry_after_seconds: Number = Field(default=0.05, ge=0, description="Retry-After sent with rate limits")
     seed: WholeNumber = Field(default=0, description="changes which attempts fail, not what succeeds")
     # Sides are rounded to a multiple of 8 and never below 64 (genroute.types.MIN_SIDE): a smaller long side
-    # would come out as 64 anyway, so it is refused rather than silently ignored.
+    # would come out as 64 anyway, so it is refused rather than silently ignored. An image-to-video request
+    # without width/height or aspect_ratio takes its input image's shape, this long.
     video_side: WholeNumber = Field(default=256, ge=64, le=1024, description="long side of generated videos in pixels")
 
 
@@ -158,9 +160,12 @@ def _generate(request: RequestModel, seed: int, options: MockOptions) -> Provide
             data = media.transform_image(request.image.data, seed=seed, remove_background=True)
             return ProviderOutput(files=[_png(data)], usage=Usage(outputs=1))
         case TextToVideo() | ImageToVideo():
-            if isinstance(request, ImageToVideo):
-                media.transform_image(request.image.data, seed=seed)  # refuse undecodable input like a real model
             width, height = request.dimensions(base=options.video_side)
+            if isinstance(request, ImageToVideo):
+                # The still's shape unless a size or aspect ratio is asked for; refuses undecodable input.
+                shaped = media.video_size(request.image.data, options.video_side, min_side=MIN_SIDE)
+                if request.width is None and request.aspect_ratio is None:
+                    width, height = shaped
             frames = max(1, min(MAX_VIDEO_FRAMES, round(request.duration_seconds * request.fps)))
             files = [
                 OutputFile(
