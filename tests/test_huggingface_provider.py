@@ -8,17 +8,20 @@ genroute's hierarchy. Failure modes that need the exact error class call the pro
 from __future__ import annotations
 
 import io
+import socket
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from email.utils import formatdate
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from huggingface_hub import constants
+from huggingface_hub.errors import InferenceTimeoutError
 from PIL import Image
 
 from fakes.hf_server import FakeHF, fake_hf_routing, make_wav
@@ -33,7 +36,7 @@ from genroute.types import (
     TextToVideo,
     parse_request,
 )
-from genroute_huggingface.failures import retry_after_seconds
+from genroute_huggingface.failures import retry_after_seconds, timed_out_after_sending, translate
 from hf_helpers import (
     TOKEN,
     config,
@@ -65,6 +68,13 @@ def server() -> Iterator[FakeHF]:
 
 def model(task: str, tier: str) -> str:
     return str(entry(task, tier)["model"])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    stop = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < stop, "condition not met in time"
+        time.sleep(0.02)
 
 
 def request_for(task: str, tier: str, **extra: object) -> dict[str, object]:
@@ -370,8 +380,65 @@ async def test_unknown_model_is_model_not_found(server: FakeHF, tmp_path: Path) 
 async def test_client_timeout_is_provider_timeout(server: FakeHF, tmp_path: Path) -> None:
     server.slow(model("text-to-image", "fast"), seconds=2.0)
     s = settings(tmp_path, server.base_url, options={"request_timeout_seconds": 0.2})
-    with pytest.raises(errors.ProviderTimeout, match="did not answer in time"):
+    with pytest.raises(errors.ProviderTimeout, match="did not answer in time") as info:
         await run_direct(s, parse_request(request_for("text-to-image", "fast")))
+    # sent, never answered: the service may have run it and billed it, so it counts at its estimate (3 s)
+    assert info.value.incurred == Decimal(entry("text-to-image", "fast")["est_seconds"]) * PRICE
+    assert not info.value.retryable  # posting it again would be billed again
+
+
+async def test_a_timeout_after_answered_outputs_counts_them_and_the_unanswered_call(
+    server: FakeHF, tmp_path: Path
+) -> None:
+    flux = model("text-to-image", "fast")
+    server.slow(flux, seconds=0.0)  # the first image answers at once (1.5 s billed, measured)
+    server.slow(flux, seconds=2.0)  # the second times out after it was sent
+    s = settings(tmp_path, server.base_url, options={"request_timeout_seconds": 0.3})
+    with pytest.raises(errors.ProviderTimeout) as info:
+        await run_direct(s, parse_request(request_for("text-to-image", "fast", num_outputs=2)))
+    estimate = Decimal(entry("text-to-image", "fast")["est_seconds"]) * PRICE
+    assert info.value.incurred == Decimal("1.5") * PRICE + estimate
+
+
+def test_a_timed_out_call_is_recorded_as_billed_and_not_posted_again(server: FakeHF, tmp_path: Path) -> None:
+    flux = model("text-to-image", "fast")
+    server.slow(flux, seconds=1.0, times=None)  # every call answers after the client gave up
+    options = {"request_timeout_seconds": 0.25}
+    s = settings(tmp_path, server.base_url, options=options, providers=("huggingface", "mock"))
+    with router(s) as r:
+        result = r.run(request_for("text-to-image", "fast"))
+        assert result.provider == "mock"
+        wait_until(lambda: server.billed_seconds > 0)  # the fake finishes, and bills, the work nobody waits for
+        assert server.count(method="POST", model=flux) == 1  # not re-posted: each post is billed
+        recorded = spent(r, "free:huggingface")
+        assert recorded == Decimal(entry("text-to-image", "fast")["est_seconds"]) * PRICE
+        assert recorded >= Decimal(str(server.spent_usd))  # the ledger never under-records
+
+
+def test_a_connection_that_cannot_be_made_costs_nothing_and_is_retried(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = settings(tmp_path, f"http://127.0.0.1:{port}", providers=("huggingface", "mock"))
+    with router(s) as r:
+        result = r.run(request_for("text-to-image", "fast"))
+        assert result.provider == "mock"
+        assert spent(r, "free:huggingface") == 0  # nothing reached the service: nothing billed
+
+
+def test_timeouts_before_sending_are_not_billed() -> None:
+    connect = InferenceTimeoutError("Inference call timed out")
+    connect.__cause__ = httpx2.ConnectTimeout("timed out")
+    error = translate(connect, model="org/m", incurred=None)
+    assert isinstance(error, errors.ProviderTimeout) and error.retryable and error.incurred is None
+    assert "nothing sent" in error.message
+    pooled = httpx2.PoolTimeout("no connection free")
+    assert timed_out_after_sending(pooled) is False
+    read = InferenceTimeoutError("Inference call timed out")
+    read.__cause__ = httpx2.ReadTimeout("timed out")
+    assert timed_out_after_sending(read) is True
+    assert timed_out_after_sending(InferenceTimeoutError("no cause")) is True  # unknown: may have been sent
+    assert timed_out_after_sending(ValueError("no timeout")) is None
 
 
 def test_errors_reach_the_router_as_reasons_and_only_transient_ones_are_retried(server: FakeHF, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@
 - The service reports billed compute in an ``x-compute-time`` header the client does not surface. A response hook
   on the client's ``httpx2`` session records it into the :class:`ComputeMeter` of the running call. The session is
   reached through the client's private ``_get_async_client``; if that ever disappears, nothing is measured and the
-  cost settles on the catalogue's ``est_seconds``.
+  cost settles on the catalogue's ``est_seconds``. A request hook counts the requests sent, so that a call that
+  timed out is known to have been sent without an answer (it may have run and been billed).
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ def model_target(options: HuggingFaceOptions, model: str) -> str:
 
 @dataclass
 class ComputeMeter:
-    """Compute seconds the service billed for the successful answers of one run."""
+    """Compute seconds the service billed for the successful answers of one run, and the requests in flight."""
 
     answers: int = 0
     measured: int = 0
     seconds: float = 0.0
+    sent: int = 0  # requests handed to the connection (counted before it is made)
+    responses: int = 0  # answers received, whatever their status
 
     def record(self, response: httpx2.Response) -> None:
+        self.responses += 1
         if not 200 <= response.status_code < 300:
             return  # loading 503s, 429s and errors are not billed
         self.answers += 1
@@ -65,6 +69,11 @@ class ComputeMeter:
         if seconds is not None and seconds >= 0:
             self.measured += 1
             self.seconds += seconds
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether the last request had no answer yet; True when requests are not counted (unknown: assume so)."""
+        return self.sent == 0 or self.sent > self.responses
 
     @property
     def total(self) -> float | None:
@@ -91,6 +100,12 @@ async def _record_compute_time(response: httpx2.Response) -> None:
         meter.record(response)
 
 
+async def _count_request(request: httpx2.Request) -> None:
+    meter = _METER.get()
+    if meter is not None:
+        meter.sent += 1
+
+
 def new_client(options: HuggingFaceOptions, token: str) -> AsyncInferenceClient:
     timeout = options.request_timeout_seconds
     if options.base_url is not None:  # a URL model means hf-inference at that URL
@@ -112,7 +127,7 @@ async def install_meter(client: AsyncInferenceClient) -> bool:
         hooks = session.event_hooks
         if _record_compute_time not in hooks.get("response", []):
             session.event_hooks = {
-                "request": list(hooks.get("request", [])),
+                "request": [*hooks.get("request", []), _count_request],
                 "response": [*hooks.get("response", []), _record_compute_time],
             }
     except Exception:  # a future client without this seam: settle on the estimate instead

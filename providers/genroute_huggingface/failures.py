@@ -147,14 +147,45 @@ def translate(
     return error
 
 
+def timed_out_after_sending(exc: BaseException) -> bool | None:
+    """For a timeout: whether the request had been sent (True: a read or write timeout, the work may have run and
+    been billed) or not (False: connecting, or waiting for a pooled connection). None when ``exc`` is no timeout.
+
+    The client wraps httpx2's timeouts in ``InferenceTimeoutError``; the cause tells which phase timed out (one that
+    cannot be told is taken as sent: the ledger must not under-record)."""
+    if not isinstance(exc, InferenceTimeoutError | httpx2.TimeoutException):
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, httpx2.ConnectTimeout | httpx2.PoolTimeout):
+            return False
+        if isinstance(current, httpx2.ReadTimeout | httpx2.WriteTimeout):
+            return True
+        current = current.__cause__ or current.__context__
+    return True
+
+
 def _translate(exc: BaseException, model: str, incurred: Decimal | None, billing: str) -> errors.ProviderError | None:
     common: dict[str, Any] = {"provider": NAME, "incurred": incurred}
     if isinstance(exc, errors.ProviderError):
         if exc.incurred is None and incurred:
             exc.incurred = incurred
         return exc
-    if isinstance(exc, InferenceTimeoutError | httpx2.TimeoutException):
-        return errors.ProviderTimeout(f"{model} did not answer in time", **common)
+    sent = timed_out_after_sending(exc)
+    if sent is False:
+        return errors.ProviderTimeout(f"could not reach Hugging Face in time to call {model} (nothing sent)", **common)
+    if sent:
+        # The service may run (and bill) work whose answer never arrived: ``incurred`` counts it (see provider.py),
+        # and the same model is not asked again — another call would be billed as well.
+        return errors.ProviderTimeout(
+            f"{model} did not answer in time; the request had been sent, so it may have run and been billed "
+            "(counted at its estimate, not sent again)",
+            retryable=False,
+            hint="raise request_timeout_seconds in [providers.huggingface.options] for slow (cold or large) models",
+            **common,
+        )
     if isinstance(exc, OfflineModeIsEnabled):
         return errors.ProviderError(
             "huggingface_hub is in offline mode (HF_HUB_OFFLINE), which blocks every request",

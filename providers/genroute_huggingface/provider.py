@@ -24,7 +24,7 @@ from .client import (
     model_target,
     token_from_env,
 )
-from .failures import TOKEN_HINT, translate
+from .failures import TOKEN_HINT, timed_out_after_sending, translate
 from .loading import LoadingWaiter
 from .options import NAME, HuggingFaceOptions
 
@@ -144,11 +144,38 @@ def _call(client: Any, offer: Offer, ctx: RunContext, options: HuggingFaceOption
     )
 
 
-def _incurred(offer: Offer, meter: ComputeMeter) -> Decimal | None:
-    """What the answers already billed in this run cost (an output that then proved broken is still billed)."""
-    if not meter.answers or offer.entry is None:
-        return None
-    return billed(offer.entry, meter)
+def _incurred(offer: Offer, meter: ComputeMeter, *, in_flight: bool = False) -> Decimal | None:
+    """What this run's calls may have cost: the answers already billed (an output that then proved broken is still
+    billed), plus, with ``in_flight``, the call that was sent and never answered (a read timeout: the service may
+    have run it and billed it) at its estimate, so that the ledger never under-records."""
+    done = billed(offer.entry, meter) if meter.answers and offer.entry is not None else None
+    if not in_flight:
+        return done
+    pending = _one_call(offer, answered=meter.answers)
+    if pending is None:
+        return done
+    return (done or Decimal(0)) + pending
+
+
+def _one_call(offer: Offer, *, answered: int) -> Decimal | None:
+    """The catalogue price of one more call of ``offer`` (``answered`` calls already answered in this run)."""
+    entry = offer.entry
+    if entry is None:
+        return offer.estimate
+    match entry.unit:
+        case "compute_second":
+            assert entry.est_seconds is not None  # enforced by ModelEntry
+            return entry.price * entry.est_seconds
+        case "output":
+            return entry.price
+        case "request":
+            return entry.price if not answered else Decimal(0)  # one price for the whole request
+    return offer.estimate
+
+
+def _may_be_billed(exc: BaseException, meter: ComputeMeter) -> bool:
+    """A request sent and never answered: it timed out after it was sent, before any answer came back."""
+    return bool(timed_out_after_sending(exc)) and meter.unanswered
 
 
 def billed(entry: ModelEntry, meter: ComputeMeter) -> Decimal | None:
@@ -166,7 +193,8 @@ def billed(entry: ModelEntry, meter: ComputeMeter) -> Decimal | None:
 
 
 def _raise_translated(exc: Exception, offer: Offer, meter: ComputeMeter) -> NoReturn:
-    error = translate(exc, model=offer.model, incurred=_incurred(offer, meter), billing=offer.billing)
+    incurred = _incurred(offer, meter, in_flight=_may_be_billed(exc, meter))
+    error = translate(exc, model=offer.model, incurred=incurred, billing=offer.billing)
     if error is None:
         raise exc
     if error is exc:
