@@ -8,7 +8,11 @@ genroute's hierarchy. Failure modes that need the exact error class call the pro
 from __future__ import annotations
 
 import io
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 import wave
 from collections.abc import Callable, Iterator
@@ -609,6 +613,77 @@ def test_bad_options_are_refused_naming_the_key(tmp_path: Path, options: dict, k
 def test_a_token_in_the_options_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="secrets are not read from files"):
         settings(tmp_path, None, options={"hf_token": TOKEN})
+
+
+_FRESH_PROCESS_RUN = """
+import sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from fakes.hf_server import FakeHF
+from hf_helpers import TOKEN, router, serve_catalogue, settings
+with FakeHF(token=TOKEN) as server:
+    serve_catalogue(server)
+    with router(settings(Path(tempfile.mkdtemp()), server.base_url)) as r:
+        started = time.monotonic()
+        result = r.run({"task": "text-to-image", "prompt": "a lamp", "tier": "fast"})
+        print(result.provider, round(time.monotonic() - started, 2))
+"""
+
+
+_HUB_SWITCHES = {
+    "HF_HUB_DISABLE_TELEMETRY",
+    "DISABLE_TELEMETRY",
+    "DO_NOT_TRACK",
+    "HF_HUB_OFFLINE",
+    "HF_INFERENCE_ENDPOINT",
+}
+"""Variables that would turn the Hub look-up off (or send calls elsewhere) before the provider does."""
+
+
+def test_with_a_base_url_no_call_waits_on_the_hub(tmp_path: Path) -> None:
+    """huggingface_hub fetches an "agent harnesses" registry from the Hub the first time a process builds request
+    headers (a blocking GET of up to 3 s). In a fresh process whose Hub (HF_ENDPOINT) accepts connections and never
+    answers, a call under base_url must neither connect there nor wait."""
+    hub = socket.socket()
+    hub.bind(("127.0.0.1", 0))
+    hub.listen(16)
+    hub.settimeout(0.05)
+    connections: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connections.append(hub.accept()[0])  # and never answer
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    env = {k: v for k, v in os.environ.items() if k not in _HUB_SWITCHES and not k.startswith("GENROUTE_")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{hub.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"), HF_TOKEN=TOKEN)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _FRESH_PROCESS_RUN, str(Path(__file__).parent)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in connections:
+            conn.close()
+        hub.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    provider, seconds = done.stdout.split()
+    assert provider == "huggingface"
+    assert connections == []  # nothing reached the Hub
+    assert float(seconds) < 2.5  # and nothing waited on it (the registry fetch times out after 3 s)
+    assert TOKEN not in done.stdout + done.stderr
 
 
 def test_the_plugin_is_installed_under_the_genroute_entry_point_group() -> None:

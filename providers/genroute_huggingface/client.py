@@ -5,6 +5,10 @@
 - With ``base_url`` set, a model ``org/name`` is called as the URL ``<base_url>/models/org/name`` (provider
   hf-inference at that URL, no Hub look-ups); without it the client's own routing is used with provider
   ``hf-inference`` (never ``auto``, which may pick a paid third-party provider).
+- ``huggingface_hub`` looks up "AI agent harnesses" on the Hub (``GET {HF_ENDPOINT}/api/agent-harnesses``, a blocking
+  call of up to 3 s, made the first time it builds request headers, inside the event loop) for its User-Agent
+  telemetry. The provider turns that telemetry off (``HF_HUB_DISABLE_TELEMETRY``, :func:`quiet_hub_telemetry`), so
+  that calls under ``base_url`` make no Hub look-up and no call waits on one.
 - The service reports billed compute in an ``x-compute-time`` header the client does not surface. A response hook
   on the client's ``httpx2`` session records it into the :class:`ComputeMeter` of the running call. The session is
   reached through the client's private ``_get_async_client``; if that ever disappears, nothing is measured and the
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient
+from huggingface_hub import AsyncInferenceClient, constants
 
 from .options import HuggingFaceOptions
 
@@ -106,7 +110,19 @@ async def _count_request(request: httpx2.Request) -> None:
         meter.sent += 1
 
 
+def quiet_hub_telemetry() -> None:
+    """Turn off ``huggingface_hub``'s telemetry, as ``HF_HUB_DISABLE_TELEMETRY=1`` does (the library reads that
+    variable once, at import, into ``constants.HF_HUB_DISABLE_TELEMETRY``, which is what it checks on each call).
+
+    Telemetry only: the User-Agent then names no torch version and no AI agent, and the agent detection behind
+    it never fetches its registry from the Hub — a blocking ``GET`` of up to 3 s on first use, made from inside the
+    event loop (so stalling every request in flight), and a call to huggingface.co even with ``base_url`` set.
+    """
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
 def new_client(options: HuggingFaceOptions, token: str) -> AsyncInferenceClient:
+    quiet_hub_telemetry()  # before the client builds its first headers
     timeout = options.request_timeout_seconds
     if options.base_url is not None:  # a URL model means hf-inference at that URL
         return AsyncInferenceClient(token=token, timeout=timeout)
