@@ -157,9 +157,15 @@ def offer_for(settings_: Settings, request: RequestModel, billing: str = "free")
 
 
 async def run_direct(
-    settings_: Settings, request: RequestModel, *, deadline: float = 20.0, billing: str = "free"
+    settings_: Settings,
+    request: RequestModel,
+    *,
+    deadline: float = 20.0,
+    billing: str = "free",
+    offer: Offer | None = None,
 ) -> ProviderOutput:
-    """``HuggingFaceProvider.run`` on its own (no router), to see the exact error it raises."""
+    """``HuggingFaceProvider.run`` on its own (no router), to see the exact error it raises. ``offer``: the one to
+    run (default: the provider's own offer for the request's tier)."""
     provider = HuggingFaceProvider()
     section = settings_.provider("huggingface")
     ctx = RunContext(
@@ -172,7 +178,7 @@ async def run_direct(
         http_factory=_no_http,
     )
     try:
-        return await provider.run(request, offer_for(settings_, request, billing), ctx)
+        return await provider.run(request, offer or offer_for(settings_, request, billing), ctx)
     finally:
         await provider.aclose()
 

@@ -46,6 +46,7 @@ from hf_helpers import (
     config,
     entry,
     isolate_hf,
+    offer_for,
     png,
     router,
     run_direct,
@@ -531,6 +532,66 @@ def test_no_offers_for_tasks_hf_inference_cannot_serve(server: FakeHF, tmp_path:
     assert [str(x) for x in plan.rejections if x.provider == "huggingface"] == [
         f"huggingface · - [balanced]: makes no offer for {task}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "said"),
+    [
+        ("text-to-speech", {"language": "fr"}, "takes no language (asked for 'fr')"),
+        ("text-to-speech", {"voice": "alloy"}, "takes no voice (asked for voice 'alloy')"),
+        ("speech-to-text", {"language": "de"}, "takes no language (asked for 'de')"),
+    ],
+)
+def test_fields_hf_inference_cannot_send_go_to_a_provider_that_takes_them(
+    server: FakeHF, tmp_path: Path, caplog: pytest.LogCaptureFixture, task: str, extra: dict, said: str
+) -> None:
+    with router(settings(tmp_path, server.base_url, providers=("huggingface", "mock"))) as r:
+        with caplog.at_level("INFO", logger="genroute_huggingface"):
+            result = r.run(request_for(task, "fast", **extra))
+        assert result.provider == "mock"  # served as asked, not with the field dropped
+        plan = r.plan(request_for(task, "fast", **extra))
+        assert [str(x) for x in plan.rejections if x.provider == "huggingface"] == [
+            f"huggingface · - [fast]: makes no offer for {task}"
+        ]
+    assert said in caplog.text
+    assert server.requests == []  # nothing sent, nothing billed
+
+
+async def test_a_field_it_cannot_send_is_refused_before_any_call(server: FakeHF, tmp_path: Path) -> None:
+    s = settings(tmp_path, server.base_url)
+    english = offer_for(s, parse_request(request_for("text-to-speech", "fast")))  # as another plugin might offer
+    with pytest.raises(errors.ProviderRejectedInput, match="takes no language"):
+        await run_direct(s, parse_request(request_for("text-to-speech", "fast", language="fr")), offer=english)
+    copies = parse_request(request_for("image-to-image", "fast", num_outputs=2))
+    with pytest.raises(errors.ProviderRejectedInput, match="takes no seed: 2 outputs would be the same image"):
+        await run_direct(s, copies, offer=offer_for(s, parse_request(request_for("image-to-image", "fast"))))
+    assert server.requests == []
+
+
+def test_english_speech_is_still_served_on_hugging_face(server: FakeHF, tmp_path: Path) -> None:
+    with router(settings(tmp_path, server.base_url, providers=("huggingface", "mock"))) as r:
+        assert r.run(request_for("text-to-speech", "fast", language="en-US")).provider == "huggingface"
+    assert server.requests[-1].json() == {"inputs": "hello brave new world", "parameters": {}}
+
+
+def test_image_to_image_makes_one_output_at_most(server: FakeHF, tmp_path: Path) -> None:
+    with router(settings(tmp_path, server.base_url, providers=("huggingface", "mock"))) as r:
+        result = r.run(request_for("image-to-image", "fast", num_outputs=2))
+        assert result.provider == "mock" and len(result.artifacts) == 2
+        plan = r.plan(request_for("image-to-image", "fast", num_outputs=2))
+        (line,) = [x for x in plan.rejections if x.provider == "huggingface" and x.tier == "fast"]
+        assert line.reason == "asks 2 outputs; this model makes at most 1"
+        assert r.run(request_for("image-to-image", "fast")).provider == "huggingface"  # one output it makes
+    assert server.count(method="POST") == 1
+
+
+def test_several_images_from_text_are_distinct_with_or_without_a_seed(server: FakeHF, tmp_path: Path) -> None:
+    with router(settings(tmp_path, server.base_url)) as r:
+        for extra in ({}, {"seed": 11}):
+            result = r.run(request_for("text-to-image", "fast", num_outputs=3, **extra))
+            assert len({a.sha256 for a in result.artifacts}) == 3  # never the same image paid for twice
+    seeds = [req.json()["parameters"]["seed"] for req in server.requests]
+    assert len(set(seeds)) == 6 and seeds[3:] == [11, 12, 13]
 
 
 def test_free_offers_per_tier_and_paid_ones_only_when_allowed(server: FakeHF, tmp_path: Path) -> None:

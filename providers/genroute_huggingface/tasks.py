@@ -6,6 +6,7 @@ answers. hf-inference makes one image per call, so ``num_outputs`` images are th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -52,7 +53,46 @@ class Call:
         return result
 
 
+_ENGLISH = re.compile(r"^(en|eng|english)([-_][a-z0-9]+)*$", re.IGNORECASE)
+
+
+def unserved(request: RequestModel) -> str | None:
+    """Why hf-inference cannot carry out ``request`` as asked, or None.
+
+    Its task API (``huggingface_hub`` ``text_to_speech`` / ``automatic_speech_recognition``, the hf-inference task
+    parameters) has no field for a voice or a language: text-to-speech speaks in the model's one voice (the
+    catalogue's models speak English), and speech recognition detects the language itself. A request asking for
+    them is not offered for, rather than served with the field dropped.
+    """
+    match request:
+        case TextToSpeech(voice=str() as voice):
+            kind = "a speaker sample" if re.match(r"^(https?|data):", voice, re.IGNORECASE) else f"voice {voice!r}"
+            return f"hf-inference text-to-speech takes no voice (asked for {kind}); its models speak in one voice"
+        case TextToSpeech(language=str() as language) if not _ENGLISH.match(language):
+            return (
+                f"hf-inference text-to-speech takes no language (asked for {language!r}); "
+                "its models in the catalogue speak English"
+            )
+        case SpeechToText(language=str() as language):
+            return (
+                f"hf-inference speech-to-text takes no language (asked for {language!r}); its models guess the "
+                "language of the audio"
+            )
+    return None
+
+
+def one_output_only(request: RequestModel) -> bool:
+    """Whether hf-inference can make only one distinct output for ``request``: image-to-image takes no seed, so
+    another call with the same request makes (and bills) the same image again."""
+    return isinstance(request, ImageToImage)
+
+
 async def run_task(call: Call, request: RequestModel) -> ProviderOutput:
+    why = unserved(request)
+    if why is None and isinstance(request, ImageToImage) and request.num_outputs > 1:  # see one_output_only
+        why = f"hf-inference {request.task_name} takes no seed: {request.num_outputs} outputs would be the same image"
+    if why is not None:  # no offer is made for it; refused here too, before anything is sent or billed
+        raise errors.ProviderRejectedInput(why, provider=NAME)
     match request:
         case TextToImage():
             return await text_to_image(call, request)
