@@ -114,6 +114,51 @@ def _starts_with_mpeg_audio_frames(data: bytes) -> bool:
     return second is not None and second[0] == kind
 
 
+# A RIFF size, or a WAV data chunk's size, that streaming encoders write when they cannot seek back to fill it in.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+# How far the RIFF size may overstate the file: a final pad byte left out, or the whole file's size written
+# instead of its size less the 8-byte RIFF header (both seen from real encoders).
+_RIFF_SIZE_SLACK = 8
+_MAX_WAV_CHUNKS = 256  # chunks walked before giving up on finding ``data`` (header parsing, never a long scan)
+
+
+def audio_cut_short(data: bytes) -> str | None:
+    """Why audio ``data`` is cut short, read from its headers alone, or None when nothing says so.
+
+    A WAV file's ``data`` chunk must hold the bytes its header declares (a chunk before it must fit too), and
+    the file must be as long as its RIFF header says, give or take :data:`_RIFF_SIZE_SLACK`. Sizes of 0 or
+    0xFFFFFFFF, which streaming encoders write, are an unknown length and accepted; so are chunks after ``data``
+    (``LIST`` metadata…) and bytes after the RIFF form. Other formats (MP3, FLAC, Ogg) carry no length a header
+    check could hold them to, so only WAV is checked. Cheap: a handful of 8-byte chunk headers are read.
+
+    The answer reads after a noun: ``f"{model} answered {problem}"`` (``"WAV audio cut short: declared 16000
+    bytes of sound data, got 7990"``).
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    riff_size = int.from_bytes(data[4:8], "little")
+    if riff_size not in _UNKNOWN_SIZES and riff_size + 8 > len(data) + _RIFF_SIZE_SLACK:
+        problem = f"declared {riff_size + 8} bytes in its RIFF header, got {len(data)}"
+    else:
+        problem = None
+    offset = 12
+    for _ in range(_MAX_WAV_CHUNKS):
+        if offset + 8 > len(data):
+            break
+        chunk_id = data[offset : offset + 4]
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        present = len(data) - offset - 8
+        if chunk_id == b"data":
+            if size not in _UNKNOWN_SIZES and size > present:
+                problem = f"declared {size} bytes of sound data, got {present}"
+            break  # chunks after the samples are metadata: the RIFF size covers them
+        if size > present:
+            problem = f"its {chunk_id.decode('latin-1')!r} chunk declares {size} bytes, got {present}"
+            break
+        offset += 8 + size + (size & 1)
+    return f"WAV audio cut short: {problem}" if problem else None
+
+
 MediaKind = Literal["image", "audio"]
 
 MEDIA_KINDS: dict[MediaKind, tuple[frozenset[str], str, str]] = {
