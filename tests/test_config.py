@@ -725,3 +725,92 @@ def test_an_infinite_or_nan_setting_is_refused_naming_the_key(tmp_path: Path, va
         load_settings(path, env={"GENROUTE_HOME": str(tmp_path)})
 
     assert "routing.deadline_seconds: must be a finite number" in str(info.value)
+
+
+# -- where the store may live ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "expected"),
+    [
+        (".genroute", "holds ledger.path"),  # with the default ledger.path ".genroute/ledger"
+        (".", "holds ledger.path"),
+        (".genroute/ledger", "is the same directory as ledger.path"),
+        (".genroute/jobs", "is the same directory as jobs.path"),
+        ("..", "holds ledger.path"),
+    ],
+)
+def test_a_store_holding_the_ledger_or_the_jobs_is_refused(tmp_path: Path, store: str, expected: str) -> None:
+    conf = shipped_with(tmp_path / "plugins.toml", 'path = ".genroute/store"', f'path = "{store}"')
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf, env={"GENROUTE_HOME": str(tmp_path)})
+    err = info.value
+    assert (err.file, err.key) == (str(conf), "store.path")
+    assert expected in err.message
+    assert "budget ledger" in err.message or "job records" in err.message
+    assert "directory of its own" in err.hint
+
+
+def test_a_ledger_or_jobs_directory_inside_the_store_is_refused(tmp_path: Path) -> None:
+    conf = shipped_with(tmp_path / "plugins.toml", 'path = ".genroute/ledger"', 'path = ".genroute/store/ledger"')
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf, env={"GENROUTE_HOME": str(tmp_path)})
+    assert info.value.key == "store.path" and "holds ledger.path" in info.value.message
+    raw = raw_copy()
+    raw["jobs"] = {"path": str(tmp_path / "s" / "jobs")}
+    raw["store"]["path"] = str(tmp_path / "s")
+    err = config_error(raw)
+    assert err.key == "store.path" and "holds jobs.path" in err.message and "job records" in err.message
+
+
+@pytest.mark.parametrize("key", ["store", "ledger", "jobs"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_path_is_refused_not_read_as_the_working_directory(key: str, value: str) -> None:
+    raw = raw_copy()
+    raw[key] = {**raw.get(key, {}), "path": value}
+    err = config_error(raw)
+    assert err.key == f"{key}.path"
+    assert "must not be empty" in err.message
+
+
+def _elsewhere(tmp_path: Path) -> str:
+    """A [ledger] and a [jobs] section far from the store, so that only the store's own place is in question."""
+    state = (tmp_path / "state").as_posix()
+    return f'[ledger]\npath = "{state}/ledger"\n[jobs]\npath = "{state}/jobs"\n'
+
+
+def test_the_working_directory_or_the_config_directory_as_the_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    conf = write_toml(
+        project / "plugins.toml",
+        MINIMAL.replace('[ledger]\npath = "rel/ledger"\n', _elsewhere(tmp_path)).replace('"rel/store"', '"."'),
+    )
+    monkeypatch.chdir(project)
+    with pytest.raises(ConfigError) as info:  # the working directory, and the directory of plugins.toml
+        load_settings(conf, env={})
+    assert info.value.key == "store.path"
+    assert "is the directory of the configuration file plugins.toml" in info.value.message
+    assert "files that are not the store's" in info.value.message
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = write_toml(elsewhere / "genroute.toml", conf.read_text())
+    with pytest.raises(ConfigError) as info:
+        load_settings(other, env={})  # "." is still the working directory, which holds notes.txt
+    assert "is the working directory" in info.value.message
+
+    with pytest.raises(ConfigError) as info:  # and a store above it holds it
+        load_settings(write_toml(elsewhere / "up.toml", conf.read_text().replace('path = "."', 'path = ".."')), env={})
+    assert info.value.key == "store.path" and "holds" in info.value.message
+
+
+def test_a_directory_left_to_the_store_alone_may_be_the_genroute_home(tmp_path: Path) -> None:
+    home = tmp_path / "cache-home"
+    (home / "data").mkdir(parents=True)  # what an earlier run of the store made: nothing else
+    text = MINIMAL.replace('[ledger]\npath = "rel/ledger"\n', _elsewhere(tmp_path)).replace('"rel/store"', '"."')
+    settings = load_settings(write_toml(tmp_path / "conf.toml", text), env={"GENROUTE_HOME": str(home)})
+    assert settings.store.path == home / "."

@@ -243,3 +243,18 @@ def test_a_file_handed_out_again_after_the_listing_is_not_removed(
     new = router.run(_image(2)).artifacts[0].path
 
     assert new.exists() and old.read_bytes() == _png(1)  # still there for the caller it was handed to
+
+
+def test_files_the_store_did_not_write_in_scratch_are_never_removed(scratch_router: Callable[..., Router]) -> None:
+    router = scratch_router(scratch_max_bytes=0)
+    scratch = router.settings.store.path / "scratch"
+    scratch.mkdir(parents=True)
+    mine = scratch / "notes.txt"
+    mine.write_text("an old note of the user's, well past the grace period")
+    _age(scratch, 10 * SCRATCH_GRACE_SECONDS)
+    for seed in range(1, 4):
+        result = router.run(_image(seed, cache="bypass"))
+        _age(result.artifacts[0].path.parent, 2 * SCRATCH_GRACE_SECONDS)
+    router.run(_image(9, cache="bypass"))
+    assert mine.read_text().startswith("an old note")
+    assert len([p for p in scratch.iterdir() if p.suffix == ".png"]) == 1  # its own old files did go

@@ -363,3 +363,52 @@ def test_round_trip_property(text: str | None, cost: Decimal, latency: float, da
         assert got is not None
         assert got.model_dump(exclude={"artifacts"}) == original.model_dump(exclude={"artifacts"})
         assert [a.read_bytes() for a in got.artifacts] == data
+
+
+# -- the store removes only what it wrote ----------------------------------------------------------
+
+
+def test_clear_leaves_files_the_store_did_not_write(store: ResultStore, caplog: pytest.LogCaptureFixture) -> None:
+    key = key_of("a")
+    kept = store.put(key, make_result(key), [png(1)]).artifacts[0].path
+    foreign = {
+        store.path / "data" / "blobs" / "zz" / "foreign.txt": "a user's file",
+        store.path / "data" / "blobs" / kept.parent.name / "notes.txt": "next to a blob",
+        store.path / "data" / "blobs" / "README": "at the root of the blobs",
+        store.path / "scratch" / "notes.txt": "a user's note",
+        store.path / "scratch" / "keep" / "deep.txt": "in a directory inside scratch/",
+    }
+    for path, text in foreign.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    assert store.clear() == 1  # a directory inside scratch/ no longer fails the clear half-way
+
+    assert not kept.exists()
+    assert {path: path.read_text() for path in foreign} == foreign
+    assert "notes.txt" in caplog.text and "keep" in caplog.text and "not a file the store wrote" in caplog.text
+
+
+def test_a_damaged_blob_row_never_names_a_file_outside_the_blobs(tmp_path: Path) -> None:
+    outside = tmp_path / "precious.txt"
+    outside.write_text("mine")
+    with ResultStore(tmp_path / "s", max_bytes=MIB) as s:
+        s.put(key_of("first"), make_result(key_of("first")), [png(1)])  # makes data/blobs/
+        with s._data.transact():
+            s._db().execute(
+                "INSERT INTO genroute_blobs (name, size, stored_at) VALUES (?, ?, 0)", ("../../precious.txt", 10**9)
+            )
+    with ResultStore(tmp_path / "s", max_bytes=MIB) as s:  # another process: its first write evicts
+        key = key_of("evicting")
+        s.put(key, make_result(key), [png(2)])
+        assert s.stats().bytes < MIB
+    assert outside.read_text() == "mine"
+
+
+def test_store_errors_never_call_a_directory_safe_to_delete(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError) as info:
+        ResultStore(blocker / "store")
+    assert "safe" not in info.value.hint
+    assert "genroute cache clear" in info.value.hint and "cache.db" in info.value.hint

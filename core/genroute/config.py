@@ -80,11 +80,22 @@ class BudgetSettings(_Strict):
     limits: list[BudgetLimit] = Field(default_factory=list)
 
 
+def _not_empty(value: Any) -> Any:
+    """An empty path would be read as ``.``, the working directory: refuse it rather than guess."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(
+            "must not be empty (an empty path is the working directory itself): give a directory of its own"
+        )
+    return value
+
+
 class LedgerSettings(_Strict):
     path: Path = Path(".genroute/ledger")
     reservation_ttl_seconds: Number = Field(
         default=900, gt=0, description="a reservation older than this (its process died) is reclaimed"
     )
+
+    _path_not_empty = field_validator("path", mode="before")(_not_empty)
 
 
 class StoreSettings(_Strict):
@@ -95,9 +106,13 @@ class StoreSettings(_Strict):
     # result larger than max_bytes)
     scratch_max_bytes: WholeNumber = Field(default=SCRATCH_MAX_BYTES, ge=0, le=2**62)
 
+    _path_not_empty = field_validator("path", mode="before")(_not_empty)
+
 
 class JobsSettings(_Strict):
     path: Path = Path(".genroute/jobs")
+
+    _path_not_empty = field_validator("path", mode="before")(_not_empty)
 
 
 class RoutingSettings(_Strict):
@@ -326,13 +341,86 @@ def _resolve_paths(settings: Settings, env: Mapping[str, str]) -> Settings:
         path = _expand(path, key, settings.source)
         return path if path.is_absolute() else base / path
 
-    return settings.model_copy(
+    resolved = settings.model_copy(
         update={
             "store": settings.store.model_copy(update={"path": absolute(settings.store.path, "store.path")}),
             "ledger": settings.ledger.model_copy(update={"path": absolute(settings.ledger.path, "ledger.path")}),
             "jobs": settings.jobs.model_copy(update={"path": absolute(settings.jobs.path, "jobs.path")}),
         }
     )
+    _check_store_path(resolved, base)
+    return resolved
+
+
+# What a store directory holds of its own (see genroute.store): anything else there is someone else's.
+_STORE_ENTRIES = frozenset({"data", "stats", "scratch"})
+_OWN_DIRECTORY_HINT = 'give the store a directory of its own, such as ".genroute/store" (the default)'
+
+
+def _check_store_path(settings: Settings, base: Path) -> None:
+    """Refuse a store directory that would share its place with the ledger, the jobs or the user's own files.
+
+    The store removes what it keeps (``genroute cache clear``, its size limit, its scratch folder), and its
+    error messages may advise rebuilding it: neither may ever reach the budget ledger, the job records, the
+    configuration file or the files of the directory genroute runs in.
+    """
+    source = settings.source
+    store = _real(settings.store.path)
+    for key, path in (("ledger.path", settings.ledger.path), ("jobs.path", settings.jobs.path)):
+        other = _real(path)
+        if store == other or store in other.parents:
+            what = "is the same directory as" if store == other else "holds"
+            raise ConfigError(
+                f"{store} {what} {key} ({other}): the store's clearing and eviction must never reach "
+                f"the {'budget ledger' if key == 'ledger.path' else 'job records'}",
+                file=source,
+                key="store.path",
+                hint=f"{_OWN_DIRECTORY_HINT}, apart from ledger.path and jobs.path",
+            )
+    places: dict[Path, str] = {}
+    config_file = Path(source)
+    if source != "<defaults>" and _is_file(config_file):
+        places[_real(config_file).parent] = f"the directory of the configuration file {config_file.name}"
+    places.setdefault(_real(Path.cwd()), "the working directory")
+    places.setdefault(_real(base), f"the directory {ENV_HOME} names")
+    for place, label in places.items():
+        if store != place and store not in place.parents:
+            continue
+        if store == place and not _holds_other_things(store):
+            continue  # a directory left to the store alone (nothing but what the store made is in it)
+        what = f"is {label}" if store == place else f"holds {label} ({place})"
+        raise ConfigError(
+            f"{store} {what}, which holds files that are not the store's",
+            file=source,
+            key="store.path",
+            hint=_OWN_DIRECTORY_HINT,
+        )
+
+
+def _real(path: Path) -> Path:
+    """``path`` made absolute with symbolic links resolved, as far as the file system allows."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a loop: compare it as written
+        return Path(os.path.abspath(path))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _holds_other_things(directory: Path) -> bool:
+    """Whether ``directory`` holds anything but a store's own entries (a directory that cannot be listed does)."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(entry.name not in _STORE_ENTRIES for entry in entries)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 def _expand(path: Path, key: str, source: str) -> Path:

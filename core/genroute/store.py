@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -77,6 +78,12 @@ SCRATCH_MAX_BYTES = 256 * 1024**2  # the default size limit of scratch/ ([store]
 # another process) may not have copied it yet.
 SCRATCH_GRACE_SECONDS = 60.0
 _EVICT_BATCH = 64  # oldest items looked at per eviction query
+# The names the store gives files, the only ones it ever removes: a directory shared with anything else by
+# mistake keeps that anything. Blobs: ``<sha256><suffix>`` (and ``<that>.<pid>.<thread>.tmp`` while being
+# replaced); scratch files: ``<sha256><suffix>`` (and ``.<sha256>.<pid>.<thread>.tmp`` while being written).
+_SUFFIX = "(?:" + "|".join(sorted({re.escape(s) for s in (*MEDIA_SUFFIXES.values(), ".bin")})) + ")"
+_BLOB_NAME = re.compile(rf"[0-9a-f]{{64}}{_SUFFIX}(?:\.[0-9]+\.[0-9]+\.tmp)?")
+_SCRATCH_NAME = re.compile(rf"[0-9a-f]{{64}}{_SUFFIX}|\.[0-9a-f]{{64}}\.[0-9]+\.[0-9]+\.tmp")
 
 
 class StoreStats(BaseModel):
@@ -258,7 +265,8 @@ class ResultStore:
                 for kind, name, size, _stored_at in oldest:
                     if kind == "blob":
                         db.execute(f"DELETE FROM {_BLOBS} WHERE name = ?", (name,))
-                        _unlink(os.path.join(self._blob_root, name[:2], name))
+                        if _BLOB_NAME.fullmatch(name):  # never a path a damaged row could make up
+                            _unlink(os.path.join(self._blob_root, name[:2], name))
                     else:
                         db.execute(f"DELETE FROM {_RESULTS} WHERE key = ?", (name,))
                     excess -= size
@@ -325,7 +333,11 @@ class ResultStore:
     # -- housekeeping --------------------------------------------------------------------------------------
 
     def clear(self) -> int:
-        """Remove every result, blob, scratch file and counter; return how many results were removed."""
+        """Remove every result, blob, scratch file and counter; return how many results were removed.
+
+        Only files the store named itself are removed (blobs ``data/blobs/ab/<sha256><suffix>``, scratch
+        files ``scratch/<sha256><suffix>``): anything else found there is left, with a warning.
+        """
         with self._lock:
             self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
             self._pending_ops = 0
@@ -335,18 +347,33 @@ class ResultStore:
                 db = self._db()
                 db.execute(f"DELETE FROM {_RESULTS}")
                 db.execute(f"DELETE FROM {_BLOBS}")
-                if os.path.isdir(self._blob_root):  # files of rows already gone too (a crash's orphans)
-                    for directory, _dirs, names in os.walk(self._blob_root):
-                        for name in names:
-                            _unlink(os.path.join(directory, name))
+                self._remove_blob_files()  # files of rows already gone too (a crash's orphans)
             self._data.clear()  # anything an older genroute kept as diskcache items
             self._stats.clear()
-            scratch = self._path / "scratch"
-            if scratch.is_dir():
-                for item in scratch.iterdir():
-                    item.unlink(missing_ok=True)
+            _clear_scratch(self._path / "scratch")
         log.info("result store %s: cleared %d results", self._path, count)
         return count
+
+    def _remove_blob_files(self) -> None:
+        """Remove every file under ``data/blobs/`` named as the store names blobs; warn about anything else."""
+        if not os.path.isdir(self._blob_root):
+            return
+        for directory, dirs, names in os.walk(self._blob_root):
+            inner = directory != self._blob_root
+            if inner:
+                for name in dirs:  # the store makes no directories below data/blobs/<ab>/
+                    _foreign(os.path.join(directory, name))
+                dirs.clear()
+            else:
+                for name in [d for d in dirs if not re.fullmatch("[0-9a-f]{2}", d)]:
+                    _foreign(os.path.join(directory, name))
+                    dirs.remove(name)
+            for name in names:
+                path = os.path.join(directory, name)
+                if inner and _BLOB_NAME.fullmatch(name) and name[:2] == os.path.basename(directory):
+                    _unlink(path)
+                else:
+                    _foreign(path)
 
     def close(self) -> None:
         """Close the database connections (the store reopens them if used again)."""
@@ -408,7 +435,8 @@ class ResultStore:
             raise StoreError(
                 f"result store at {self._path}: could not {action}: {exc}",
                 hint=f"check that {self._path} is writable and on a local disk (not a network share); "
-                f"it is only a cache, so deleting the directory {self._path} is safe",
+                f"if its database is damaged, `genroute cache clear` rebuilds it (only the store's own files, "
+                f"{os.path.join(self._path, 'data', 'cache.db')} and the files it stored, are removed)",
             ) from exc
 
 
@@ -468,10 +496,13 @@ def _hand_out_again(path: Path, size: int) -> bool:
 
 
 def _scratch_listing(directory: Path) -> list[tuple[float, int, str]]:
-    """The files in a scratch folder as ``(modified, size, name)``; raises OSError if it cannot be listed."""
+    """The files genroute wrote in a scratch folder as ``(modified, size, name)`` (anything else there is not
+    theirs to count or remove); raises OSError if it cannot be listed."""
     files: list[tuple[float, int, str]] = []
     with os.scandir(directory) as entries:
         for entry in entries:
+            if not _SCRATCH_NAME.fullmatch(entry.name):
+                continue
             with suppress(OSError):  # a file removed meanwhile by another process
                 if entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
@@ -511,6 +542,24 @@ def _bound_scratch(directory: Path, max_bytes: int, keep: set[str]) -> None:
         removed += 1
     if removed:
         log.debug("scratch folder %s: removed %d old file(s); %d bytes left", directory, removed, total)
+
+
+def _clear_scratch(directory: Path) -> None:
+    """Remove the files genroute wrote in a scratch folder; leave anything else there, with a warning."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if _SCRATCH_NAME.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+            _unlink(entry.path)
+        else:
+            _foreign(entry.path)
+
+
+def _foreign(path: str) -> None:
+    """Say that ``path``, in a folder of the store's, was left alone: the store never removes what it did not name."""
+    log.warning("result store: left %s in place: it is not a file the store wrote (not named as its files are)", path)
 
 
 def _holds(path: str, size: int) -> bool:

@@ -1,0 +1,78 @@
+"""Where the result store lives, and what the ``genroute`` command may remove there, end to end.
+
+Each test runs the CLI as a subprocess in its own ``tmp_path`` (working directory and ``GENROUTE_HOME``),
+against a copy of the repository's ``plugins.toml`` with ``[store]`` changed as the test needs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from test_cli import CONFIG, cli_environ
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+STORE_LINE = 'path = ".genroute/store"'
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """``cli(*args, store=None, rc=None)``: run genroute in ``tmp_path``; ``store`` replaces ``[store] path``."""
+
+    def run(*args: str, store: str | None = None, rc: int | None = None) -> subprocess.CompletedProcess[str]:
+        text = CONFIG.read_text(encoding="utf-8")
+        assert STORE_LINE in text, "plugins.toml no longer sets the store path: update the test"
+        config = tmp_path / "genroute.toml"
+        config.write_text(text.replace(STORE_LINE, f'path = "{store}"' if store is not None else STORE_LINE, 1))
+        proc = subprocess.run(
+            [sys.executable, "-m", "genroute.cli", *args],
+            cwd=tmp_path,
+            env=cli_environ(tmp_path, {"GENROUTE_CONFIG": str(config)}),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if rc is not None:
+            assert proc.returncode == rc, f"exit {proc.returncode}, expected {rc}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+@pytest.mark.parametrize("store", [".genroute", "", ".", ".genroute/ledger"])
+def test_a_store_path_over_the_ledger_or_the_working_directory_is_refused(cli: Cli, tmp_path: Path, store: str) -> None:
+    notes = tmp_path / "scratch" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    for args in (("cache", "clear"), ("run", "a lighthouse", "--tier", "fast", "--cache", "bypass")):
+        proc = cli(*args, store=store, rc=3)
+        assert "store.path" in proc.stderr
+        assert "ledger.path" in proc.stderr or "must not be empty" in proc.stderr
+    assert notes.read_text() == "mine"
+    assert not (tmp_path / ".genroute" / "data").exists()
+
+
+def test_cache_clear_removes_only_what_the_store_wrote(cli: Cli, tmp_path: Path) -> None:
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+    cli("run", "a harbour", "--tier", "fast", "--cache", "bypass", rc=0)
+    store = tmp_path / ".genroute" / "store"
+    foreign = [
+        store / "scratch" / "notes.txt",
+        store / "scratch" / "sub" / "deep.txt",
+        store / "data" / "blobs" / "zz" / "x.txt",
+    ]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("mine")
+
+    proc = cli("cache", "clear", rc=0)
+
+    assert "removed 1 result(s) and 1 scratch file(s)" in proc.stdout
+    assert all(path.read_text() == "mine" for path in foreign)
+    assert not list((store / "data" / "blobs").glob("??/*.png"))
+    assert (tmp_path / ".genroute" / "ledger").is_dir()  # the ledger is never the store's to touch
