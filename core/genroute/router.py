@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import logging
 import operator
 import sys
+import threading
 import time
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import pluggy
@@ -66,6 +77,7 @@ from .types import TASKS, TIERS, Offer, OutputFile, ProviderOutput, RequestModel
 log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
+T = TypeVar("T")
 
 _DROPPED = "dropped by genroute_choose"  # how a rejection of an offer the policy hook left out starts
 
@@ -165,11 +177,51 @@ class _Tries:
         return self.incurred + (extra_incurred(self.ctx, provider) if self.ctx is not None else Decimal(0))
 
 
+class _ThreadLoop:
+    """One thread's event loop for a router's sync facade: an :class:`asyncio.Runner`, and a lock held while it runs.
+
+    The lock lets :meth:`Router.close` (from any thread) tell a loop in use — a call under way on its thread — from
+    an idle one, which it may close; an idle loop's runner can be run and closed from any thread.
+    """
+
+    __slots__ = ("closed", "lock", "runner", "thread")
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.lock = threading.Lock()
+        self.thread = threading.current_thread()
+        self.closed = False
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to its end on this loop (in the calling thread)."""
+        with self.lock:
+            if self.closed:
+                coro.close()
+                raise GenrouteError(
+                    "this router was closed (Router.close) while the call was starting",
+                    hint="close the router only once every thread's calls have returned, or make a new Router",
+                )
+            return self.runner.run(coro)
+
+
+_Waiters = list[tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():  # a waiter that gave up (deadline, cancelled) is left alone
+        woken.set_result(None)
+
+
 class Router:
     """Routes requests to providers. Async methods are the core; ``run``/``batch`` wrap them.
 
     ``Router()`` reads ``plugins.toml`` (see :func:`genroute.config.load_settings`) and loads every
     plugin in entry point group ``genroute``. Use it as a context manager, or call :meth:`close`.
+
+    One router may be shared by threads (a Flask, Django or gunicorn thread worker): the sync facade runs each
+    thread's calls on that thread's own event loop (made on its first call), and identical requests running at
+    once, on any threads, are paid once. :meth:`close` closes every thread's loop; call it once no thread is
+    inside a call (see :meth:`close`).
     """
 
     def __init__(
@@ -220,32 +272,72 @@ class Router:
             self.ledger.cooldown_until,
         )
         self.backoff = Backoff(routing.backoff_initial_seconds, routing.backoff_max_seconds)
-        self._http: httpx.AsyncClient | None = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
-        self._runner: asyncio.Runner | None = None
+        self._http: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}  # one client per event loop
+        self._local = threading.local()  # .loop: this thread's _ThreadLoop for the sync facade
+        self._loops: list[_ThreadLoop] = []  # every thread's, for close()
+        self._loops_lock = threading.Lock()
         self._jobs: JobStore | None = None
-        self._running: dict[str, asyncio.Future[None]] = {}  # request keys being served now → done when served
+        # Request keys being served now (on any thread's loop) → the loops and futures of the calls waiting for
+        # each; the lock makes "look, then claim or wait" one step across threads.
+        self._running: dict[str, _Waiters] = {}
+        self._running_lock = threading.Lock()
         self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close providers, clients, the ledger and the store."""
-        if self._runner is not None:
-            self._runner.run(self.aclose())
-            self._runner.close()
-            self._runner = None
+        """Close providers, clients, every thread's event loop, the ledger and the store.
+
+        Call it once no thread is inside a call on this router (after joining the threads that use it, or at the
+        server's shutdown): a loop can be closed only while it is not running. If a call is still under way on
+        another thread, this raises :class:`GenrouteError` and closes nothing; call it again once that call has
+        returned. Called from inside a running event loop, use ``await router.aclose()`` instead.
+        """
+        with self._loops_lock:
+            held: list[_ThreadLoop] = []
+            for loop in self._loops:
+                if not loop.lock.acquire(blocking=False):
+                    for taken in held:
+                        taken.lock.release()
+                    if loop.thread is threading.current_thread():
+                        raise GenrouteError(
+                            "Router.close() was called inside a running call on this thread",
+                            hint="await router.aclose() from async code, or close the router after the call returns",
+                        )
+                    raise GenrouteError(
+                        f"Router.close() was called while thread {loop.thread.name!r} is still running a call on "
+                        "this router; nothing was closed",
+                        hint="close the router once every thread's calls have returned (join the threads first)",
+                    )
+                held.append(loop)
+            self._loops = []
+        try:
+            for loop in held:
+                self._close_loop(loop)
+        finally:
+            for loop in held:
+                loop.lock.release()
         self.ledger.close()
         if self.store is not None:
             self.store.close()
         if self._jobs is not None:
             self._jobs.close()
 
+    def _close_loop(self, loop: _ThreadLoop) -> None:
+        """Close one thread's loop (its lock held, so not running): this loop's clients, then the loop itself."""
+        try:
+            if not loop.closed:
+                loop.runner.run(self.aclose())
+        finally:
+            loop.closed = True
+            loop.runner.close()
+
     async def aclose(self) -> None:
+        """Close the providers' and the router's clients of the running event loop (each loop has its own)."""
         for provider in self.providers.values():
             await provider.aclose()
-        if self._http is not None and self._http_loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        self._http = None
+        client = self._http.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def __enter__(self) -> Router:
         return self
@@ -265,11 +357,14 @@ class Router:
             self._jobs.close()
 
     def _http_client(self) -> httpx.AsyncClient:
+        """The running loop's HTTP client: a client belongs to the loop it was made on (threads have their own)."""
         loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
-            self._http_loop = loop
-        return self._http
+        client = self._http.get(loop)
+        if client is None:
+            for gone in [other for other in list(self._http) if other.is_closed()]:
+                self._http.pop(gone, None)  # a closed loop's client cannot be used or closed any more: drop it
+            client = self._http[loop] = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        return client
 
     # -- requests -----------------------------------------------------------------------------------
     @staticmethod
@@ -569,33 +664,54 @@ class Router:
             self._notify("genroute_request_finished", request=model, key=key, result=result, error=error)
 
     async def _route(self, request: RequestModel, key: str, started: float) -> Result:
-        loop = asyncio.get_running_loop()
         deadline_seconds = request.deadline_seconds or self.settings.routing.deadline_seconds
-        deadline = loop.time() + deadline_seconds
-        shared = self.store is not None and request.cache == "use"
-        # The same request already running here (a batch with repeated lines, two callers at once): wait for it
-        # and take its result from the store, rather than pay for the same work twice.
-        while shared and (twin := self._running.get(key)) is not None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(twin)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"request did not finish within {deadline_seconds:g}s (waiting for the same request, already "
-                    "running)"
-                ) from None
-        hit = self._lookup(request, key, started)
-        if hit is not None:
-            return hit
-        if not shared:
+        deadline = asyncio.get_running_loop().time() + deadline_seconds
+        if self.store is None or request.cache != "use":
             return await self._serve(request, key, started, deadline, deadline_seconds)
-        done = loop.create_future()
-        self._running[key] = done
+        await self._claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
         try:
+            hit = self._lookup(request, key, started)
+            if hit is not None:
+                return hit
             return await self._serve(request, key, started, deadline, deadline_seconds)
         finally:
-            del self._running[key]
-            done.set_result(None)  # its twins look in the store: a hit if this one was kept, else they run
+            self._unclaim(key)  # its twins look in the store: a hit if this one was kept, else one of them runs
+
+    async def _claim(self, key: str, deadline: float, late: str) -> None:
+        """Make this call the one serving ``key``, once no other call serves it; :meth:`_unclaim` when done.
+
+        The same request already running (a batch with repeated lines, two callers at once, on this thread's
+        event loop or another's): wait for it, then look in the store, rather than pay for the same work twice.
+        Past ``deadline``, :class:`DeadlineExceeded` with the message ``late``.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._running_lock:
+                waiters = self._running.get(key)
+                if waiters is None:
+                    self._running[key] = []
+                    return
+                woken: asyncio.Future[None] = loop.create_future()
+                waiters.append((loop, woken))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await woken
+            except TimeoutError:
+                raise DeadlineExceeded(f"{late} (waiting for the same request, already running)") from None
+
+    def _unclaim(self, key: str) -> None:
+        """``key`` is no longer being served: wake the calls waiting for it, on whichever loop each runs."""
+        with self._running_lock:
+            waiters = self._running.pop(key)
+        if not waiters:
+            return
+        here = asyncio.get_running_loop()
+        for loop, woken in waiters:
+            if loop is here:
+                _wake(woken)
+            else:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there any more
+                    loop.call_soon_threadsafe(_wake, woken)
 
     async def _serve(
         self, request: RequestModel, key: str, started: float, deadline: float, deadline_seconds: float
@@ -928,7 +1044,8 @@ class Router:
         return [outcomes[i] for i in range(len(outcomes))]
 
     # -- sync facade --------------------------------------------------------------------------------
-    def _sync(self) -> asyncio.Runner:
+    def _sync(self) -> _ThreadLoop:
+        """This thread's event loop for the sync facade (``.run(coro)``), made on the thread's first call."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -937,9 +1054,25 @@ class Router:
             raise GenrouteError(
                 "the sync API was called inside a running event loop", hint="await router.arun(...) instead"
             )
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        return self._runner
+        mine: _ThreadLoop | None = getattr(self._local, "loop", None)
+        if mine is None or mine.closed:
+            mine = self._new_loop()
+        return mine
+
+    def _new_loop(self) -> _ThreadLoop:
+        """A loop for the calling thread; the loops of threads that have ended are closed now (none runs)."""
+        with self._loops_lock:
+            ended = [loop for loop in self._loops if not loop.thread.is_alive()]
+            mine = _ThreadLoop()
+            self._loops = [loop for loop in self._loops if loop.thread.is_alive()] + [mine]
+        self._local.loop = mine
+        for loop in ended:
+            try:
+                with loop.lock:
+                    self._close_loop(loop)
+            except Exception:  # closing what an ended thread left must not fail this thread's call
+                log.debug("closing an ended thread's event loop failed: %s", redact(traceback.format_exc()))
+        return mine
 
     def run(self, request: RequestLike) -> Result:
         """Sync :meth:`arun`."""
@@ -957,7 +1090,8 @@ class Router:
 
     def stream(self, request: RequestLike) -> SyncTextStream:
         """Sync :meth:`astream`: ``for piece in router.stream(req)``; then ``.result``."""
-        return SyncTextStream(self._sync(), TextStream(self, request))
+        self._sync()  # refused inside a running event loop, at once
+        return SyncTextStream(self._sync, TextStream(self, request))
 
     # -- hooks --------------------------------------------------------------------------------------
     def _notify(self, hook: str, **kwargs: Any) -> None:

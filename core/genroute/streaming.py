@@ -11,9 +11,9 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import (
     BudgetExceeded,
@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 
 # The router's logger: a stream is one request's way through the router.
 log = logging.getLogger("genroute.router")
+
+T = TypeVar("T")
+
+
+class LoopRunner(Protocol):
+    """Runs a coroutine to its end on an event loop of its own: the router's loop for the calling thread."""
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
 class TextStream:
@@ -71,8 +79,8 @@ class TextStream:
 class SyncTextStream:
     """Iterator of generated text for sync code; ``result`` is set once the stream is complete."""
 
-    def __init__(self, runner: asyncio.Runner, stream: TextStream) -> None:
-        self._runner = runner
+    def __init__(self, runner: Callable[[], LoopRunner], stream: TextStream) -> None:
+        self._runner = runner  # the reading thread's loop (the router's, for that thread), asked when reading starts
         self._stream = stream
 
     @property
@@ -80,6 +88,7 @@ class SyncTextStream:
         return self._stream.result
 
     def __iter__(self) -> Iterator[str]:
+        runner = self._runner()  # every piece on this one loop: the provider's stream belongs to it
         pieces = self._stream.__aiter__()
 
         async def next_piece() -> str:
@@ -89,7 +98,7 @@ class SyncTextStream:
         try:
             while True:
                 try:
-                    yield self._runner.run(next_piece())
+                    yield runner.run(next_piece())
                 except StopAsyncIteration:
                     finished = True
                     return
@@ -98,7 +107,7 @@ class SyncTextStream:
                 # Left early (a break, an exception in the caller's loop): close the stream now, so its
                 # reservation is settled or released at once rather than whenever the generator is collected.
                 try:
-                    self._runner.run(_aclose(pieces))
+                    runner.run(_aclose(pieces))
                 except RuntimeError:
                     log.debug("stream closed inside a running event loop; its loop will finalize it")
 
