@@ -126,6 +126,9 @@ class Headroom:
     left: Decimal
     scope: str
     period: str
+    hint: str | None = None
+    """For a scope the provider reported used up (:meth:`Ledger.exhaust`), what to do about it, quoting the
+    provider's note (which may carry its own advice); None for a limit reached in the ledger's own count."""
 
 
 @dataclass(frozen=True)
@@ -971,7 +974,7 @@ class Ledger:
             state = self._load()
             refusal = self._exhausted_refusal(state, scope_list, keys, 0)
             if refusal is not None:
-                return Headroom(Decimal(0), refusal.scope, refusal.period)
+                return Headroom(Decimal(0), refusal.scope, refusal.period, hint=refusal.hint)
             if not applicable:
                 return None
             if any(packed[1] <= now for packed in state["open"].values()):

@@ -42,8 +42,12 @@ _EPOCH = 1_000_000_000  # a reset value this large is a point in time, not a del
 
 TOKEN_HINT = "set HF_TOKEN to a Hugging Face token allowed to make calls to Inference Providers"
 CREDIT_HINT = (
-    "the Hugging Face monthly free credit is used up; genroute routes elsewhere until it renews "
-    "(or set allow_paid = true in [providers.huggingface.options])"
+    "the Hugging Face monthly free credit is used up; genroute routes elsewhere until it renews next month "
+    "(or set allow_paid = true in [providers.huggingface.options] to let genroute pay for Hugging Face work)"
+)
+CREDIT_USED_UP = (
+    "Hugging Face reported the monthly free credit used up (HTTP 402); it renews next month, or set allow_paid = true "
+    "in [providers.huggingface.options] to let genroute pay for Hugging Face work"
 )
 PAID_CREDIT_HINT = "the Hugging Face account cannot pay for more usage: add credit or a payment method on hf.co"
 
@@ -117,7 +121,11 @@ def _http_error(exc: HfHubHTTPError, model: str, incurred: Decimal | None, billi
     if status in (401, 403):
         return errors.AuthenticationFailed(what, hint=TOKEN_HINT, **common)
     if status == 402:
-        return errors.OutOfCredit(what, hint=CREDIT_HINT if billing == "free" else PAID_CREDIT_HINT, **common)
+        if billing == "free":
+            # The router marks free:huggingface used up with this message as the note, which every later refusal
+            # of free work quotes: it says what happened and what to do (a higher limit in plugins.toml would not help).
+            return errors.OutOfCredit(f"{CREDIT_USED_UP} ({what})", hint=CREDIT_HINT, **common)
+        return errors.OutOfCredit(what, hint=PAID_CREDIT_HINT, **common)
     if status in (400, 413, 422):
         return errors.ProviderRejectedInput(what, **common)
     if status in (404, 410):
