@@ -16,6 +16,7 @@ from genroute import BatchInterrupted, UnexpectedError
 from genroute.errors import (
     AuthenticationFailed,
     DeadlineExceeded,
+    GenrouteError,
     InvalidRequest,
     NoRouteAvailable,
     ProviderError,
@@ -371,6 +372,59 @@ def test_sync_stream(stream_router):
     assert pieces == ["Hel", "lo, ", "world"]
     assert list(router.stream(TextGeneration(prompt="say hello"))) == ["Hello, world"]  # now from the store
     assert router.a.stream_calls == 1
+
+
+@pytest.mark.parametrize("cache", ["bypass", "use"])
+def test_iterating_a_complete_sync_stream_again_replays_it_without_paying_again(stream_router, cache):
+    router = stream_router()
+    stream = router.stream(TextGeneration(prompt="say hello", cache=cache))
+
+    first = list(stream)
+    result = stream.result
+    assert stream.complete and result is not None and result.actual_cost == D("0.001")
+    assert list(stream) == first == ["Hel", "lo, ", "world"]  # the same pieces, not one stored text
+
+    assert stream.result is result and not result.cached  # not replaced by a store hit at $0
+    assert router.a.stream_calls == 1
+    assert [e.status for e in router.ledger.entries()] == ["settled"]
+
+
+@pytest.mark.parametrize("cache", ["bypass", "use"])
+async def test_iterating_a_complete_async_stream_again_replays_it_without_paying_again(stream_router, cache):
+    router = stream_router()
+    stream = router.astream(TextGeneration(prompt="say hello", cache=cache))
+
+    first = [piece async for piece in stream]
+    result = stream.result
+    assert [piece async for piece in stream] == first == ["Hel", "lo, ", "world"]
+
+    assert stream.result is result and result is not None and result.actual_cost == D("0.001")
+    assert router.a.stream_calls == 1
+    assert [e.status for e in router.ledger.entries()] == ["settled"]
+
+
+def test_iterating_a_sync_stream_left_early_again_says_a_stream_is_consumed_once(stream_router):
+    router = stream_router()
+    stream = router.stream(TextGeneration(prompt="say hello", cache="bypass"))
+    for _ in stream:
+        break
+
+    with pytest.raises(GenrouteError, match="a stream can be consumed once") as info:
+        list(stream)
+    assert "start a new stream" in info.value.hint
+    assert not stream.complete and stream.result is None
+    assert router.a.stream_calls == 1 and len(list(router.ledger.entries())) == 1
+
+
+async def test_iterating_a_failed_async_stream_again_says_a_stream_is_consumed_once(stream_router):
+    router = stream_router(a_kwargs={"errors": [AuthenticationFailed]}, b_kwargs={"errors": [AuthenticationFailed]})
+    stream = router.astream(TextGeneration(prompt="say hello"))
+    with pytest.raises(NoRouteAvailable):
+        [piece async for piece in stream]
+
+    with pytest.raises(GenrouteError, match="a stream can be consumed once"):
+        [piece async for piece in stream]
+    assert router.a.stream_calls == 1 and router.b.stream_calls == 1
 
 
 async def test_a_stream_failing_before_the_first_piece_falls_back(stream_router):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import (
     BudgetExceeded,
+    GenrouteError,
     InvalidRequest,
     OutputRejected,
     ProviderError,
@@ -51,6 +52,10 @@ class TextStream:
 
     To stop reading early, use it as ``async with router.astream(req) as stream:`` (or call
     :meth:`aclose`): the call's reservation is then settled or released at once.
+
+    A stream runs its request once. Iterating it again once it is complete replays the same pieces (no provider
+    is called, nothing is paid, ``result`` stays as it was); iterating it again after it failed or was left early
+    (or while it is being read) raises :class:`GenrouteError`: start a new stream for a new answer.
     """
 
     def __init__(self, router: Router, request: RequestLike) -> None:
@@ -58,8 +63,18 @@ class TextStream:
         self.result: Result | None = None
         self._router = router
         self._iterator: AsyncGenerator[str, None] | None = None
+        self._delivered: list[str] | None = None  # the pieces handed out, once the stream is complete
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream was read to its end (``result`` is set); iterating it again replays its pieces."""
+        return self._delivered is not None
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if self._delivered is not None:
+            return _replay(self._delivered)
+        if self._iterator is not None:
+            raise consumed_once()
         iterator = stream_text(self._router, self)
         self._iterator = iterator
         return iterator
@@ -87,7 +102,15 @@ class SyncTextStream:
     def result(self) -> Result | None:
         return self._stream.result
 
+    @property
+    def complete(self) -> bool:
+        """Whether the stream was read to its end (``result`` is set); iterating it again replays its pieces."""
+        return self._stream.complete
+
     def __iter__(self) -> Iterator[str]:
+        if self._stream._delivered is not None:  # complete: replay, no event loop needed
+            yield from list(self._stream._delivered)
+            return
         runner = self._runner()  # every piece on this one loop: the provider's stream belongs to it
         pieces = self._stream.__aiter__()
 
@@ -121,9 +144,12 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
     router._notify("genroute_request_started", request=request, key=key)
     error: BaseException | None = None
     pieces = _stream_offers(router, stream, request, key, started)
+    delivered: list[str] = []
     try:
         async for piece in pieces:
+            delivered.append(piece)
             yield piece
+        stream._delivered = delivered  # complete: iterating the stream again replays these
     except BaseException as exc:
         error = exc
         raise
@@ -226,6 +252,21 @@ async def _stream_offers(
         pinned=request.provider,
         cheaper_tiers=router._lower_tiers(request, other_tiers),
     )
+
+
+def consumed_once() -> GenrouteError:
+    """The error of a stream iterated again after it failed or was left early (or while it is being read)."""
+    return GenrouteError(
+        "this stream was already read, and did not complete (it failed, was left early, or is being read now): "
+        "a stream can be consumed once",
+        hint="start a new stream, router.stream(request) or router.astream(request), to ask again",
+    )
+
+
+async def _replay(pieces: list[str]) -> AsyncGenerator[str, None]:
+    """A complete stream's pieces again, as they were handed out the first time: no provider call."""
+    for piece in pieces:
+        yield piece
 
 
 def _cut_short_hint(delivered: int) -> str:
