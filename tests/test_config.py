@@ -814,3 +814,86 @@ def test_a_directory_left_to_the_store_alone_may_be_the_genroute_home(tmp_path: 
     text = MINIMAL.replace('[ledger]\npath = "rel/ledger"\n', _elsewhere(tmp_path)).replace('"rel/store"', '"."')
     settings = load_settings(write_toml(tmp_path / "conf.toml", text), env={"GENROUTE_HOME": str(home)})
     assert settings.store.path == home / "."
+
+
+# -- budget scopes name configured providers -------------------------------------------------------
+
+
+def test_a_misspelt_provider_scope_is_refused_naming_the_key_and_the_scopes(tmp_path: Path) -> None:
+    conf = shipped_with(
+        tmp_path / "plugins.toml",
+        '{ scope = "simulated", period = "daily", usd = "5.00" },',
+        '{ scope = "simulated", period = "daily", usd = "5.00" },\n'
+        '  { scope = "provider:mokc", period = "daily", usd = "0" },',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(conf, env={})
+    err = info.value
+    assert (err.file, err.key) == (str(conf), "budget.limits.3.scope")
+    assert "'provider:mokc' names no configured provider" in err.message
+    assert "'global', 'simulated'" in err.message and "huggingface, mock, replicate" in err.message
+    assert "provider:mock" in err.hint  # the likely meaning
+
+
+@pytest.mark.parametrize("scope", ["free:nonesuch", "provider:fal"])
+def test_a_profile_limit_on_an_unconfigured_provider_is_refused(scope: str) -> None:
+    raw = raw_copy()
+    raw["profiles"]["prod"]["limits"] = [
+        {"scope": "global", "period": "total", "usd": "9"},
+        {"scope": scope, "usd": "1"},
+    ]
+    err = config_error(raw, profile="offline")  # an inactive profile too: it would fail when picked
+    assert err.key == "profiles.prod.limits.1.scope"
+    assert "names no configured provider" in err.message
+
+
+def test_scopes_of_configured_providers_are_accepted() -> None:
+    raw = raw_copy()
+    raw["budget"]["limits"] += [
+        {"scope": "provider:mock", "period": "daily", "usd": "0"},
+        {"scope": "free:huggingface", "period": "monthly", "usd": "0.05"},
+        {"scope": "provider:replicate", "period": "monthly", "usd": "20"},
+    ]
+    assert len(settings_from_dict(raw, env={}).limits()) == 6
+
+
+@pytest.mark.parametrize("name", ["my provider", "a|b", "Mock", "mock.v2", ""])
+def test_a_provider_name_that_cannot_be_a_budget_scope_is_refused_at_its_section(name: str) -> None:
+    raw = raw_copy()
+    raw["providers"][name] = {}
+    err = config_error(raw)
+    assert err.key == f"providers.{name}"
+    assert "cannot name a provider" in err.message and "provider:<name>" in err.message
+    assert "lowercase letters, digits" in err.message
+
+
+def test_a_provider_listed_twice_in_a_profile_is_refused() -> None:
+    raw = raw_copy()
+    raw["profiles"]["dev"]["providers"] = ["huggingface", "mock", "huggingface"]
+    err = config_error(raw)
+    assert err.key == "profiles.dev.providers"
+    assert "'huggingface' twice (items 0 and 2)" in err.message
+
+
+def test_two_limits_on_one_scope_and_period_are_refused_naming_both() -> None:
+    raw = raw_copy()
+    raw["budget"]["limits"].append({"scope": "global", "period": "daily", "usd": "3.00"})
+    err = config_error(raw)
+    assert err.key == "budget.limits.3"
+    assert "budget.limits.0" in err.message and "global" in err.message and "daily" in err.message
+
+    raw = raw_copy()
+    raw["profiles"]["dev"]["limits"] = [{"scope": "free:huggingface", "period": "monthly", "usd": "0.05"}] * 2
+    err = config_error(raw)
+    assert err.key == "profiles.dev.limits.1" and "profiles.dev.limits.0" in err.message
+
+
+def test_a_profile_may_tighten_a_global_limit_for_the_same_scope_and_period() -> None:
+    raw = raw_copy()
+    raw["profiles"]["dev"]["limits"] = [{"scope": "global", "period": "daily", "usd": "1.00"}]
+    settings = settings_from_dict(raw, profile="dev", env={})
+    assert [(lim.scope, lim.period, lim.usd) for lim in settings.limits() if lim.period == "daily"][-1] == (
+        "global",
+        "daily",
+        Decimal("1.000000"),
+    )

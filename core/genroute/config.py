@@ -7,6 +7,7 @@ relative paths), then the file. Tokens come only from the environment: a file th
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -31,7 +32,9 @@ ENV_HOME = "GENROUTE_HOME"
 Period = Literal["total", "daily", "monthly"]
 
 _SECRET_KEY = re.compile(r"(^|[_\-.])(token|api[_\-]?key|secret|password)$", re.IGNORECASE)
-_SCOPE = re.compile(r"^(global|simulated|provider:[a-z0-9_\-]+|free:[a-z0-9_\-]+)$")
+_NAME = r"[a-z0-9_\-]+"  # a provider's name, as it appears in its budget scopes
+_PROVIDER_NAME = re.compile(_NAME)
+_SCOPE = re.compile(rf"global|simulated|provider:{_NAME}|free:{_NAME}")
 _OUT_OF_RANGE = f"must be from 0 to {MAX_USD:,} dollars (a trillion)"
 _RANGE_HINT = 'write an amount in that range, as a string such as "5.00"'
 
@@ -67,7 +70,7 @@ class BudgetLimit(_Strict):
     @field_validator("scope")
     @classmethod
     def _scope_shape(cls, value: str) -> str:
-        if not _SCOPE.match(value):
+        if not _SCOPE.fullmatch(value):
             raise ValueError(
                 "scope must be 'global', 'simulated', 'provider:<name>' or 'free:<name>'"
                 " (name in lowercase letters, digits, '_' and '-')"
@@ -258,6 +261,7 @@ def settings_from_dict(
     except ValidationError as exc:
         raise config_error_from(exc, file=source) from None
     _check_prices(settings, source)
+    _check_names_and_limits(settings, source)
     return _resolve_paths(settings, env)
 
 
@@ -269,6 +273,63 @@ def _check_prices(settings: Settings, source: str) -> None:
                 if entry.price > MAX_USD:
                     key = f"providers.{name}.models.{task}.{tier}.price"
                     raise ConfigError(_OUT_OF_RANGE, file=source, key=key, hint=_RANGE_HINT)
+
+
+def _check_names_and_limits(settings: Settings, source: str) -> None:
+    """Refuse what would make a budget limit never apply, or a profile say one thing twice.
+
+    A limit's ``provider:<name>`` or ``free:<name>`` scope must name a configured provider (a misspelt one
+    would cap nothing, in silence), and a provider's name must be one such a scope can be written with.
+    """
+    for name in settings.providers:
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{name!r} cannot name a provider: its spend counts in the budget scopes provider:<name> and "
+                "free:<name>, so a name is lowercase letters, digits, '_' and '-'",
+                file=source,
+                key=f"providers.{name}",
+                hint="rename the section (and the profiles listing it) to the name the provider's plugin registers",
+            )
+    for profile_name, profile in settings.profiles.items():
+        first: dict[str, int] = {}
+        for index, provider in enumerate(profile.providers):
+            if provider in first:
+                raise ConfigError(
+                    f"lists {provider!r} twice (items {first[provider]} and {index})",
+                    file=source,
+                    key=f"profiles.{profile_name}.providers",
+                    hint="list each provider once: the list's order is the order of preference between equal prices",
+                )
+            first[provider] = index
+    known = sorted(settings.providers)
+    scopes = ["global", "simulated", *(f"{kind}:{name}" for kind in ("provider", "free") for name in known)]
+    groups = [("budget.limits", settings.budget.limits)]
+    groups += [(f"profiles.{name}.limits", profile.limits) for name, profile in settings.profiles.items()]
+    for where, limits in groups:
+        seen: dict[tuple[str, str], str] = {}
+        for index, limit in enumerate(limits):
+            key = f"{where}.{index}"
+            _kind, _, provider = limit.scope.partition(":")
+            if provider and provider not in settings.providers:
+                guess = difflib.get_close_matches(limit.scope, scopes, n=1)
+                raise ConfigError(
+                    f"scope {limit.scope!r} names no configured provider, so it would cap nothing (scopes are "
+                    "'global', 'simulated', and 'provider:<name>' or 'free:<name>' for a configured provider: "
+                    f"{', '.join(known) or 'none'})",
+                    file=source,
+                    key=f"{key}.scope",
+                    hint=(f"did you mean {guess[0]!r}? " if guess else "")
+                    + f"fix the scope, or add a [providers.{provider}] section",
+                )
+            if (limit.scope, limit.period) in seen:
+                raise ConfigError(
+                    f"a second {limit.period} limit on {limit.scope!r}: {seen[(limit.scope, limit.period)]} "
+                    "sets one already",
+                    file=source,
+                    key=key,
+                    hint="keep one of the two (the lower would bind, the other never)",
+                )
+            seen[(limit.scope, limit.period)] = key
 
 
 def config_error_from(exc: ValidationError, *, file: str, key_prefix: tuple[str, ...] = ()) -> ConfigError:
