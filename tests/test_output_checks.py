@@ -166,12 +166,6 @@ def test_other_formats_are_not_judged(data: bytes) -> None:
 MODEL = str(entry("text-to-speech", "fast")["model"])
 ONE_CALL = Decimal("1.5") * Decimal(str(entry("text-to-speech", "fast")["price"]))  # 1.5 compute seconds
 
-_NOT_WIRED = pytest.mark.xfail(
-    strict=True,
-    reason="genroute_huggingface.media.checked_audio does not call genroute.media.audio_cut_short yet "
-    "(providers/ is outside this change); remove this marker once it does",
-)
-
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHF]:
@@ -185,7 +179,6 @@ def _stored_wavs(store: Path) -> list[bytes]:
     return [p.read_bytes() for p in store.rglob("*") if p.is_file() and p.read_bytes()[:4] == b"RIFF"]
 
 
-@_NOT_WIRED
 def test_checked_audio_refuses_a_wav_cut_short_as_worth_another_try() -> None:
     whole = make_wav("hello")
     with pytest.raises(errors.OutputRejected, match=r"m answered WAV audio cut short: declared 8000 bytes") as info:
@@ -194,7 +187,6 @@ def test_checked_audio_refuses_a_wav_cut_short_as_worth_another_try() -> None:
     assert hf_media.checked_audio(whole, model="m", max_bytes=1_000_000) == "audio/wav"
 
 
-@_NOT_WIRED
 def test_a_truncated_wav_from_hugging_face_is_retried_and_never_stored(fake: FakeHF, tmp_path: Path) -> None:
     fake.malformed(MODEL, "truncated")  # the first answer is half its bytes; the next is whole
     with router(settings(tmp_path, fake.base_url)) as r:
@@ -210,7 +202,6 @@ def test_a_truncated_wav_from_hugging_face_is_retried_and_never_stored(fake: Fak
     assert result.actual_cost == 2 * ONE_CALL
 
 
-@_NOT_WIRED
 def test_truncated_wavs_on_every_try_fall_back_and_nothing_cut_short_is_cached(fake: FakeHF, tmp_path: Path) -> None:
     fake.malformed(MODEL, "truncated", times=None)
     with router(settings(tmp_path, fake.base_url, providers=("huggingface", "mock"))) as r:

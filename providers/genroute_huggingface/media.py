@@ -14,7 +14,7 @@ from PIL import Image
 
 from genroute import errors
 from genroute.billing import wav_seconds
-from genroute.media import sniff_media_type
+from genroute.media import audio_cut_short, sniff_media_type
 from genroute.types import Segment
 
 from .options import NAME
@@ -66,6 +66,9 @@ def checked_audio(data: bytes, *, model: str, max_bytes: int) -> str:
             provider=NAME,
             retryable=True,
         )
+    cut_short = audio_cut_short(data) if media_type == "audio/wav" else None
+    if cut_short is not None:
+        raise errors.OutputRejected(f"{model} answered {cut_short}", provider=NAME, retryable=True)
     if media_type == "audio/wav" and wav_seconds(data) is None:
         raise errors.OutputRejected(
             f"{model} answered a broken WAV file (no sound data)", provider=NAME, retryable=True
