@@ -883,3 +883,13 @@ def test_entries_come_back_in_the_order_written_across_pages(make: Any) -> None:
         else:
             written.append(ledger.release(res).id)
     assert [e.id for e in ledger.entries()] == written
+
+
+def test_warnings_show_money_as_genroute_shows_it_everywhere(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    ledger = make([limit("0.03", scope="simulated", period="daily")])
+    with caplog.at_level(logging.WARNING, logger="genroute.ledger"):
+        ledger.settle(reserve(ledger, "0.02", scopes=["simulated"]), D("0.024"))
+        ledger.settle(reserve(ledger, "0.0001", scopes=["simulated"]), D("0.00015"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert "budget simulated (daily 2024-03-10) at 80% of its $0.03 limit: $0.024 spent" in messages
+    assert any(m.startswith("mock/m1 cost $0.00015, above its estimate $0.0001 (reservation ") for m in messages)

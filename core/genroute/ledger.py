@@ -63,7 +63,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .config import BudgetLimit
 from .errors import BudgetExceeded, InvalidRequest, LedgerError
-from .money import micros_to_usd, to_decimal, usd_to_micros
+from .money import fmt_usd, micros_to_usd, to_decimal, usd_to_micros
 from .secrets import redact
 from .sqlite_settings import HOT_WRITES
 
@@ -751,21 +751,21 @@ class Ledger:
             warnings = self._check_warnings(state, rec)
         if entry.over_estimate:
             logger.warning(
-                "%s/%s cost $%s, above its estimate $%s (reservation %s)",
+                "%s/%s cost %s, above its estimate %s (reservation %s)",
                 entry.provider,
                 entry.model,
-                entry.actual,
-                entry.estimate,
+                fmt_usd(entry.actual),
+                fmt_usd(entry.estimate),
                 rid,
             )
         for warning in warnings:
             logger.warning(
-                "budget %s (%s) at %.0f%% of its $%s limit: $%s spent",
+                "budget %s (%s) at %.0f%% of its %s limit: %s spent",
                 warning.scope,
                 warning.period if warning.period == "total" else f"{warning.period} {warning.period_key}",
                 warning.share * 100,
-                warning.limit,
-                warning.spent,
+                fmt_usd(warning.limit),
+                fmt_usd(warning.spent),
             )
             if self.on_warning is not None:
                 try:
