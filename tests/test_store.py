@@ -412,3 +412,54 @@ def test_store_errors_never_call_a_directory_safe_to_delete(tmp_path: Path) -> N
         ResultStore(blocker / "store")
     assert "safe" not in info.value.hint
     assert "genroute cache clear" in info.value.hint and "cache.db" in info.value.hint
+
+
+# -- a damaged database is started anew, by opening or clearing the store --------------------------
+
+
+def test_a_store_whose_database_is_not_a_database_opens_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with ResultStore(tmp_path / "s") as s:
+        blob = s.put(key_of("a"), make_result(key_of("a")), [png(1)]).artifacts[0].path
+    mine = tmp_path / "s" / "data" / "notes.txt"
+    mine.write_text("mine")
+    (tmp_path / "s" / "data" / "cache.db").write_bytes(b"garbage, not SQLite" * 100)
+
+    with ResultStore(tmp_path / "s") as s:
+        assert s.get(key_of("a")) is None and s.stats().entries == 0
+        s.put(key_of("b"), make_result(key_of("b")), [png(2)])
+        assert s.get(key_of("b")) is not None
+
+    assert "is damaged" in caplog.text and "starting it anew" in caplog.text
+    assert not blob.exists() and mine.read_text() == "mine"
+
+
+def test_clear_starts_a_database_that_fails_anew(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blob = store.put(key_of("a"), make_result(key_of("a")), [png(1)]).artifacts[0].path
+    store.record_hit(Decimal("1"))
+    store.flush()
+
+    def damaged(self: ResultStore) -> int:
+        exc = sqlite3.DatabaseError("database disk image is malformed")
+        exc.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+        raise exc
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ResultStore, "_count_results", damaged)
+        assert store.clear() == 0
+
+    assert not blob.exists() and "starting it anew" in caplog.text
+    stats = store.stats()
+    assert (stats.entries, stats.hits) == (0, 0)
+    store.put(key_of("b"), make_result(key_of("b")), [png(2)])
+    assert store.get(key_of("b")) is not None
+
+
+def test_a_locked_or_unreadable_database_is_not_taken_for_a_damaged_one(tmp_path: Path) -> None:
+    from genroute.store import _damaged
+
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    assert not _damaged(locked)
+    assert not _damaged(sqlite3.OperationalError("disk I/O error"))

@@ -76,3 +76,18 @@ def test_cache_clear_removes_only_what_the_store_wrote(cli: Cli, tmp_path: Path)
     assert all(path.read_text() == "mine" for path in foreign)
     assert not list((store / "data" / "blobs").glob("??/*.png"))
     assert (tmp_path / ".genroute" / "ledger").is_dir()  # the ledger is never the store's to touch
+
+
+def test_cache_clear_recovers_a_store_whose_database_is_damaged(cli: Cli, tmp_path: Path) -> None:
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+    store = tmp_path / ".genroute" / "store"
+    (store / "data" / "cache.db").write_bytes(b"not a database" * 512)
+    ledger = sorted(p.name for p in (tmp_path / ".genroute" / "ledger").iterdir())
+
+    cli("cache", "clear", rc=0)
+
+    assert '"entries": 0' in cli("cache", "stats", "--json", rc=0).stdout
+    assert not list((store / "data" / "blobs").glob("??/*.png"))
+    assert sorted(p.name for p in (tmp_path / ".genroute" / "ledger").iterdir()) == ledger
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)  # and the store works again
+    assert "cached" in cli("run", "a lighthouse", "--tier", "fast", rc=0).stderr

@@ -29,6 +29,11 @@ a blob's file under that lock knows it stays until its result is committed. A fi
 size is the recorded one (content names make equal sizes equal bytes, barring outside tampering), so a
 file cut short by a crash is rewritten rather than served.
 
+The store only ever removes files it named itself (blobs as above, scratch files ``<sha256><suffix>``):
+anything else found in its folders is left in place, with a warning. A database SQLite reports damaged (not a
+database, or malformed) is started anew when the store opens or is cleared: its ``cache.db`` files and the
+blobs go, with a warning, and its results are lost (misses); nothing else in the directory is touched.
+
 Safe across threads and across processes sharing the directory (SQLite locking), on one machine's
 local disk only: SQLite over a network file system corrupts or crashes.
 """
@@ -149,11 +154,51 @@ class ResultStore:
             )
         with self._guard("open"):
             self._path.mkdir(parents=True, exist_ok=True)
-            self._data = diskcache.Cache(str(self._path / "data"), eviction_policy="none", cull_limit=0, **HOT_WRITES)
-            with self._data.transact():
+            self._data = self._open("data")
+            self._stats = self._open("stats")
+
+    def _open(self, name: Literal["data", "stats"]) -> Any:
+        """Open ``data/`` or ``stats/``; one whose database is damaged is started anew (see :meth:`_rebuild`)."""
+        try:
+            return self._open_cache(name)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            self._rebuild(name, exc)
+            return self._open_cache(name)
+
+    def _open_cache(self, name: Literal["data", "stats"]) -> Any:
+        if name == "stats":
+            return diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **HOT_WRITES)
+        cache = diskcache.Cache(str(self._path / "data"), eviction_policy="none", cull_limit=0, **HOT_WRITES)
+        try:
+            with cache.transact():
                 for statement in _SCHEMA:
-                    self._db().execute(statement)
-            self._stats = diskcache.Cache(str(self._path / "stats"), eviction_policy="none", **HOT_WRITES)
+                    cache._con.execute(statement)
+        except BaseException:
+            cache.close()
+            raise
+        return cache
+
+    def _rebuild(self, name: Literal["data", "stats"], exc: sqlite3.DatabaseError) -> None:
+        """Remove the damaged database of ``data/`` (with the blobs it listed) or ``stats/``, so it is made anew.
+
+        Only the store's own files go: the database's (``cache.db`` and its ``-wal``, ``-shm``) and, for
+        ``data/``, the files named as blobs under ``data/blobs/``. The results it held are lost (a miss each).
+        """
+        what = "its results and the files it stored" if name == "data" else "its hit, miss and saving counters"
+        log.warning(
+            "result store %s: the database %s is damaged (%s); starting it anew (%s are lost)",
+            self._path, self._path / name / "cache.db", exc, what,
+        )  # fmt: skip
+        old = self._data if name == "data" else self._stats
+        if old is not None:
+            with suppress(Exception):  # its connection may fail on the damaged file: the files go anyway
+                old.close()
+        for suffix in ("", "-wal", "-shm"):
+            _unlink(os.path.join(self._path, name, "cache.db" + suffix))
+        if name == "data":
+            self._remove_blob_files()
 
     @property
     def path(self) -> Path:
@@ -342,14 +387,27 @@ class ResultStore:
             self._pending = {_HITS: 0, _MISSES: 0, _SAVED: 0}
             self._pending_ops = 0
         with self._guard("clear"):
-            with self._data.transact():
-                count = self._count_results()
-                db = self._db()
-                db.execute(f"DELETE FROM {_RESULTS}")
-                db.execute(f"DELETE FROM {_BLOBS}")
-                self._remove_blob_files()  # files of rows already gone too (a crash's orphans)
-            self._data.clear()  # anything an older genroute kept as diskcache items
-            self._stats.clear()
+            try:
+                with self._data.transact():
+                    count = self._count_results()
+                    db = self._db()
+                    db.execute(f"DELETE FROM {_RESULTS}")
+                    db.execute(f"DELETE FROM {_BLOBS}")
+                    self._remove_blob_files()  # files of rows already gone too (a crash's orphans)
+                self._data.clear()  # anything an older genroute kept as diskcache items
+            except sqlite3.DatabaseError as exc:  # a database that cannot even be emptied is made anew
+                if not _damaged(exc):
+                    raise
+                self._rebuild("data", exc)
+                self._data = self._open_cache("data")
+                count = 0
+            try:
+                self._stats.clear()
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc):
+                    raise
+                self._rebuild("stats", exc)
+                self._stats = self._open_cache("stats")
             _clear_scratch(self._path / "scratch")
         log.info("result store %s: cleared %d results", self._path, count)
         return count
@@ -438,6 +496,14 @@ class ResultStore:
                 f"if its database is damaged, `genroute cache clear` rebuilds it (only the store's own files, "
                 f"{os.path.join(self._path, 'data', 'cache.db')} and the files it stored, are removed)",
             ) from exc
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the database file itself is damaged or not a database at all (not locked, not I/O)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by Python's sqlite3 module rather than SQLite itself: judge by the message
+        return "malformed" in str(exc) or "not a database" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _artifact(stored: _StoredArtifact, path: str | Path) -> Artifact:
