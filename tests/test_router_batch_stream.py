@@ -427,6 +427,54 @@ async def test_iterating_a_failed_async_stream_again_says_a_stream_is_consumed_o
     assert router.a.stream_calls == 1 and router.b.stream_calls == 1
 
 
+async def test_identical_streams_at_once_are_paid_once_the_others_replay_it_from_the_store(stream_router):
+    router = stream_router(a_kwargs={"sleep": 0.02})
+    request = TextGeneration(prompt="say hello")
+    streams = [router.astream(request) for _ in range(3)]
+
+    async def read(stream: Any) -> list[str]:
+        return [piece async for piece in stream]
+
+    texts = await asyncio.gather(*(read(stream) for stream in streams))
+
+    assert sorted(texts) == [["Hel", "lo, ", "world"], ["Hello, world"], ["Hello, world"]]
+    assert sorted(stream.result.cached for stream in streams) == [False, True, True]
+    assert router.a.stream_calls == 1
+    assert sorted(e.status for e in router.ledger.entries()) == ["saving", "saving", "settled"]
+
+
+async def test_a_run_while_the_same_request_streams_waits_and_is_served_from_the_store(stream_router):
+    router = stream_router(a_kwargs={"sleep": 0.02})
+    request = TextGeneration(prompt="say hello")
+    stream = router.astream(request)
+
+    async def read() -> str:
+        return "".join([piece async for piece in stream])
+
+    text, result = await asyncio.gather(read(), router.arun(request))
+
+    assert text == result.text == "Hello, world" and result.cached
+    assert router.a.stream_calls == 1 and not router.a.calls[1:]
+
+
+async def test_the_same_request_asked_while_reading_its_stream_runs_rather_than_wait_for_itself(stream_router):
+    router = stream_router()
+    request = TextGeneration(prompt="say hello", deadline_seconds=2)
+    inside: list[Any] = []
+    async for _ in router.astream(request):
+        if not inside:
+            inside.append(await router.arun(request))  # the stream waits for this task: no wait, it runs
+    assert inside[0].cached is False
+
+
+def test_the_same_request_asked_while_reading_a_sync_stream_runs_rather_than_wait_for_itself(stream_router):
+    router = stream_router()
+    request = TextGeneration(prompt="say hello", deadline_seconds=2)
+    started = time.monotonic()
+    inside = [router.run(request) for i, _ in enumerate(router.stream(request)) if i == 0]
+    assert inside[0].cached is False and time.monotonic() - started < 1
+
+
 async def test_a_stream_failing_before_the_first_piece_falls_back(stream_router):
     router = stream_router(a_kwargs={"errors": [ProviderUnavailable]})
 

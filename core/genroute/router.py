@@ -204,7 +204,23 @@ class _ThreadLoop:
             return self.runner.run(coro)
 
 
-_Waiters = list[tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]
+class _Claim:
+    """A request key being served now: the loop serving it, the calls waiting for it (on any loop) and, for a
+    stream, the task that last read it (a stream moves only as its reader reads it)."""
+
+    __slots__ = ("loop", "reader", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: asyncio.Task[Any] | None) -> None:
+        self.loop = loop
+        self.reader = reader
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def waits_for_itself(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether waiting for this claim on ``loop`` could only end at the deadline: a stream on this loop whose
+        reader is the waiting task itself, or a task that has finished (a sync stream's reader between pieces,
+        on this very thread; an async stream left without being closed)."""
+        reader = self.reader
+        return reader is not None and self.loop is loop and (reader.done() or reader is asyncio.current_task())
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
@@ -279,7 +295,7 @@ class Router:
         self._jobs: JobStore | None = None
         # Request keys being served now (on any thread's loop) → the loops and futures of the calls waiting for
         # each; the lock makes "look, then claim or wait" one step across threads.
-        self._running: dict[str, _Waiters] = {}
+        self._running: dict[str, _Claim] = {}
         self._running_lock = threading.Lock()
         self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
 
@@ -668,31 +684,36 @@ class Router:
         deadline = asyncio.get_running_loop().time() + deadline_seconds
         if self.store is None or request.cache != "use":
             return await self._serve(request, key, started, deadline, deadline_seconds)
-        await self._claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
+        claim = await self._claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
         try:
             hit = self._lookup(request, key, started)
             if hit is not None:
                 return hit
             return await self._serve(request, key, started, deadline, deadline_seconds)
         finally:
-            self._unclaim(key)  # its twins look in the store: a hit if this one was kept, else one of them runs
+            if claim is not None:
+                self._unclaim(key)  # its twins look in the store: a hit if this one was kept, else one of them runs
 
-    async def _claim(self, key: str, deadline: float, late: str) -> None:
+    async def _claim(self, key: str, deadline: float, late: str, *, stream: bool = False) -> _Claim | None:
         """Make this call the one serving ``key``, once no other call serves it; :meth:`_unclaim` when done.
 
-        The same request already running (a batch with repeated lines, two callers at once, on this thread's
-        event loop or another's): wait for it, then look in the store, rather than pay for the same work twice.
-        Past ``deadline``, :class:`DeadlineExceeded` with the message ``late``.
+        The same request already running (a batch with repeated lines, two callers at once, identical streams, on
+        this thread's event loop or another's): wait for it, then look in the store, rather than pay for the same
+        work twice. Past ``deadline``, :class:`DeadlineExceeded` with the message ``late``. None, without waiting
+        or claiming, when the call serving it is a stream that only this caller could move on (its reader is the
+        caller's own task, or a finished one on this loop): this call then runs as if alone.
         """
         loop = asyncio.get_running_loop()
         while True:
             with self._running_lock:
-                waiters = self._running.get(key)
-                if waiters is None:
-                    self._running[key] = []
-                    return
+                claim = self._running.get(key)
+                if claim is None:
+                    claim = self._running[key] = _Claim(loop, asyncio.current_task() if stream else None)
+                    return claim
+                if claim.waits_for_itself(loop):
+                    return None
                 woken: asyncio.Future[None] = loop.create_future()
-                waiters.append((loop, woken))
+                claim.waiters.append((loop, woken))
             try:
                 async with asyncio.timeout_at(deadline):
                     await woken
@@ -702,11 +723,14 @@ class Router:
     def _unclaim(self, key: str) -> None:
         """``key`` is no longer being served: wake the calls waiting for it, on whichever loop each runs."""
         with self._running_lock:
-            waiters = self._running.pop(key)
-        if not waiters:
+            claim = self._running.pop(key)
+        if not claim.waiters:
             return
-        here = asyncio.get_running_loop()
-        for loop, woken in waiters:
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a stream finalized outside its loop
+            here = None
+        for loop, woken in claim.waiters:
             if loop is here:
                 _wake(woken)
             else:

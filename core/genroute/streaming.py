@@ -33,7 +33,7 @@ from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
 
 if TYPE_CHECKING:
-    from .router import RequestLike, Router
+    from .router import RequestLike, Router, _Claim
 
 # The router's logger: a stream is one request's way through the router.
 log = logging.getLogger("genroute.router")
@@ -143,11 +143,20 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
         raise InvalidRequest("only text-generation requests stream", field="task", hint="use run() instead")
     router._notify("genroute_request_started", request=request, key=key)
     error: BaseException | None = None
-    pieces = _stream_offers(router, stream, request, key, started)
+    deadline_seconds = request.deadline_seconds or router.settings.routing.deadline_seconds
+    deadline = asyncio.get_running_loop().time() + deadline_seconds
+    pieces = _stream_offers(router, stream, request, key, started, deadline, deadline_seconds)
     delivered: list[str] = []
+    claim: _Claim | None = None
     try:
+        if router.store is not None and request.cache == "use":
+            # An identical request (stream or not) already running: wait for it, then replay it from the store.
+            late = f"stream did not start within {deadline_seconds:g}s"
+            claim = await router._claim(key, deadline, late, stream=True)
         async for piece in pieces:
             delivered.append(piece)
+            if claim is not None:
+                claim.reader = asyncio.current_task()  # the task that moves this stream on, now
             yield piece
         stream._delivered = delivered  # complete: iterating the stream again replays these
     except BaseException as exc:
@@ -157,11 +166,19 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
         # Leaving `async for` early does not close the generator it reads: close it now, so the
         # reservation is settled or released before this stream is reported finished.
         await pieces.aclose()
+        if claim is not None:
+            router._unclaim(key)  # its twins look in the store: a hit if this one completed, else one of them runs
         router._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
 
 
 async def _stream_offers(
-    router: Router, stream: TextStream, request: TextGeneration, key: str, started: float
+    router: Router,
+    stream: TextStream,
+    request: TextGeneration,
+    key: str,
+    started: float,
+    deadline: float,
+    deadline_seconds: float,
 ) -> AsyncGenerator[str, None]:
     hit = router._lookup(request, key, started)
     if hit is not None:
@@ -171,9 +188,6 @@ async def _stream_offers(
         return
     other_tiers: list[Offer] = []
     candidates, rejections = router._candidates(request, other_tiers=other_tiers)
-    loop = asyncio.get_running_loop()
-    deadline_seconds = request.deadline_seconds or router.settings.routing.deadline_seconds
-    deadline = loop.time() + deadline_seconds
     for offer in candidates:
         try:
             reservation = router._reserve(offer, key, deadline_seconds)
