@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
@@ -473,6 +474,47 @@ def test_the_same_request_asked_while_reading_a_sync_stream_runs_rather_than_wai
     started = time.monotonic()
     inside = [router.run(request) for i, _ in enumerate(router.stream(request)) if i == 0]
     assert inside[0].cached is False and time.monotonic() - started < 1
+
+
+TOKEN_ADVICE = "set A_TOKEN to a valid token (see docs/providers.md)"
+
+
+async def test_a_refused_token_in_a_pinned_stream_ends_with_the_providers_advice(stream_router, caplog):
+    refused = AuthenticationFailed("401 Unauthorized", provider="a", hint=TOKEN_ADVICE)
+    router = stream_router(a_kwargs={"errors": [refused]})
+
+    with caplog.at_level(logging.INFO, logger="genroute.router"), pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="say hello", provider="a"))]
+
+    assert info.value.hint.startswith(TOKEN_ADVICE)  # as run() says, not "change the tier, profile or budget"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if "failed, falling back" in r.getMessage()] == [
+        (logging.WARNING, f"a/a/balanced failed, falling back: failed: a: 401 Unauthorized ({TOKEN_ADVICE})")
+    ]
+
+
+async def test_a_refused_token_in_a_stream_that_falls_back_is_still_a_warning(stream_router, caplog):
+    refused = AuthenticationFailed("401 Unauthorized", provider="a", hint=TOKEN_ADVICE)
+    router = stream_router(a_kwargs={"errors": [refused]})
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        stream = router.astream(TextGeneration(prompt="say hello"))
+        assert [piece async for piece in stream] == ["from ", "b"]
+
+    assert stream.result is not None and stream.result.provider == "b"
+    assert any(r.levelno == logging.WARNING and TOKEN_ADVICE in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stream_and_a_run_refused_the_same_way_give_the_same_hint(stream_router):
+    def refusing() -> AuthenticationFailed:
+        return AuthenticationFailed("401 Unauthorized", provider="a", hint=TOKEN_ADVICE)
+
+    router = stream_router(a_kwargs={"errors": [refusing(), refusing()]})
+    request = TextGeneration(prompt="say hello", provider="a", cache="bypass")
+    with pytest.raises(NoRouteAvailable) as streamed:
+        [piece async for piece in router.astream(request)]
+    with pytest.raises(NoRouteAvailable) as ran:
+        await router.arun(request)
+    assert streamed.value.hint == ran.value.hint
 
 
 async def test_a_stream_failing_before_the_first_piece_falls_back(stream_router):

@@ -15,12 +15,15 @@ from decimal import Decimal
 from . import billing
 from .config import StoreSettings
 from .errors import (
+    AuthenticationFailed,
     DeadlineExceeded,
     GenrouteError,
     InputRefused,
     NoRouteAvailable,
+    OutOfCredit,
     OverBudget,
     ProviderError,
+    ProviderRejectedInput,
     Rejection,
     billed_amount,
 )
@@ -50,6 +53,28 @@ def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryabl
         return ProviderError(exc.message, provider=provider, retryable=False)
     log_provider_bug(provider, method, exc)
     return ProviderError(redact(f"unexpected {type(exc).__name__}: {exc}"), provider=provider, retryable=bug_retryable)
+
+
+def failed_offer(offer: Offer, exc: ProviderError, reason: str) -> Rejection:
+    """The rejection of an offer whose call failed with ``exc`` (``reason``: ``failed…``), logged as falling back;
+    run and stream alike (``Router._try_offer``, :mod:`genroute.streaming`).
+
+    A refused token or an empty account (:class:`AuthenticationFailed`, :class:`OutOfCredit`) is the user's to fix:
+    the rejection keeps the provider's advice (its hint, which :func:`genroute.errors.route_hint` puts first should
+    no offer serve), and a WARNING says so even when another provider serves the request instead — else a wrong
+    token hides behind a fallback. Other failures are logged at INFO.
+    """
+    actionable = isinstance(exc, (AuthenticationFailed, OutOfCredit))
+    hint = redact(exc.hint) if actionable else None
+    log.log(
+        logging.WARNING if actionable else logging.INFO,
+        "%s/%s failed, falling back: %s",
+        offer.provider,
+        offer.model,
+        reason + (f" ({hint})" if hint else ""),
+    )
+    refused = isinstance(exc, ProviderRejectedInput)
+    return Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused, hint=hint)
 
 
 def extra_incurred(ctx: RunContext, provider: str) -> Decimal:

@@ -36,7 +36,6 @@ from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
 from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
-    AuthenticationFailed,
     BatchInterrupted,
     BudgetExceeded,
     DeadlineExceeded,
@@ -60,6 +59,7 @@ from .outcomes import (
     call_cost,
     deadline_exceeded,
     extra_incurred,
+    failed_offer,
     failure_incurred,
     make_result,
     no_route,
@@ -807,22 +807,8 @@ class Router:
         except ProviderError as exc:
             self._close_failed(reservation, exc, tries.incurred, ctx=tries.ctx)
             self._count_failure(offer, exc)
-            reason = f"failed after {tries.count} attempt(s): {redact(exc.message)}"
-            refused = isinstance(exc, ProviderRejectedInput)
-            # A refused token or an empty account is the user's to fix: keep the provider's advice, and say so
-            # even when another provider serves the request instead (else a wrong token hides behind a fallback).
-            actionable = isinstance(exc, (AuthenticationFailed, OutOfCredit))
-            hint = redact(exc.hint) if actionable else None
-            rejections.append(
-                Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused, hint=hint)
-            )
-            log.log(
-                logging.WARNING if actionable else logging.INFO,
-                "%s/%s failed, falling back: %s",
-                offer.provider,
-                offer.model,
-                reason + (f" ({hint})" if hint else ""),
-            )
+            # A refused token or an empty account keeps the provider's advice, and is logged as a warning.
+            rejections.append(failed_offer(offer, exc, f"failed after {tries.count} attempt(s): {redact(exc.message)}"))
             return None
         except BaseException:
             billed = tries.cancelled_cost(offer.provider)

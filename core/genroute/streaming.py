@@ -21,13 +21,20 @@ from .errors import (
     InvalidRequest,
     OutputRejected,
     ProviderError,
-    ProviderRejectedInput,
     ProviderTimeout,
     Rejection,
 )
 from .ledger import Reservation
 from .money import quantize
-from .outcomes import call_cost, deadline_exceeded, make_result, no_route, provider_failure, reported_incurred
+from .outcomes import (
+    call_cost,
+    deadline_exceeded,
+    failed_offer,
+    make_result,
+    no_route,
+    provider_failure,
+    reported_incurred,
+)
 from .provider import Provider, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
@@ -216,9 +223,8 @@ async def _stream_offers(
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
                 exc.hint = _cut_short_hint(len(pieces))
                 raise
-            refused = isinstance(exc, ProviderRejectedInput)
-            reason = f"failed: {redact(exc.message)}"
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused))
+            # As run(): a refused token or an empty account keeps the provider's advice, logged as a warning.
+            rejections.append(failed_offer(offer, exc, f"failed: {redact(exc.message)}"))
             continue
         except TimeoutError:
             _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
@@ -250,9 +256,7 @@ async def _stream_offers(
             if "".join(pieces):  # whitespace alone: the caller holds it, so no silent switch of provider
                 exc.hint = "the answer was blank (whitespace only); ask again, or pin another provider"
                 raise
-            reason = f"failed: {redact(exc.message)}"
-            log.info("%s/%s failed, falling back: %s", offer.provider, offer.model, reason)
-            rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason))
+            rejections.append(failed_offer(offer, exc, f"failed: {redact(exc.message)}"))
             continue
         router.ledger.settle(reservation, cost, job_id=output.job_id)
         router.cooldowns.success(offer.provider)
