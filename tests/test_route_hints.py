@@ -199,6 +199,9 @@ async def test_refused_input_keeps_its_own_hint_even_beside_a_missing_token(sett
     assert err.hint == InputRefused.default_hint
 
 
+UNOFFERED_ULTRA = "no provider offers the model 'p/ultra' (check its spelling); pin one of p/m [fast], or drop the pin"
+
+
 @pytest.mark.parametrize(
     ("reasons", "hint"),
     [
@@ -208,7 +211,7 @@ async def test_refused_input_keeps_its_own_hint_even_beside_a_missing_token(sett
         # which provider was pinned cannot be told from this reason alone: every plugin is asked for a pin outside
         (["not in profile 'offline'"], "use a profile that lists the pinned provider, or drop the pin"),
         (["makes no offer for text-to-image"], None),
-        (["not the pinned model 'p/ultra'", "disabled in config"], None),
+        (["not the pinned model 'p/ultra'", "disabled in config"], UNOFFERED_ULTRA),
         (["unavailable: HF_TOKEN is not set"] * 2, "set HF_TOKEN in the environment, or use another profile"),
     ],
 )
@@ -410,3 +413,51 @@ async def test_a_deadline_names_the_faster_tier_only_when_an_offer_there_could_s
     with pytest.raises(DeadlineExceeded) as info:
         await only_balanced.arun(image(tier="balanced", deadline_seconds=0.1))
     assert "faster" not in str(info.value)
+
+
+# -------------------------------------------------------------------------------------------------- pinned models
+
+
+async def test_a_pinned_model_no_provider_offers_says_so_and_names_the_models_on_offer(
+    settings_factory, router_factory
+):
+    a, b = FakeProvider("a"), FakeProvider("b")
+    config = settings_factory({"a": section("a"), "b": section("b", {"fast": "0.005"})})
+    router = router_factory(config, FakePlugin(a, b))
+
+    err = await no_route(router, image(model="a/balancd"))
+
+    assert err.hint == (
+        "no provider offers the model 'a/balancd' (check its spelling); pin one of a/fast [fast], "
+        "a/balanced [balanced], a/quality [quality] or b/fast [fast], or drop the pin"
+    )
+    assert not a.calls and not b.calls
+
+
+async def test_a_stream_pinned_to_a_model_no_provider_offers_gets_the_same_hint(settings_factory, router_factory):
+    a = FakeProvider("a", stream_pieces=["hi"])
+    config = settings_factory({"a": section("a", {"fast": "0.001"}, task="text-generation", unit="request")})
+    router = router_factory(config, FakePlugin(a))
+
+    with pytest.raises(NoRouteAvailable) as info:
+        [piece async for piece in router.astream(TextGeneration(prompt="hi", model="a/fats"))]
+
+    assert info.value.hint == (
+        "no provider offers the model 'a/fats' (check its spelling); pin one of a/fast [fast], or drop the pin"
+    )
+
+
+async def test_a_pinned_model_on_offer_but_over_budget_keeps_the_budget_hint(settings_factory, router_factory):
+    a = FakeProvider("a")
+    config = settings_factory({"a": section("a")}, limits=[{"scope": "global", "period": "total", "usd": "0.001"}])
+    router = router_factory(config, FakePlugin(a))
+
+    err = await no_route(router, image(model="a/balanced"))
+
+    assert "no provider offers" not in err.hint and "raise the total limit" in err.hint
+
+
+def test_a_long_list_of_models_on_offer_is_cut_short() -> None:
+    rejections = [Rejection("p", f"p/m{i}", "fast", "not the pinned model 'p/x'") for i in range(13)]
+    hint = route_hint(rejections)
+    assert hint is not None and hint.endswith("p/m8 [fast], p/m9 [fast] or 3 more, or drop the pin")

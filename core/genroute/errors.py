@@ -225,6 +225,7 @@ _MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
 # The router's reasons for a provider no installed plugin registers: an offer made for it, a profile entry.
 _NOT_REGISTERED = ("no installed plugin registers this provider", "not installed (no plugin registers it)")
 _PINNED_ELSEWHERE = "not the pinned provider "
+_OTHER_MODEL = "not the pinned model "
 # The router's reason for an offer a genroute_choose policy left out: "dropped by genroute_choose (plugin …)".
 _DROPPED_BY_CHOOSER = "dropped by genroute_choose"
 
@@ -255,6 +256,9 @@ def route_hint(
             return _unregistered_pin_hint(pin, rejections, certain=bool(own))
         rejections = own
     remedies: list[str] = []
+    unoffered = _unoffered_model_hint(rejections)
+    if unoffered:
+        remedies.append(unoffered)
     variables: list[str] = []
     unavailable: list[str] = []  # providers unavailable for another reason than a missing variable
     cooling: list[str] = []
@@ -315,6 +319,37 @@ def route_hint(
     elif tiers and not remedies and not tried:  # nothing else stood in the way: those offers were usable but for it
         remedies.append(f"ask for tier {' or '.join(tiers)}, the {'tier' if len(tiers) == 1 else 'tiers'} on offer")
     return "; or ".join(remedies) or None
+
+
+def _unoffered_model_hint(rejections: Sequence[Rejection]) -> str | None:
+    """The remedy for a pinned model no offer is for (a misspelt name), naming the models on offer; None when some
+    offer is for it (its own line says why it was passed over) or no model was pinned.
+
+    The pin is read from the ``not the pinned model '…'`` reasons; the models on offer are those offers', which
+    passed every earlier check (profile, availability, task, provider pin), with their tiers.
+    """
+    pin: str | None = None
+    offered: list[str] = []
+    for r in rejections:
+        if r.reason.startswith(_OTHER_MODEL):
+            pin = pin or _quoted(r.reason.removeprefix(_OTHER_MODEL))
+            _add(offered, f"{r.model} [{r.tier}]")
+    if pin is None or any(r.model == pin for r in rejections):
+        return None
+    shown = offered[:_MAX_LISTED] + ([f"{len(offered) - _MAX_LISTED} more"] if len(offered) > _MAX_LISTED else [])
+    return f"no provider offers the model {pin!r} (check its spelling); pin one of {_one_of(shown)}, or drop the pin"
+
+
+_MAX_LISTED = 10
+
+
+def _quoted(text: str) -> str | None:
+    """The string a reason quotes as a Python literal (``'flux-dev'``), or None."""
+    try:
+        quoted = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    return quoted if isinstance(quoted, str) else None
 
 
 def _pin_from(rejections: Sequence[Rejection]) -> str | None:
