@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
@@ -20,6 +21,7 @@ from genroute.errors import (
     GenrouteError,
     InvalidRequest,
     NoRouteAvailable,
+    NotABatch,
     ProviderError,
     ProviderRejectedInput,
     ProviderUnavailable,
@@ -311,6 +313,35 @@ async def test_a_bug_raised_while_running_a_batch_is_not_taken_for_a_broken_sour
     # not BatchInterrupted (the source did not fail): the bug is that request's error, the batch carries on
     [outcome] = await router.abatch([gen("p0")])
     assert isinstance(outcome, UnexpectedError) and isinstance(outcome.__cause__, KeyError)
+
+
+NOT_A_BATCH = [
+    ("abc", "not a str, whose every character would be taken for a request"),
+    (b"abc", "not a bytes, whose every byte would be taken for a request"),
+    (TextGeneration(prompt="p0"), "not one request (TextGeneration), whose every field would be taken for a request"),
+    (gen("p0"), "not one mapping, whose every key would be taken for a request"),
+]
+
+
+@pytest.mark.parametrize(("requests", "said"), NOT_A_BATCH)
+def test_a_batch_of_a_string_or_one_request_is_refused_before_anything_runs(echo_router, requests, said):
+    router = echo_router()
+    with pytest.raises(NotABatch) as info:
+        router.batch(requests)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, InvalidRequest)
+    assert said in info.value.message
+    assert "pass an iterable of requests" in info.value.hint
+    assert not router.a.calls and list(router.ledger.entries()) == []
+
+
+@pytest.mark.parametrize(("requests", "said"), NOT_A_BATCH)
+async def test_an_async_batch_of_a_string_or_one_request_is_refused(echo_router, requests, said):
+    router = echo_router()
+    with pytest.raises(NotABatch, match=re.escape(said)):
+        await router.abatch(requests)
+    with pytest.raises(NotABatch, match=re.escape(said)):
+        router.aiter_batch(requests)
+    assert not router.a.calls
 
 
 # ---------------------------------------------------------------------------------------------- streaming

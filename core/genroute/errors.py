@@ -72,6 +72,13 @@ class InvalidRequest(GenrouteError):
         self.field = field
 
 
+class NotABatch(InvalidRequest, TypeError):
+    """A batch was given something that is not an iterable of requests (a string, bytes, one request or one dict),
+    which would be taken apart into meaningless "requests". Also a :class:`TypeError`; nothing was run."""
+
+    default_hint = "pass an iterable of requests (a list, a generator…); for one request, [request] or run(request)"
+
+
 _OVER_BUDGET_HINT = "raise the limit in plugins.toml, or wait for the next period"
 _OVER_TOTAL_HINT = "raise the total limit in plugins.toml (a total limit never resets)"
 _OVER_MIXED_HINT = (

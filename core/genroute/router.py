@@ -41,6 +41,7 @@ from .errors import (
     DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
+    NotABatch,
     OutOfCredit,
     OutputRejected,
     PluginError,
@@ -133,6 +134,7 @@ class _BatchSource:
     """A batch's requests, pulled one at a time; once pulling raises, ``error`` keeps what it raised."""
 
     def __init__(self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> None:
+        _check_batch(requests)
         # A sync iterable's iterator is taken now, so that a batch of something not iterable fails at the call.
         self._items = _aiter(requests if isinstance(requests, AsyncIterable) else iter(requests))
         self._done = False
@@ -148,6 +150,20 @@ class _BatchSource:
             except Exception as exc:  # not KeyboardInterrupt or cancellation: those stop the batch at once
                 self._done, self.error = True, exc
         return _End.END
+
+
+def _check_batch(requests: object) -> None:
+    """Refuse, as :class:`NotABatch`, what iterates but is no batch: a string or bytes (one request per character or
+    byte), one request (its fields) or one dict (its keys)."""
+    if isinstance(requests, str | bytes | bytearray | memoryview):
+        what = f"a {type(requests).__name__}, whose every {'character' if isinstance(requests, str) else 'byte'}"
+    elif isinstance(requests, RequestModel):
+        what = f"one request ({type(requests).__name__}), whose every field"
+    elif isinstance(requests, Mapping):
+        what = "one mapping, whose every key"
+    else:
+        return
+    raise NotABatch(f"a batch takes an iterable of requests, not {what} would be taken for a request")
 
 
 def _check_concurrency(concurrency: object) -> int:
