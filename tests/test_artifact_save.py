@@ -23,7 +23,7 @@ def artifact(tmp_path: Path, data: bytes = b"png bytes", media_type: str = "imag
     path = tmp_path / "store" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return Artifact(media_type=media_type, path=path, sha256="0" * 64, size=len(data))
+    return Artifact(media_type=media_type, path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 def files_under(root: Path) -> list[str]:

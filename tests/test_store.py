@@ -463,3 +463,46 @@ def test_a_locked_or_unreadable_database_is_not_taken_for_a_damaged_one(tmp_path
     locked.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
     assert not _damaged(locked)
     assert not _damaged(sqlite3.OperationalError("disk I/O error"))
+
+
+# -- a stored file changed on disk -----------------------------------------------------------------
+
+
+def _tamper(path: Path) -> None:
+    """Change a file's bytes on disk, keeping its size (what a size check cannot see)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_blob_changed_on_disk_is_refused_when_read_and_replaced_by_a_refresh(tmp_path: Path) -> None:
+    from genroute.errors import StoreError
+
+    file = png(1)
+    with ResultStore(tmp_path / "s") as s:
+        blob = s.put(key_of("a"), make_result(key_of("a")), [file]).artifacts[0].path
+        _tamper(blob)
+        hit = s.get(key_of("a"))  # still a hit: the size is right, and hits are not hashed
+        assert hit is not None
+        artifact = hit.artifacts[0]
+        for copy_out in (artifact.read_bytes, lambda: artifact.save(tmp_path / "out", "x")):
+            with pytest.raises(StoreError) as info:
+                copy_out()
+            assert "is corrupted" in info.value.message and str(blob) in info.value.message
+            assert "refresh" in info.value.hint and "replace" in info.value.hint
+        assert not (tmp_path / "out" / "x.png").exists()  # nothing was copied out
+
+        s.put(key_of("a"), make_result(key_of("a")), [file])  # what cache = "refresh" does
+        again = s.get(key_of("a"))
+        assert again is not None and again.artifacts[0].read_bytes() == file.data
+        assert again.artifacts[0].save(tmp_path / "out", "x").read_bytes() == file.data
+
+
+def test_a_scratch_file_changed_on_disk_is_written_anew_not_handed_out(tmp_path: Path) -> None:
+    from genroute.store import write_scratch
+
+    file = png(2)
+    (first,) = write_scratch(tmp_path / "scratch", [file], max_bytes=MIB)
+    _tamper(first.path)
+    (second,) = write_scratch(tmp_path / "scratch", [file], max_bytes=MIB)
+    assert second.path == first.path and second.read_bytes() == file.data

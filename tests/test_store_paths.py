@@ -91,3 +91,17 @@ def test_cache_clear_recovers_a_store_whose_database_is_damaged(cli: Cli, tmp_pa
     assert sorted(p.name for p in (tmp_path / ".genroute" / "ledger").iterdir()) == ledger
     cli("run", "a lighthouse", "--tier", "fast", rc=0)  # and the store works again
     assert "cached" in cli("run", "a lighthouse", "--tier", "fast", rc=0).stderr
+
+
+def test_a_stored_file_changed_on_disk_is_reported_and_a_refresh_replaces_it(cli: Cli, tmp_path: Path) -> None:
+    cli("run", "a lighthouse", "--tier", "fast", rc=0)
+    (blob,) = (tmp_path / ".genroute" / "store" / "data" / "blobs").glob("??/*.png")
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))  # same size: a hit all the same
+
+    proc = cli("run", "a lighthouse", "--tier", "fast", rc=9)
+    assert "is corrupted" in proc.stderr and "--cache refresh" in proc.stderr
+
+    cli("run", "a lighthouse", "--tier", "fast", "--cache", "refresh", rc=0)
+    assert "cached" in cli("run", "a lighthouse", "--tier", "fast", rc=0).stderr

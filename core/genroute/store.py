@@ -25,9 +25,13 @@ process): copy files out promptly with :meth:`Artifact.save <genroute.types.Arti
 :meth:`~genroute.types.Artifact.read_bytes`, and treat a vanished file like a miss.
 
 Blob files are only ever deleted by a process holding the database's write lock, so a writer that finds
-a blob's file under that lock knows it stays until its result is committed. A file is trusted when its
+a blob's file under that lock knows it stays until its result is committed. A hit trusts a file whose
 size is the recorded one (content names make equal sizes equal bytes, barring outside tampering), so a
-file cut short by a crash is rewritten rather than served.
+file cut short by a crash is a miss and is rewritten rather than served; hashing every hit would cost more
+than the hit. Tampering is caught where the bytes are read anyway: :meth:`Artifact.read_bytes
+<genroute.types.Artifact.read_bytes>` and :meth:`~genroute.types.Artifact.save` check them against their
+sha256, and :meth:`ResultStore.put` (a request run again with ``cache = "refresh"``) replaces an existing
+blob whose bytes differ.
 
 The store only ever removes files it named itself (blobs as above, scratch files ``<sha256><suffix>``):
 anything else found in its folders is left in place, with a warning. A database SQLite reports damaged (not a
@@ -268,12 +272,12 @@ class ResultStore:
             # Write the bytes before taking the lock, so other writers wait only for the rows; then check
             # again under it, since an eviction may have removed an equal blob's file in between.
             for file, blob in zip(files, blobs, strict=True):
-                _ensure_file(blob, file.data)
+                _ensure_file(blob, file.data, compare=True)
             with self._data.transact():
                 now = time.time()  # under the lock, so that writers' times follow their order
                 db = self._db()
                 for file, blob in zip(files, blobs, strict=True):
-                    _ensure_file(blob, file.data)
+                    _ensure_file(blob, file.data, compare=False)
                     db.execute(
                         f"INSERT INTO {_BLOBS} (name, size, stored_at) VALUES (?, ?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET stored_at = max(stored_at, excluded.stored_at)",
@@ -533,7 +537,7 @@ def write_scratch(directory: Path, files: Sequence[OutputFile], *, max_bytes: in
     for file in files:
         digest = hashlib.sha256(file.data).hexdigest()
         path = directory / f"{digest}{MEDIA_SUFFIXES.get(file.media_type, '.bin')}"
-        if not _hand_out_again(path, len(file.data)):
+        if not _hand_out_again(path, file.data):
             tmp = directory / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
             tmp.write_bytes(file.data)
             tmp.replace(path)
@@ -546,14 +550,14 @@ def write_scratch(directory: Path, files: Sequence[OutputFile], *, max_bytes: in
     return artifacts
 
 
-def _hand_out_again(path: Path, size: int) -> bool:
-    """Whether ``path`` already holds the ``size`` bytes to hand out; if so its age restarts.
+def _hand_out_again(path: Path, data: bytes) -> bool:
+    """Whether ``path`` already holds the bytes ``data`` to hand out; if so its age restarts.
 
-    False when it is missing, cut short, or cannot be touched — say another process's trim removed it
-    between the two calls: the caller then writes it anew rather than hand out a path that is gone.
+    False when it is missing, cut short, changed on disk, or cannot be touched — say another process's trim
+    removed it between the calls: the caller then writes it anew rather than hand out a path that is gone.
     """
     try:
-        if os.stat(path).st_size != size:
+        if os.stat(path).st_size != len(data) or not _same_bytes(str(path), data):
             return False
         os.utime(path)
     except OSError:
@@ -636,9 +640,20 @@ def _holds(path: str, size: int) -> bool:
         return False
 
 
-def _ensure_file(path: str, data: bytes) -> None:
-    """Make ``path`` a file holding ``data``, unless it already is one of that size."""
-    if _holds(path, len(data)):
+def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether the file ``path`` holds exactly ``data``."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _ensure_file(path: str, data: bytes, *, compare: bool) -> None:
+    """Make ``path`` a file holding ``data``, unless it already is one of that size (holding ``data`` too, if
+    ``compare``: a blob whose bytes were changed on disk is then replaced, so a request run again with
+    ``cache = "refresh"`` repairs it; only an existing blob of equal size is read, never on a new output)."""
+    if _holds(path, len(data)) and (not compare or _same_bytes(path, data)):
         return
     try:
         _write_new(path, data)

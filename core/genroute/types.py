@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import math
 import re
@@ -26,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .errors import ArtifactMissing, InvalidRequest
+from .errors import ArtifactMissing, InvalidRequest, StoreError
 from .media import MediaCheck, MediaInput, media_kind_problem
 
 Task = Literal[
@@ -467,11 +468,23 @@ class Artifact(BaseModel):
     source_url: str | None = None
 
     def read_bytes(self) -> bytes:
-        """The file's bytes; :class:`~genroute.errors.ArtifactMissing` when the file is gone (evicted, deleted)."""
+        """The file's bytes; :class:`~genroute.errors.ArtifactMissing` when the file is gone (evicted, deleted),
+        :class:`~genroute.errors.StoreError` when they no longer match :attr:`sha256` (changed on disk)."""
         try:
-            return self.path.read_bytes()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             raise self._missing() from None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise self._corrupted()
+        return data
+
+    def _corrupted(self) -> StoreError:
+        return StoreError(
+            f"the artifact's file {self.path} is corrupted: its bytes no longer match their sha256 {self.sha256} "
+            "(the file was changed on disk after genroute wrote it)",
+            hint='run the request again with cache = "refresh" (genroute run --cache refresh): the store will '
+            "replace the file",
+        )
 
     def _missing(self) -> ArtifactMissing:
         return ArtifactMissing(
@@ -496,13 +509,18 @@ class Artifact(BaseModel):
         (:class:`InvalidRequest` naming ``stem``), and one with the same bytes is left as it is.
 
         When the artifact's own file is gone (evicted from the result store, or deleted), raises
-        :class:`~genroute.errors.ArtifactMissing`, writing nothing and making no directory.
+        :class:`~genroute.errors.ArtifactMissing`, writing nothing and making no directory; when its bytes no
+        longer match :attr:`sha256` (changed on disk), :class:`~genroute.errors.StoreError`, the same way.
         """
         target = Path(directory) / self._file_name(stem)
         if target.is_dir():
             raise InvalidRequest(f"{target} is a directory", field="stem", hint="give another stem or directory")
-        if not self.path.exists():
-            raise self._missing()
+        try:
+            with self.path.open("rb") as source:  # the bytes are checked before any is copied out
+                if hashlib.file_digest(source, "sha256").hexdigest() != self.sha256:
+                    raise self._corrupted()
+        except FileNotFoundError:
+            raise self._missing() from None
         Path(directory).mkdir(parents=True, exist_ok=True)
         try:
             return self._copy_to(target, overwrite=overwrite)
