@@ -513,6 +513,10 @@ DOC_MUTATIONS: dict[str, Mutation] = {
         fats={"model": "m", "unit": "output", "price": "1"}
     ),
     "budget.limits.2.scope": _set(("budget", "limits", 2, "scope"), "team:x"),
+    "budget.limits.3.scope": lambda raw: raw["budget"]["limits"].append(
+        {"scope": "provider:mokc", "period": "daily", "usd": "0"}
+    ),
+    "store.path": _set(("store", "path"), ".genroute"),
     "routing.max_attempts": _set(("routing", "max_attempts"), "3"),
     "providers.mock.options.failure_rate": _set(("providers", "mock", "options", "failure_rate"), 2),
 }
@@ -534,10 +538,22 @@ def test_documented_config_errors_are_what_genroute_prints(tmp_path: Path) -> No
             with pytest.raises(ConfigError) as info:
                 MockProvider().check_options(settings.provider("mock"), DOC_SOURCE)
             err = info.value
+        elif key == "store.path":  # paths are resolved against GENROUTE_HOME: the docs' /srv/app
+            DOC_MUTATIONS[key](raw)
+            err = config_error(raw, source=DOC_SOURCE, env={"GENROUTE_HOME": str(Path(DOC_SOURCE).parent)})
         else:
             DOC_MUTATIONS[key](raw)
             err = config_error(raw, source=DOC_SOURCE)
         assert str(err) == line
+
+
+def test_the_documented_store_path_refusal_is_what_genroute_prints() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text.split("### Where the store may live", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    raw = raw_copy()
+    DOC_MUTATIONS["store.path"](raw)
+    err = config_error(raw, source=DOC_SOURCE, env={"GENROUTE_HOME": str(Path(DOC_SOURCE).parent)})
+    assert section.splitlines() == [f"genroute: error: {err}"]
 
 
 @pytest.mark.parametrize(

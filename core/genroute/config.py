@@ -318,8 +318,8 @@ def _check_names_and_limits(settings: Settings, source: str) -> None:
                     f"{', '.join(known) or 'none'})",
                     file=source,
                     key=f"{key}.scope",
-                    hint=(f"did you mean {guess[0]!r}? " if guess else "")
-                    + f"fix the scope, or add a [providers.{provider}] section",
+                    hint=(f"did you mean {guess[0]!r}? Fix" if guess else "fix")
+                    + f" the scope, or add a [providers.{provider}] section",
                 )
             if (limit.scope, limit.period) in seen:
                 raise ConfigError(
