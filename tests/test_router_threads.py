@@ -174,3 +174,16 @@ def test_a_router_can_be_used_again_after_close(slow_router) -> None:
     router.run(TextToImage(prompt="before", tier="balanced"))
     router.close()
     assert router.run(TextToImage(prompt="after", tier="balanced")).provider == "fake"
+
+
+def test_a_sync_stream_still_open_when_its_router_closes_is_closed_with_it(settings_factory, router_factory) -> None:
+    fake = FakeProvider("fake", stream_pieces=["a", "b", "c"])
+    router = router_factory(settings_factory({"fake": section("fake", task="text-generation")}), FakePlugin(fake))
+    pieces = iter(router.stream(TextGeneration(prompt="left open", tier="balanced")))
+    assert next(pieces) == "a"
+
+    router.close()  # closes the thread's loop, and with it the stream: its reservation is closed
+    pieces.close()  # the caller's loop ends later: nothing left to do, nothing raised
+
+    assert router.ledger.open_reservations() == []
+    assert [e.status for e in router.ledger.entries()] == ["settled"]

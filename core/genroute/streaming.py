@@ -140,6 +140,8 @@ class SyncTextStream:
                     runner.run(_aclose(pieces))
                 except RuntimeError:
                     log.debug("stream closed inside a running event loop; its loop will finalize it")
+                except GenrouteError:  # the router was closed, and its loop with this stream: nothing left open
+                    log.debug("stream closed after its router: already closed with the router's event loop")
 
 
 async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str, None]:
