@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import load_settings
-from .errors import GenrouteError, InvalidRequest, PluginError
+from .errors import GenrouteError, InvalidRequest, PluginError, UnexpectedError
 from .media import MediaInput
 from .money import fmt_usd
 from .plugins import default_plugin_manager
@@ -193,12 +193,44 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     """
     common = argparse.ArgumentParser(add_help=False)
     kw: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
-    common.add_argument("--config", type=Path, help="plugins.toml (default: $GENROUTE_CONFIG, ./plugins.toml)", **kw)
-    common.add_argument("--profile", help="profile to use (default: $GENROUTE_PROFILE, then the file's default)", **kw)
+    common.add_argument(
+        "--config", type=_config_path, help="plugins.toml (default: $GENROUTE_CONFIG, ./plugins.toml)", **kw
+    )
+    common.add_argument(
+        "--profile",
+        type=_profile_name,
+        help="profile (default: $GENROUTE_PROFILE, then the file's default)",
+        **kw,
+    )
     flag: dict[str, Any] = {"action": "store_true", **kw}
     common.add_argument("--json", help="machine-readable output", **flag)
     common.add_argument("--debug", help="verbose logs and tracebacks", **flag)
     return common
+
+
+def _profile_name(text: str) -> str:
+    """``--profile``'s value: a name, not empty (an empty one would silently mean the default profile)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a profile, not be empty (leave --profile out for the default)")
+    return text
+
+
+def _config_path(text: str) -> Path:
+    """``--config``'s value: a path, not empty (``Path("")`` would be the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a plugins.toml file, not be empty")
+    return Path(text)
+
+
+def _at_least_one(text: str) -> int:
+    """A count option's value (``--concurrency``): a whole number of at least 1, refused as a bad command line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -233,8 +265,8 @@ def _parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", parents=[common], help="run every request of a JSONL file")
     batch.add_argument("file", type=Path)
-    batch.add_argument("--concurrency", type=int, default=8)
-    batch.add_argument("--results", type=Path, help="write JSONL results here (default: stdout)")
+    batch.add_argument("--concurrency", type=_at_least_one, default=8, help="requests in flight at once (default: 8)")
+    batch.add_argument("--results", type=_output_path, help="append JSONL results here (default or -: stdout)")
     batch.add_argument("--no-progress", action="store_true")
     batch.set_defaults(handler=cmd_batch)
 
@@ -258,8 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     reset.set_defaults(handler=cmd_providers_reset)
 
     budget = sub.add_parser("budget", parents=[common], help="spent, reserved and left per scope and period")
-    budget.add_argument("--export-csv", type=Path)
-    budget.add_argument("--export-json", type=Path)
+    budget.add_argument("--export-csv", type=_output_path, help="also write the full report as CSV (-: stdout)")
+    budget.add_argument("--export-json", type=_output_path, help="also write it as JSON (-: stdout)")
     budget.set_defaults(handler=cmd_budget)
 
     cache = sub.add_parser("cache", parents=[common], help="result store: stats | clear")
@@ -523,6 +555,21 @@ def _remove_empty(directories: list[Path]) -> None:
             directory.rmdir()
 
 
+STDOUT = Path("-")
+"""What an output option (``--results``, ``--export-csv``, ``--export-json``) holds when given ``-``: standard
+output. Told by identity, as ``Path("./-")`` (a file named ``-``) compares equal to it."""
+
+
+def _output_path(text: str) -> Path:
+    """An output option's PATH: :data:`STDOUT` for ``-``, else the path (``./-`` is a file named ``-``)."""
+    return STDOUT if text == "-" else Path(text)
+
+
+def _is_stdout(target: Path | None) -> bool:
+    """Whether an output option's PATH is ``-``, standard output."""
+    return target is STDOUT
+
+
 def _check_writable_file(target: Path, option: str) -> None:
     if target.is_dir():
         raise InvalidRequest(f"{target} is a directory", field=option, hint="give a file name")
@@ -613,6 +660,19 @@ STDIN = "-"
 """The FILE argument of ``plan`` and ``batch`` that means standard input."""
 
 
+def _own_stdin() -> BinaryIO:
+    """Standard input as a file object of our own, over a duplicate of its descriptor.
+
+    A batch reads it in a daemon thread (:class:`_LineReader`); were that thread still blocked in a read of
+    ``sys.stdin`` when the command ends early (Ctrl-C, SIGTERM, a full disk), the interpreter's shutdown would
+    abort on the lock of ``sys.stdin``'s buffer. Closing the duplicate leaves standard input itself open.
+    """
+    try:
+        return os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's stand-in for stdin)
+        return sys.stdin.buffer
+
+
 class _Jsonl:
     """The JSONL requests of ``plan`` and ``batch``: a file, or standard input for ``-``.
 
@@ -623,9 +683,10 @@ class _Jsonl:
 
     def __init__(self, path: Path) -> None:
         self.stdin = str(path) == STDIN
+        self.reading = False  # a batch's reader thread is reading it (see _LineReader)
         self.label = "<stdin>" if self.stdin else str(path)  # how messages name it: "<stdin>:3: …"
         if self.stdin:
-            self._handle: BinaryIO = sys.stdin.buffer
+            self._handle: BinaryIO = _own_stdin()
         else:
             try:
                 self._handle = path.open("rb")
@@ -642,7 +703,9 @@ class _Jsonl:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.stdin:
+        # A batch's reader thread still blocked in a read (the batch stopped early) keeps the file: closing it
+        # under that read would wait for the read to end.
+        if self._handle is not sys.stdin.buffer and not self.reading:
             self._handle.close()
 
     def count(self) -> int | None:
@@ -718,10 +781,11 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
                 rows.append({"line": number, "error": redact(f"{source.label}:{number}: {exc.message}")})
                 continue
             row: dict[str, Any] = {"line": number, "task": request.task_name, "tier": request.tier}
-            identity = _repeat_identity(request) if merges and request.cache == "use" else None
+            # A "refresh" line stores its result too, so a later "use" line of the same request is served from it.
+            identity = _repeat_identity(request) if merges and request.cache in ("use", "refresh") else None
             if plan.cached:
                 row.update(route="store (cached)", estimate="0")
-            elif plan.chosen is not None and identity in first_line:
+            elif plan.chosen is not None and request.cache == "use" and identity in first_line:
                 row.update(
                     route=f"{plan.chosen.provider} · {plan.chosen.model}",
                     estimate="0",
@@ -730,7 +794,7 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
                 )
             elif plan.chosen is not None:
                 if identity is not None:
-                    first_line[identity] = number
+                    first_line.setdefault(identity, number)
                 estimate = plan.chosen.estimate or Decimal(0)
                 scopes = router.budget_scopes(plan.chosen)
                 kinds.add(scopes[0])
@@ -810,21 +874,27 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def cmd_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
-    if args.concurrency < 1:
-        raise InvalidRequest("must be at least 1", field="--concurrency")
+    if _is_stdout(args.results):
+        args.results = None  # `--results -`: standard output, as without the option
     if args.results is not None and str(args.file) != STDIN and _same_file(args.results, args.file):
         raise InvalidRequest(
             f"{args.results} is the input file {args.file}: results would be appended to the requests",
             field="--results",
             hint="give --results another file, or leave it out to write the results to standard output",
         )
+    if args.results is not None:
+        _check_writable_file(args.results, "--results")  # before any request runs; missing directories are made
     with _Jsonl(args.file) as source:
         total = source.count()  # None for a pipe: it is read once, as the requests run
         cut_short = args.results is not None and _ends_mid_line(args.results)
         try:
+            if args.results is not None:
+                args.results.parent.mkdir(parents=True, exist_ok=True)
             sink: TextIO = args.results.open("a", encoding="utf-8") if args.results else sys.stdout
         except OSError as exc:
-            raise InvalidRequest(f"cannot write {args.results}: {exc.strerror}", field="--results") from None
+            raise InvalidRequest(
+                f"cannot write {args.results}: {exc.strerror}", field="--results", hint="give a file you can write"
+            ) from None
         try:
             if cut_short:  # the partial record stays a line of its own: the new ones must not be glued to it
                 _write_results(sink, "\n", args.results)
@@ -891,7 +961,6 @@ class _Tally:
 
 def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink: TextIO, err: Console) -> _Tally:
     tally = _Tally()
-    invalid: list[tuple[int, InvalidRequest]] = []
 
     def emit(line: int, item: BatchItem | None, error: GenrouteError | None = None) -> None:
         record: dict[str, Any] = {"line": line}
@@ -918,11 +987,6 @@ def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink
         _write_results(sink, json.dumps(record) + "\n", args.results)
         progress.update(bar, advance=1, cost=fmt_usd(tally.cost))
 
-    def emit_invalid() -> None:
-        while invalid:
-            number, error = invalid.pop(0)
-            emit(number, None, error)
-
     progress = Progress(
         TextColumn("[bold]batch"),
         BarColumn(),
@@ -935,28 +999,116 @@ def _run_batch(args: argparse.Namespace, source: _Jsonl, total: int | None, sink
     )
     with _router(args) as router, progress:
         bar = progress.add_task("batch", total=total, cost="$0")
-        numbers: list[int] = []  # the input line of each request handed to the router, by batch index
 
-        def requests() -> Iterator[RequestModel]:
-            for number, data in source:
-                request = _validated(source.label, number, data)
-                if isinstance(request, InvalidRequest):
-                    invalid.append((number, request))
-                    continue
-                numbers.append(number)
-                yield request
-
-        async def drive() -> None:
+        async def run_one(number: int, request: RequestModel) -> BatchItem:
             # A line repeating a request still running is paid once: the router makes it wait for that one and
             # serves it from the store (Router.arun).
-            async for item in router.aiter_batch(requests(), concurrency=args.concurrency):
-                emit_invalid()
-                emit(numbers[item.index], item)
-            emit_invalid()
+            try:
+                return BatchItem(number, result=await router.arun(request))
+            except GenrouteError as exc:
+                return BatchItem(number, error=exc)
+            except Exception as exc:  # a bug must fail this line only: the others (maybe paid for) carry on
+                logging.getLogger(__name__).debug("line %d", number, exc_info=True)
+                error = UnexpectedError(f"line {number} failed unexpectedly: {redact(f'{type(exc).__name__}: {exc}')}")
+                error.__cause__ = exc
+                return BatchItem(number, error=error)
+
+        async def drive() -> None:
+            # The input is read by a thread of its own (a slow pipe must not stall the requests in flight), at most
+            # `concurrency` lines ahead; each result is written as soon as its request ends, whatever is being read.
+            reader = _LineReader(source, asyncio.get_running_loop(), ahead=args.concurrency)
+            running: dict[asyncio.Future[BatchItem], int] = {}  # request → its input line
+            pulling: asyncio.Future[_ReadItem] | None = None
+            failure: Exception | None = None
+            ended = False
+            try:
+                while True:
+                    if not ended and pulling is None and len(running) < args.concurrency:
+                        pulling = asyncio.ensure_future(reader.get())
+                    waiting: set[asyncio.Future[Any]] = {*running, *([pulling] if pulling else [])}
+                    if not waiting:
+                        break
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if pulling is not None and pulling in done:
+                        item, pulling = pulling.result(), None
+                        if item is None:
+                            ended = True
+                        elif isinstance(item, Exception):  # reading failed: the started requests still end
+                            ended, failure = True, item
+                        else:
+                            number, data = item
+                            request = _validated(source.label, number, data)
+                            if isinstance(request, InvalidRequest):
+                                emit(number, None, request)
+                            else:
+                                running[asyncio.ensure_future(run_one(number, request))] = number
+                    for task in done:
+                        if task in running:
+                            emit(running.pop(task), task.result())
+                if failure is not None:
+                    raise failure
+            finally:
+                reader.stop()
+                if pulling is not None:
+                    pulling.cancel()
+                for task in running:
+                    task.cancel()
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
 
         router._sync().run(drive())
         progress.update(bar, total=tally.ok + tally.failed)  # known at last when the input was a pipe
     return tally
+
+
+_ReadItem = tuple[int, dict[str, Any] | InvalidRequest] | Exception | None
+"""What :class:`_LineReader` hands over: a line (number, request or its error), a read that failed, or the end."""
+
+
+class _LineReader:
+    """Reads a batch's input in a daemon thread, so that blocking reads (a slow pipe, a FIFO, a terminal) never
+    stall the event loop, and hands the lines to it through an asyncio queue, at most ``ahead`` lines ahead.
+
+    The thread reads the :class:`_Jsonl` exactly as iterating it on the loop did (blank lines and comments
+    skipped, the byte order mark, bad lines as errors). :meth:`stop` lets it end at its next line; a thread still
+    blocked in a read when the command ends is left to the process's exit (the input is then not closed).
+    """
+
+    def __init__(self, source: _Jsonl, loop: asyncio.AbstractEventLoop, *, ahead: int) -> None:
+        self._source = source
+        self._loop = loop
+        self._queue: asyncio.Queue[_ReadItem] = asyncio.Queue()
+        self._room = threading.Semaphore(ahead)
+        self._stopped = threading.Event()
+        source.reading = True
+        threading.Thread(target=self._read, name="genroute-batch-input", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for item in self._source:
+                self._room.acquire()
+                if self._stopped.is_set():
+                    return
+                self._put(item)
+            self._put(None)
+        except Exception as exc:  # an input that could not be read: raised once the requests started have ended
+            self._put(exc)
+        finally:
+            self._source.reading = False
+
+    def _put(self, item: _ReadItem) -> None:
+        if not self._stopped.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for lines any more
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> _ReadItem:
+        item = await self._queue.get()
+        self._room.release()
+        return item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._room.release()  # a thread waiting for room wakes up, sees it is stopped, and ends
 
 
 # -- inspection -----------------------------------------------------------------------------------------
@@ -1062,10 +1214,22 @@ def _utc(when: float) -> str:
 
 
 def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
+    csv_out, json_out = _is_stdout(args.export_csv), _is_stdout(args.export_json)
+    if csv_out and json_out:
+        raise InvalidRequest(
+            "is standard output, as --export-csv is: the two reports would be mixed",
+            field="--export-json",
+            hint="send at most one export to standard output (-), the other to a file",
+        )
     for target, option in ((args.export_csv, "--export-csv"), (args.export_json, "--export-json")):
-        if target is not None:
+        if target is not None and not _is_stdout(target):
             _check_writable_file(target, option)
-    if args.export_csv is not None and args.export_json is not None and _same_file(args.export_csv, args.export_json):
+    if (
+        args.export_csv is not None
+        and args.export_json is not None
+        and not (csv_out or json_out)
+        and _same_file(args.export_csv, args.export_json)
+    ):
         raise InvalidRequest(
             f"is the same file as --export-csv ({args.export_csv}): the JSON would replace the CSV",
             field="--export-json",
@@ -1073,12 +1237,19 @@ def cmd_budget(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
     with _router(args) as router:
         report = router.ledger.report()
-        if args.export_csv:
+        # A file export first (made atomically, its missing parent directories created); one to standard
+        # output is then all that is written there: no table, no --json, so a pipe gets the report alone.
+        if args.export_csv is not None and not csv_out:
             router.ledger.export_csv(args.export_csv, field="--export-csv")
             err.print(f"wrote {args.export_csv}", markup=False)
-        if args.export_json:
+        if args.export_json is not None and not json_out:
             router.ledger.export_json(args.export_json, field="--export-json")
             err.print(f"wrote {args.export_json}", markup=False)
+    if csv_out or json_out:
+        text = report.to_csv() if csv_out else report.to_json() + "\n"
+        out.file.write(text)  # a closed pipe raises BrokenPipeError: main() ends quietly with 141
+        out.file.flush()
+        return 0
     if args.json:
         out.print(report.to_json(), markup=False)
         return 0
