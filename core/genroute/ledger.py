@@ -62,7 +62,7 @@ import diskcache
 from pydantic import BaseModel, ConfigDict
 
 from .config import BudgetLimit
-from .errors import BudgetExceeded, InvalidRequest, LedgerError
+from .errors import BudgetExceeded, GenrouteError, InvalidRequest, LedgerError
 from .money import fmt_usd, micros_to_usd, to_decimal, usd_to_micros
 from .secrets import redact
 from .sqlite_settings import HOT_WRITES
@@ -71,6 +71,7 @@ __all__ = [
     "BudgetReport",
     "BudgetWarning",
     "Headroom",
+    "HeldElsewhere",
     "Ledger",
     "LedgerEntry",
     "Reservation",
@@ -317,6 +318,7 @@ def _pack(rec: dict[str, Any]) -> tuple[Any, ...]:
         rec["request_key"],
         rec.get("owner"),
         rec.get("since", rec["created_at"]),
+        rec.get("shares", False),
     )
 
 
@@ -335,8 +337,23 @@ def _unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
         "request_key": request_key,
         "owner": packed[8] if len(packed) > 8 else None,
         "since": packed[9] if len(packed) > 9 else created_at,
+        "shares": packed[10] if len(packed) > 10 else False,
         "period_keys": [[scope, period, keys[period]] for scope in scopes for period in PERIODS],
     }
+
+
+class HeldElsewhere(GenrouteError):
+    """Another live process holds an open reservation for the same shared request: it is serving it now
+    and will keep the result in the shared store. Raised by :meth:`Ledger.reserve` (``shared=True``) instead
+    of reserving; the router then waits for that work rather than pay for it a second time."""
+
+    default_hint = "wait for the other process to finish, or ask with cache 'refresh' to run it again anyway"
+
+    def __init__(self, reservation_id: str, *, provider: str, pid: int) -> None:
+        super().__init__(f"the same request is being served by another process (pid {pid}, on {provider})")
+        self.reservation_id = reservation_id
+        self.provider = provider
+        self.pid = pid
 
 
 def _counter_key(scope: str, period: str, period_key: str) -> str:
@@ -616,6 +633,7 @@ class Ledger:
         request_key: str = "",
         ttl_seconds: float | None = None,
         outlives_process: bool = False,
+        shared: bool = False,
     ) -> Reservation:
         """Set ``amount`` aside in every scope, or raise :class:`BudgetExceeded` and write nothing.
 
@@ -629,6 +647,10 @@ class Ledger:
         that key and provider are closed then as "reclaimed", so a second re-run cannot adopt, and pay for,
         the same work again. ``outlives_process``: the reservation is meant to stay open
         after this process ends (settled by whichever process receives a webhook): no owner is recorded.
+
+        ``shared``: the work's result will be kept in the shared result store. If another live process
+        holds an open shared reservation of the same ``request_key`` (any provider), nothing is reserved and
+        :class:`HeldElsewhere` is raised: that process is doing this work now, and waiting for it costs nothing.
         """
         value = to_decimal(amount)
         if value < 0:
@@ -650,8 +672,9 @@ class Ledger:
             "expires_at": now + (ttl_seconds if ttl_seconds is not None else self.reservation_ttl_seconds),
             "period_keys": [list(t) for t in period_keys],
             "owner": None if outlives_process else _owner(),
+            "shares": shared,
         }
-        refusal: BudgetExceeded | None = None
+        refusal: BudgetExceeded | HeldElsewhere | None = None
         orphaned_since: float | None = None
         with self._txn():
             state = self._load()
@@ -660,7 +683,9 @@ class Ledger:
             orphaned_since = min(orphans.values(), default=None)
             if orphaned_since is not None:
                 rec["since"] = orphaned_since  # should this process die too, the next one looks back as far
-            refusal = self._exhausted_refusal(state, scope_list, keys, micros)
+            refusal = self._live_sharer(state, request_key) if shared and request_key else None
+            if refusal is None:
+                refusal = self._exhausted_refusal(state, scope_list, keys, micros)
             for limit, limit_micros in self._limits_in_micros() if refusal is None else ():
                 if limit.scope not in scope_list:
                     continue
@@ -718,6 +743,26 @@ class Ledger:
                 # when its work began, or the work it took over from an earlier dead process
                 dead[rid] = packed[9] if len(packed) > 9 else packed[2]
         return dead
+
+    @staticmethod
+    def _live_sharer(state: dict[str, Any], request_key: str) -> HeldElsewhere | None:
+        """Inside a transaction: another live process's open shared reservation of this key, if any."""
+        me = _owner()
+        for rid, packed in state["open"].items():
+            if packed[7] != request_key or len(packed) <= 10 or not packed[10]:
+                continue
+            owner = packed[8]
+            if owner and _owner_state(owner, me) == "live":
+                return HeldElsewhere(rid, provider=packed[4], pid=owner[0])
+        return None
+
+    def serving_elsewhere(self, reservation_id: str) -> bool:
+        """Whether reservation ``reservation_id`` is still open and its process not known to be dead."""
+        with self._guard():
+            packed = self._load()["open"].get(reservation_id)
+        if packed is None:
+            return False
+        return _owner_state(packed[8] if len(packed) > 8 else None, _owner()) != "dead"
 
     def settle(
         self, reservation: Reservation, actual: Decimal, *, job_id: str | None = None, note: str = ""

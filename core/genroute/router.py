@@ -53,7 +53,7 @@ from .errors import (
 )
 from .jobs import Job, JobStore
 from .keys import request_key
-from .ledger import Headroom, Ledger, Reservation
+from .ledger import Headroom, HeldElsewhere, Ledger, Reservation
 from .media import INPUT_TOO_LARGE_HINT, sniff_media_type
 from .money import fmt_usd, quantize
 from .outcomes import (
@@ -705,7 +705,16 @@ class Router:
             hit = self._lookup(request, key, started)
             if hit is not None:
                 return hit
-            return await self._serve(request, key, started, deadline, deadline_seconds)
+            while True:
+                try:
+                    return await self._serve(request, key, started, deadline, deadline_seconds)
+                except HeldElsewhere as held:
+                    # Another worker sharing this ledger and store is serving the same request now: wait for
+                    # it to finish, then take its result from the store (or serve it here if it failed).
+                    await self._await_elsewhere(held, deadline, deadline_seconds)
+                hit = self._lookup(request, key, started)
+                if hit is not None:
+                    return hit
         finally:
             if claim is not None:
                 self._unclaim(key)  # its twins look in the store: a hit if this one was kept, else one of them runs
@@ -752,6 +761,20 @@ class Router:
             else:
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there any more
                     loop.call_soon_threadsafe(_wake, woken)
+
+    async def _await_elsewhere(self, held: HeldElsewhere, deadline: float, deadline_seconds: float) -> None:
+        """Wait while another process's reservation of the same request stays open and its process alive."""
+        log.info("%s; waiting for its result", held.message)
+        loop = asyncio.get_running_loop()
+        delay = 0.02
+        while self.ledger.serving_elsewhere(held.reservation_id):
+            if loop.time() >= deadline:
+                raise DeadlineExceeded(
+                    f"request did not finish within {deadline_seconds:g}s (waiting for the same request, running "
+                    f"in another process: pid {held.pid}, on {held.provider})"
+                )
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 1.5, 0.5)
 
     async def _serve(
         self, request: RequestModel, key: str, started: float, deadline: float, deadline_seconds: float
@@ -811,7 +834,12 @@ class Router:
         rejections: list[Rejection],
     ) -> Result | None:
         try:
-            reservation = self._reserve(offer, key, deadline - asyncio.get_running_loop().time())
+            reservation = self._reserve(
+                offer,
+                key,
+                deadline - asyncio.get_running_loop().time(),
+                shared=self.store is not None and request.cache == "use",
+            )
         except BudgetExceeded as exc:
             rejections.append(Rejection(offer.provider, offer.model, offer.tier, f"over budget: {exc.message}"))
             return None
@@ -847,8 +875,11 @@ class Router:
         elif not isinstance(exc, ProviderRejectedInput):
             self.cooldowns.failure(offer.provider)
 
-    def _reserve(self, offer: Offer, key: str, deadline_seconds: float, *, job: bool = False) -> Reservation:
+    def _reserve(
+        self, offer: Offer, key: str, deadline_seconds: float, *, job: bool = False, shared: bool = False
+    ) -> Reservation:
         # A job's reservation is settled by whichever process receives its webhook: it belongs to no process.
+        # A shared one (its result goes to the store) makes other processes asking the same wait for it.
         return self.ledger.reserve(
             offer.estimate or Decimal(0),
             scopes=self.budget_scopes(offer),
@@ -859,6 +890,7 @@ class Router:
             # Never reclaimed while its call may still run: outlive the request's deadline.
             ttl_seconds=max(self.settings.ledger.reservation_ttl_seconds, deadline_seconds + 60),
             outlives_process=job,
+            shared=shared,
         )
 
     def _close_failed(
