@@ -265,8 +265,9 @@ def run_to_the_end(settings: Settings, results: Any) -> None:
 def test_a_live_process_s_prediction_is_never_adopted(
     slow_fake: FakeReplicate, token: str, tmp_path: Path, make_router: Callable[..., Router]
 ) -> None:
-    """The control: the same request running in another live process is not an orphan; each process gets
-    (and pays for) its own prediction, neither takes over the other's."""
+    """The control: the same request running in another live process is not an orphan. Asked afresh (cache
+    refresh) it gets (and pays for) its own prediction, neither takes over the other's; asked with cache use it
+    waits for the other's result instead (tests/test_cross_process_sharing.py)."""
     slow_fake.prediction_seconds = 2.0
     settings = build_settings(tmp_path, slow_fake, providers=("replicate",), routing={"deadline_seconds": 60})
     ctx = multiprocessing.get_context("spawn")
@@ -278,7 +279,7 @@ def test_a_live_process_s_prediction_is_never_adopted(
         while not slow_fake.predictions and child.is_alive() and time.monotonic() < deadline:
             time.sleep(0.005)
         (first,) = slow_fake.predictions
-        result = make_router(settings).run(image())
+        result = make_router(settings).run(image().model_copy(update={"cache": "refresh"}))
         theirs = results.get(timeout=60)
     finally:
         child.join(60)
