@@ -126,3 +126,17 @@ async def test_an_offer_filtered_out_for_money_names_the_limit_and_its_hint_foll
     assert rejection.budget_period == period
     assert info.value.hint == hint
     assert not paid.calls
+
+
+USED_UP = "the provider reported this credit used up (402: it renews next month); it returns next monthly period"
+
+
+def test_an_offer_refused_for_a_used_up_credit_gives_the_providers_advice_not_a_higher_limit() -> None:
+    used_up = Rejection("hf", "m", "fast", "over budget ($0.00 left in free:hf (monthly))", hint=USED_UP)
+    assert route_hint([used_up]) == USED_UP
+    assert route_hint([used_up], cheaper_tiers=["fast"]) == (
+        f"{USED_UP}; or ask for the cheaper tier fast, where an offer fits the budget"
+    )
+    # another offer over its own limit still gets the limit's remedy, after the provider's advice
+    capped = Rejection("mock", "m", "fast", "over budget (x)", budget_period="total")
+    assert route_hint([used_up, capped]) == f"{USED_UP}; or {TOTAL_HINT}"

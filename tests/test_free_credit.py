@@ -122,11 +122,6 @@ def test_after_a_402_the_used_up_credit_says_why_and_what_to_do(hf_out_of_credit
     assert hf_out_of_credit.count(status=402) == 1
 
 
-@pytest.mark.xfail(
-    reason="needs core/genroute/router.py (Router._candidates) to pass Headroom.hint into the over-budget Rejection "
-    "and core/genroute/errors.py (route_hint) to prefer a rejection's own hint over over_budget_hint",
-    strict=False,
-)
 def test_after_a_402_a_request_refused_for_it_is_told_what_to_do(hf_out_of_credit: FakeHF, tmp_path: Path) -> None:
     with router(settings(tmp_path, hf_out_of_credit.base_url)) as r:
         with pytest.raises(NoRouteAvailable):

@@ -244,8 +244,10 @@ def route_hint(
 
     A missing token names its variable; offers over budget ask for a higher limit, or a wait unless a total limit
     (which never resets) refused them, or a cheaper tier only if ``cheaper_tiers`` names one where an offer would
-    fit the budget (:func:`over_budget_hint`; the router works them out); otherwise-usable
-    offers of another tier name the tiers on offer. Several causes give several remedies, most direct first.
+    fit the budget (:func:`over_budget_hint`; the router works them out) — but an offer refused for a scope the
+    provider reported used up carries the provider's advice as its ``hint`` (the credit renews next month, allow
+    paid work…), given instead, since a higher limit would not help; otherwise-usable offers of another tier
+    name the tiers on offer. Several causes give several remedies, most direct first.
     Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
     provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
 
@@ -272,6 +274,7 @@ def route_hint(
     outside: list[str] = []
     tiers: list[str] = []
     over_budget: list[str | None] = []  # the periods of the limits that refused offers (None: not said)
+    used_up: list[str] = []  # the advice carried by offers refused for a scope the provider reported used up
     choosers: list[str] = []  # genroute_choose plugins that left out offers which could serve
     too_many_outputs = unpriced = tried = False
     for r in rejections:
@@ -290,7 +293,10 @@ def route_hint(
             else:
                 _add(unavailable, r.provider)
         elif reason.startswith("over budget"):
-            over_budget.append(r.over_budget_period())
+            if r.hint:  # a scope the provider reported used up: its advice, not a higher limit, is the remedy
+                _add(used_up, r.hint)
+            else:
+                over_budget.append(r.over_budget_period())
         elif reason.startswith("cooling down"):
             _add(cooling, r.provider)
         elif reason.startswith("asks ") and "outputs" in reason:
@@ -305,8 +311,11 @@ def route_hint(
         remedies.append(f"set {' or '.join(variables)} in the environment, or use another profile")
     if unavailable:
         remedies.append(f"make {_names(unavailable)} available again ({_its(unavailable)} lines say what is missing)")
+    _add(remedies, *used_up)
     if over_budget:
         remedies.append(over_budget_hint(over_budget, cheaper_tiers))
+    elif used_up and cheaper_tiers:
+        remedies.append(f"ask for {_cheaper(cheaper_tiers)}, where an offer fits the budget")
     if cooling:
         remedies.append(f"wait for {_names(cooling)} to finish cooling down")
     if too_many_outputs:

@@ -461,7 +461,11 @@ class Router:
                 # the period of the limit an offer over budget hit: waiting helps only if it is not a total one
                 binding = headroom.get(self.budget_scopes(offer)) if reason.startswith("over budget") else None
                 period = binding.period if binding is not None else None
-                rejections.append(Rejection(offer.provider, offer.model, offer.tier, reason, budget_period=period))
+                # a scope the provider reported used up carries its advice (credit renews, allow paid work…)
+                hint = binding.hint if binding is not None else None
+                rejections.append(
+                    Rejection(offer.provider, offer.model, offer.tier, reason, budget_period=period, hint=hint)
+                )
                 if other_tiers is not None and reason.startswith("wrong tier"):
                     other_tiers.append(offer)
             else:
