@@ -243,9 +243,6 @@ def config_without_replicate(directory: Path) -> Path:
     return target
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the hint is built by errors.route_hint (_unregistered_pin_hint); see the CLI report"
-)
 def test_a_pin_to_an_installed_provider_without_a_config_section_says_what_to_add(cli, tmp_path):
     config = config_without_replicate(tmp_path)
     proc = cli("--config", config, "run", "a fox", "--provider", "replicate", rc=6)

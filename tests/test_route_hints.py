@@ -282,6 +282,25 @@ async def test_a_stream_pinned_outside_the_profile_names_the_pin_even_when_no_re
     assert router.ledger.open_reservations() == []
 
 
+async def test_a_pin_to_an_installed_provider_without_a_section_asks_for_the_section(settings_factory, router_factory):
+    home, rep = FakeProvider("home"), FakeProvider("rep")
+    config = settings_factory({"home": section("home")}, profiles={"test": ["home"]})
+    router = router_factory(config, FakePlugin(home, rep))
+
+    err = await no_route(router, image(provider="rep"))
+
+    reason = f"installed, but {config.source} has no [providers.rep] section"
+    assert [r.reason for r in err.rejections if r.provider == "rep"] == [reason]
+    assert err.hint == (
+        f"add a [providers.rep] section with its models (see docs/configuration.md) to {config.source}, or drop the pin"
+    )
+    plan = await router.aplan(image(provider="rep"))  # plan shows the same line
+    assert [r.reason for r in plan.rejections if r.provider == "rep"] == [reason]
+    # a pin no plugin registers is still told so
+    assert "no installed plugin registers 'nope'" in (await no_route(router, image(provider="nope"))).hint
+    assert home.calls == [] and rep.calls == []
+
+
 def rejection(provider: str, reason: str, model: str | None = None) -> Rejection:
     return Rejection(provider, model or f"{provider}/m", "balanced", reason)
 

@@ -232,6 +232,8 @@ _MISSING_VARIABLE = re.compile(r"\b([A-Z][A-Z0-9_]*) is not set\b")
 # The router's reasons for a provider no installed plugin registers: an offer made for it, a profile entry.
 _NOT_REGISTERED = ("no installed plugin registers this provider", "not installed (no plugin registers it)")
 _PINNED_ELSEWHERE = "not the pinned provider "
+# The router's reason for a pinned provider that is installed but has no section in the configuration file.
+_NO_SECTION = re.compile(r"installed, but (?P<file>.+) has no \[providers\.(?P<name>[^\]]+)\] section$")
 _OTHER_MODEL = "not the pinned model "
 # The router's reason for an offer a genroute_choose policy left out: "dropped by genroute_choose (plugin …)".
 _DROPPED_BY_CHOOSER = "dropped by genroute_choose"
@@ -255,7 +257,8 @@ def route_hint(
     ``not the pinned provider '…'`` reasons when there are any. With a pin only the pinned provider's rejections
     count (no other provider could serve), so a pin outside the profile names that provider alone, however many
     others the profile leaves out; a pin no installed plugin registers (a misspelt name) says so and names the
-    providers that did offer. A pin outside the profile that cannot be told from the reasons gets a remedy naming
+    providers that did offer; a pin to an installed provider the configuration file has no section for asks
+    for that section. A pin outside the profile that cannot be told from the reasons gets a remedy naming
     no provider.
     """
     pin = pinned or _pin_from(rejections)
@@ -279,7 +282,14 @@ def route_hint(
     too_many_outputs = unpriced = tried = False
     for r in rejections:
         reason = r.reason
-        if reason.startswith("failed"):
+        no_section = _NO_SECTION.match(reason) if reason.startswith("installed, but ") else None
+        if no_section is not None:
+            _add(
+                remedies,
+                f"add a [providers.{no_section['name']}] section with its models (see docs/configuration.md) to "
+                f"{no_section['file']}, or drop the pin",
+            )
+        elif reason.startswith("failed"):
             tried = True
             if r.hint:  # a refused token, no credit left: the provider's own advice
                 _add(remedies, r.hint)

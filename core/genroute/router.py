@@ -471,6 +471,11 @@ class Router:
             else:
                 usable.append(offer)
         offered = {offer.provider for offer in offers} | failed  # a failed plugin's providers have their line
+        pin = request.provider
+        if pin is not None and pin not in offered and pin in self.providers and pin not in self.settings.providers:
+            # installed, but nothing configured for it (no models): say so, not "no plugin registers it"
+            reason = f"installed, but {self.settings.source} has no [providers.{pin}] section"
+            rejections.append(Rejection(pin, "-", request.tier, reason))
         for name in profile.providers:
             if name not in offered:
                 rejections.append(Rejection(name, "-", request.tier, self._silence_reason(name, request)))
