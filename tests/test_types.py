@@ -606,10 +606,26 @@ def test_field_of_another_task_does_not_apply(task: str, field: str, value: Any,
         assert accepted in err.message
 
 
-def test_field_that_exists_nowhere_still_says_check_the_spelling() -> None:
+def test_field_that_exists_nowhere_names_the_field_it_is_close_to() -> None:
     err = invalid({**good("upscale"), "scal": 4})
     assert err.field == "scal"
-    assert "check the spelling" in err.message
+    assert err.message == "scal: unknown field (did you mean 'scale'?)"
+
+
+def test_field_that_exists_nowhere_and_is_close_to_none_still_says_check_the_spelling() -> None:
+    err = invalid({**good("upscale"), "zzzz": 4})
+    assert err.field == "zzzz"
+    assert "check the spelling" in err.message and "did you mean" not in err.message
+
+
+def test_every_problem_is_named_the_first_in_field_and_a_misspelt_missing_field_suggested() -> None:
+    err = invalid({"task": "text-to-image", "promt": "x"})
+    assert err.field == "prompt"
+    assert err.message == "prompt: Field required; promt: unknown field (did you mean 'prompt'?)"
+    assert "more problem" not in err.message
+    err = invalid({**good("text-to-image"), "seed": -1, "widht": 64})
+    assert err.field == "seed"
+    assert err.message.startswith("seed: ") and err.message.endswith("; widht: unknown field (did you mean 'width'?)")
 
 
 # -- JSON types are not coerced ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import enum
 import inspect
 import logging
@@ -31,6 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 import pluggy
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from . import billing, webhook_jobs
 from .config import BudgetLimit, Settings, load_settings
@@ -73,7 +75,17 @@ from .retry import Backoff
 from .secrets import redact
 from .store import ResultStore
 from .streaming import SyncTextStream, TextStream
-from .types import TASKS, TIERS, Offer, OutputFile, ProviderOutput, RequestModel, Result, parse_request
+from .types import (
+    REQUEST_TYPES,
+    TASKS,
+    TIERS,
+    Offer,
+    OutputFile,
+    ProviderOutput,
+    RequestModel,
+    Result,
+    parse_request,
+)
 
 log = logging.getLogger("genroute.router")
 
@@ -1315,20 +1327,45 @@ async def _aiter(source: Iterator[RequestLike] | AsyncIterable[RequestLike]) -> 
 
 
 def invalid_request_from(exc: ValidationError) -> InvalidRequest:
-    """The first problem of a request's validation error, as an InvalidRequest naming the field."""
-    first = exc.errors()[0]
-    loc = [str(part) for part in first["loc"]]
+    """Every problem of a request's validation error, as one InvalidRequest whose ``field`` names the first.
+
+    The problems are joined by ``; `` (``prompt: Field required; promt: unknown field (did you mean 'prompt'?)``),
+    each after its field's location without the task name. An unknown field close to one the request misses, or
+    to one its task takes, names it as what was probably meant.
+    """
+    errors = exc.errors()
+    first = errors[0]
     if first["type"] == "union_tag_invalid":
         return InvalidRequest(f"unknown task; expected one of {', '.join(TASKS)}", field="task")
     if first["type"] == "union_tag_not_found":
         return InvalidRequest("missing; say which task this request is", field="task")
-    if loc and loc[0] in _task_names():
-        loc = loc[1:]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling; see docs/configuration.md for request fields)"
-    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    return InvalidRequest(message + more, field=".".join(loc) or None)
+    tasks = _task_names()
+    located: list[tuple[str, ErrorDetails]] = []
+    task: str | None = None
+    for details in errors:
+        loc = [str(part) for part in details["loc"]]
+        if loc and loc[0] in tasks:
+            task = task or loc[0]
+            loc = loc[1:]
+        located.append((".".join(loc), details))
+    missing = [where for where, error in located if error["type"] == "missing" and where]
+    fields = next((cls.model_fields for name, cls in REQUEST_TYPES.items() if name == task), {})
+    known = [name for name in fields if name not in missing]
+    problems: list[tuple[str, str]] = []
+    for where, error in located:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            meant = difflib.get_close_matches(where, missing, n=1) or difflib.get_close_matches(where, known, n=1)
+            message = (
+                f"unknown field (did you mean {meant[0]!r}?)"
+                if meant
+                else "unknown field (check the spelling; see docs/configuration.md for request fields)"
+            )
+        problems.append((where, message))
+    field, message = problems[0]
+    rest = "".join(f"; {where}: {text}" if where else f"; {text}" for where, text in problems[1:])
+    hint = "correct the named fields and run again" if len(problems) > 1 else None
+    return InvalidRequest(message + rest, field=field or None, hint=hint)
 
 
 def _task_names() -> set[str]:
