@@ -1,9 +1,10 @@
-"""What a Replicate prediction cancelled by its deadline costs: what it produced, streamed or not.
+"""What a Replicate prediction cancelled by its deadline, or by its caller, costs: what it produced, streamed or not.
 
 The real ``replicate`` client against :class:`fakes.FakeReplicate`. A language model billed per 1k output
 tokens that is cancelled after a few tokens is charged those tokens (never the ``max_tokens`` estimate, never
-nothing), the same whether its text was streamed or awaited; a cancelled prediction that produced nothing
-is reported to the router as ``Decimal(0)``.
+nothing), the same whether its text was streamed or awaited, and whether the deadline cut the stream or the
+caller stopped reading it (a ``break``, an ``async with`` left early, a cancelled task); a cancelled
+prediction that produced nothing is reported to the router as ``Decimal(0)``.
 """
 
 from __future__ import annotations
@@ -164,3 +165,79 @@ def test_a_deadline_inside_the_held_create_charges_the_tokens_produced(
         router.run(request)
     tokens = _tokens_of_the_canceled_prediction(fake)
     assert _settled(router) == quantize(PRICE * tokens / 1000) > 0
+
+
+# ------------------------------------------------------------------------- a stream the caller stops reading
+
+CANCEL = "/v1/predictions/*/cancel"
+STOP_AFTER = 2  # pieces read before the caller stops
+# 24 tokens over 4.8 s, five a second: the caller's two pieces come within about half a second, far from the end.
+STOPPED_SECONDS = 4.8
+
+
+def _stoppable_request() -> TextGeneration:
+    return TextGeneration(prompt="a long story", tier="quality", max_tokens=32000)  # type: ignore[arg-type]
+
+
+def _settled_at_the_tokens_produced(fake: FakeReplicate, router: Router, pieces: list[str]) -> None:
+    """The prediction was cancelled once, and the reservation settled at its tokens, not the $0.304 estimate."""
+    assert len(pieces) == STOP_AFTER
+    assert fake.count("POST", CANCEL) == 1
+    tokens = _tokens_of_the_canceled_prediction(fake)
+    assert STOP_AFTER <= tokens < 24  # what the model made by the cancel: the pieces read, perhaps one or two more
+    charged = _settled(router)
+    assert charged == quantize(PRICE * tokens / 1000) > 0
+    (entry,) = list(router.ledger.entries())
+    assert "abandoned" in entry.note and "as the provider reported" in entry.note
+
+
+def test_a_sync_stream_the_caller_stops_reading_is_settled_at_the_tokens_produced(
+    fake: FakeReplicate, router: Router
+) -> None:
+    fake.set_predict_time(LLM, STOPPED_SECONDS)
+    pieces: list[str] = []
+    stream = router.stream(_stoppable_request())
+    for piece in stream:
+        pieces.append(piece)
+        if len(pieces) == STOP_AFTER:
+            break
+
+    assert stream.result is None
+    _settled_at_the_tokens_produced(fake, router, pieces)
+
+
+async def test_an_async_stream_left_early_is_settled_at_the_tokens_produced(
+    fake: FakeReplicate, router: Router
+) -> None:
+    fake.set_predict_time(LLM, STOPPED_SECONDS)
+    pieces: list[str] = []
+    async with router.astream(_stoppable_request()) as stream:
+        async for piece in stream:
+            pieces.append(piece)
+            if len(pieces) == STOP_AFTER:
+                break
+
+    assert stream.result is None
+    _settled_at_the_tokens_produced(fake, router, pieces)
+
+
+async def test_a_cancelled_async_stream_is_settled_at_the_tokens_produced(fake: FakeReplicate, router: Router) -> None:
+    fake.set_predict_time(LLM, STOPPED_SECONDS)
+    pieces: list[str] = []
+    read = asyncio.Event()
+
+    async def consume() -> None:
+        async with router.astream(_stoppable_request()) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                if len(pieces) == STOP_AFTER:
+                    read.set()
+                    await asyncio.Event().wait()  # the caller's own work, until it is cancelled
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.wait_for(read.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    _settled_at_the_tokens_produced(fake, router, pieces)

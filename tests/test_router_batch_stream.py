@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import FakePlugin, FakeProvider, mock_section, section
-from genroute import BatchInterrupted, UnexpectedError
+from genroute import BatchInterrupted, UnexpectedError, hookimpl
 from genroute.errors import (
     AuthenticationFailed,
     DeadlineExceeded,
@@ -863,6 +863,154 @@ async def test_a_stream_stopped_by_its_deadline_settles_what_the_provider_report
     (entry,) = list(router.ledger.entries())
     assert (entry.status, entry.actual if status == "settled" else None) == (status, actual)
     assert router.ledger.open_reservations() == []
+
+
+class _HangsOnClose(FakeProvider):
+    """Streams two pieces; closed early, its clean-up reports ``incurred`` (unless None), then hangs (``hang``) or
+    raises (``fail``) — a remote cancel that never returns, or that breaks."""
+
+    def __init__(self, name: str, incurred: object = None, *, fail: bool = False) -> None:
+        super().__init__(name, stream_pieces=["Hel", "lo"])
+        self.incurred, self.fail = incurred, fail
+        self.cleanup_started = self.cleanup_cancelled = False
+
+    async def stream(self, request: RequestModel, offer: Any, ctx: Any) -> AsyncIterator[str]:
+        self.stream_calls += 1
+        try:
+            yield "Hel"
+            yield "lo"
+        except GeneratorExit:
+            self.cleanup_started = True
+            if self.incurred is not None:
+                ctx.extra["incurred"] = self.incurred
+            if self.fail:
+                raise RuntimeError("the cancel request broke") from None
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cleanup_cancelled = True
+                raise
+
+
+class _FinishedRequests:
+    """An observer: the error (or None) of every request reported finished."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException | None] = []
+
+    @hookimpl
+    def genroute_request_finished(
+        self, request: RequestModel, key: str, result: Result | None, error: BaseException | None
+    ) -> None:
+        self.errors.append(error)
+
+
+CLOSE_BOUND = 0.2  # PROVIDER_CLOSE_SECONDS in these tests
+
+
+@pytest.fixture
+def hang_router(settings_factory, router_factory, monkeypatch):
+    """``hang_router(incurred, fail=False)``: a router over one ``_HangsOnClose`` provider ``a`` (``router.a``),
+    its close bounded at ``CLOSE_BOUND``; ``router.finished`` sees the requests reported finished."""
+    monkeypatch.setattr("genroute.streaming.PROVIDER_CLOSE_SECONDS", CLOSE_BOUND)
+
+    def build(incurred: object = None, *, fail: bool = False) -> Any:
+        a, finished = _HangsOnClose("a", incurred, fail=fail), _FinishedRequests()
+        router = router_factory(settings_factory({"a": text_section("a", "0.001")}), FakePlugin(a), finished)
+        router.a, router.finished = a, finished
+        return router
+
+    return build
+
+
+def closed_once(router: Any) -> tuple[str, Decimal | None]:
+    assert router.ledger.open_reservations() == []
+    (entry,) = router.ledger.entries()
+    assert "abandoned" in entry.note
+    return entry.status, entry.actual
+
+
+HANGING_REPORTS = [
+    (None, ("settled", D("0.001"))),  # nothing reported before the hang: the estimate, text having been delivered
+    (D("0.0004"), ("settled", D("0.0004"))),  # reported before it hung: that amount
+    (D(0), ("released", D(0))),  # known to have cost nothing
+]
+
+
+@pytest.mark.parametrize(("incurred", "closed"), HANGING_REPORTS)
+def test_a_sync_stream_whose_provider_hangs_in_clean_up_gives_control_back_within_the_bound(
+    hang_router, incurred, closed
+) -> None:
+    router = hang_router(incurred)
+    started = time.monotonic()
+    for piece in router.stream(TextGeneration(prompt="say hello")):
+        assert piece == "Hel"
+        break
+    waited = time.monotonic() - started
+
+    assert router.a.cleanup_started and router.a.cleanup_cancelled  # the hanging clean-up was cut at the bound
+    assert CLOSE_BOUND <= waited < CLOSE_BOUND + 2
+    assert closed_once(router) == closed
+
+
+@pytest.mark.parametrize(("incurred", "closed"), HANGING_REPORTS)
+async def test_an_async_stream_whose_provider_hangs_in_clean_up_gives_control_back_within_the_bound(
+    hang_router, caplog, incurred, closed
+) -> None:
+    router = hang_router(incurred)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        async with router.astream(TextGeneration(prompt="say hello")) as stream:
+            async for piece in stream:
+                assert piece == "Hel"
+                break
+    waited = time.monotonic() - started
+
+    assert router.a.cleanup_cancelled and CLOSE_BOUND <= waited < CLOSE_BOUND + 2
+    assert closed_once(router) == closed
+    assert len(router.finished.errors) == 1
+    assert f"provider a stream did not close within {CLOSE_BOUND:g}s" in caplog.text
+
+
+async def test_a_clean_up_that_raises_still_settles_what_it_reported_and_the_caller_sees_nothing(hang_router) -> None:
+    router = hang_router(D("0.0004"), fail=True)
+    async with router.astream(TextGeneration(prompt="say hello")) as stream:
+        async for _piece in stream:
+            break
+
+    assert router.a.cleanup_started and not router.a.cleanup_cancelled
+    assert closed_once(router) == ("settled", D("0.0004"))
+
+
+async def test_a_caller_cancelling_again_while_the_clean_up_hangs_still_closes_the_reservation_once(
+    hang_router, monkeypatch
+) -> None:
+    router = hang_router(D("0.0004"))
+    monkeypatch.setattr("genroute.streaming.PROVIDER_CLOSE_SECONDS", 30)  # the caller's second cancel comes first
+    read = asyncio.Event()
+
+    async def consume() -> None:
+        async with router.astream(TextGeneration(prompt="say hello")) as stream:
+            async for _piece in stream:
+                read.set()
+                await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.wait_for(read.wait(), 5)
+    task.cancel()  # the stream is closed: its clean-up hangs
+    for _ in range(100):
+        if router.a.cleanup_started:
+            break
+        await asyncio.sleep(0.01)
+    assert router.a.cleanup_started and router.ledger.open_reservations() != []
+    task.cancel()  # the caller gives up on the clean-up too
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+    assert router.a.cleanup_cancelled
+    assert closed_once(router) == ("settled", D("0.0004"))
+    (error,) = router.finished.errors  # the request is still reported finished, once
+    assert isinstance(error, GeneratorExit)
 
 
 # ------------------------------------------------------------------------------------- empty stream output

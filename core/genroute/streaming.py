@@ -2,6 +2,14 @@
 
 The router prepares the request and picks the offers; this module reads a provider's stream under the
 request's deadline, falls back only while the caller holds nothing yet, and settles the reservation.
+
+A stream that does not run to its end (the caller stops reading or cancels, the deadline cuts it, it fails)
+has its provider's generator closed first and its reservation closed after: a provider that stops its remote
+work in its clean-up (the Replicate provider cancels the prediction on ``GeneratorExit``) reports what that
+work cost in ``ctx.extra["incurred"]`` there, and the reservation is settled at that amount. Closing is bounded
+by :data:`PROVIDER_CLOSE_SECONDS`, so a provider hanging in its clean-up cannot hold the caller: past the bound
+its clean-up is cancelled and the reservation is settled with whatever it reported by then (else the estimate
+once text was delivered). The reservation is closed exactly once, whatever the clean-up raises.
 """
 
 from __future__ import annotations
@@ -46,6 +54,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("genroute.router")
 
 T = TypeVar("T")
+
+# How long closing a provider's stream that did not run to its end may take (its generator's clean-up, say a
+# remote cancel) before genroute cancels that clean-up and settles the reservation with what was reported by then.
+# One cancel request over a slow network fits: above the 10 s the bundled Replicate provider gives its own cancel,
+# so a slow cancel still lands (and stops the billing) and its amount is read; short enough that a caller who
+# stops reading gets control back soon even from a provider that hangs in its clean-up.
+PROVIDER_CLOSE_SECONDS = 15.0
 
 
 class LoopRunner(Protocol):
@@ -174,10 +189,12 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
     finally:
         # Leaving `async for` early does not close the generator it reads: close it now, so the
         # reservation is settled or released before this stream is reported finished.
-        await pieces.aclose()
-        if claim is not None:
-            router._unclaim(key)  # its twins look in the store: a hit if this one completed, else one of them runs
-        router._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
+        try:
+            await pieces.aclose()
+        finally:  # even when that close is itself cancelled (the caller cancelled again while it ran)
+            if claim is not None:
+                router._unclaim(key)  # its twins look in the store: a hit if this one completed, else one of them runs
+            router._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
 
 
 async def _stream_offers(
@@ -220,7 +237,14 @@ async def _stream_offers(
         except ProviderError as exc:
             # As run() closes a failed call: what the provider reported (zero included). When it reported nothing,
             # the pieces the caller holds were generated, so probably billed: the estimate, as for an abandoned stream.
-            router._close_failed(reservation, exc, ctx=ctx, unreported=reservation.amount if pieces else Decimal(0))
+            # The provider's stream is closed first (over already if it raised; not if it yielded something that is
+            # not text), so what its clean-up reports is counted.
+            closing, source = source, None
+            try:
+                await _close_provider_stream(closing, offer)
+            finally:
+                unreported = reservation.amount if pieces else Decimal(0)
+                router._close_failed(reservation, exc, ctx=ctx, unreported=unreported)
             router._count_failure(offer, exc)
             if pieces:  # the caller already holds part of this answer: no silent switch of provider
                 exc.hint = _cut_short_hint(len(pieces))
@@ -229,15 +253,26 @@ async def _stream_offers(
             rejections.append(failed_offer(offer, exc, f"failed: {redact(exc.message)}"))
             continue
         except TimeoutError:
-            _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
+            # The deadline's cancel already ran the provider's clean-up inside its wait for the next piece.
+            closing, source = source, None
+            try:
+                await _close_provider_stream(closing, offer)
+            finally:
+                _close_abandoned(router, reservation, pieces, "deadline passed while streaming", ctx)
             faster = router._lower_tiers(request, other_tiers)
             raise deadline_exceeded("stream", deadline_seconds, offer, rejections, faster) from None
         except BaseException:
-            _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
+            # The caller stopped reading (GeneratorExit) or was cancelled: close the provider's generator first, so
+            # that what its clean-up reports (say, the tokens of a cancelled prediction) is what gets settled.
+            closing, source = source, None
+            try:
+                await _close_provider_stream(closing, offer)
+            finally:
+                _close_abandoned(router, reservation, pieces, "stream abandoned by the caller", ctx)
             raise
         finally:
-            if source is not None:
-                await _aclose_quietly(source)
+            if source is not None:  # it ran to its end: closing it is a formality
+                await _close_provider_stream(source, offer)
         try:
             produced = ctx.extra.get("output")
             output = produced if isinstance(produced, ProviderOutput) else ProviderOutput(text="".join(pieces))
@@ -354,13 +389,35 @@ async def _aclose(source: AsyncIterator[str]) -> None:
         await aclose()
 
 
-async def _aclose_quietly(source: AsyncIterator[str]) -> None:
+async def _close_provider_stream(source: AsyncIterator[str] | None, offer: Offer) -> None:
+    """Close the provider's stream (its generator's clean-up runs now), within :data:`PROVIDER_CLOSE_SECONDS`.
+
+    Never raises what the clean-up raises, nor the bound's expiry: both are logged, and the caller goes on to close
+    the reservation with whatever the provider reported by then. Only a cancellation of the calling task itself
+    (not the bound's) propagates — after the clean-up it interrupted.
+    """
     aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        try:
+    if aclose is None:
+        return
+    bound: asyncio.Timeout | None = None
+    try:
+        if asyncio.current_task() is None:  # no task to bound (never the case under asyncio's own hooks)
             await aclose()
-        except Exception:
+            return
+        async with asyncio.timeout(PROVIDER_CLOSE_SECONDS) as bound:
+            await aclose()
+    except TimeoutError:
+        if bound is None or not bound.expired():  # the clean-up's own timeout (say, its HTTP client's)
             log.debug("closing a provider stream failed: %s", redact(traceback.format_exc()))
+            return
+        log.warning(
+            "provider %s stream did not close within %gs; its clean-up was cancelled and the reservation is settled "
+            "with what it reported by then",
+            offer.provider,
+            PROVIDER_CLOSE_SECONDS,
+        )
+    except Exception:
+        log.debug("closing a provider stream failed: %s", redact(traceback.format_exc()))
 
 
 __all__ = ["SyncTextStream", "TextStream", "stream_text"]
