@@ -11,15 +11,18 @@ from __future__ import annotations
 import io
 import struct
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from conftest import FakePlugin, FakeProvider, section
 from fakes.hf_server import FakeHF, make_wav
 from genroute import errors
 from genroute.media import audio_cut_short
+from genroute.types import OutputFile, ProviderOutput, RequestModel
 from genroute_huggingface import media as hf_media
 from genroute_mock.media import wav_audio
 from hf_helpers import TOKEN, entry, isolate_hf, router, serve_catalogue, settings
@@ -217,3 +220,64 @@ def test_truncated_wavs_on_every_try_fall_back_and_nothing_cut_short_is_cached(f
     assert [(e.status, e.actual) for e in failed] == [("settled", 3 * ONE_CALL)]
     assert "WAV audio cut short: declared 8000 bytes of sound data" in failed[0].note
     assert [e.status for e in entries if e.provider == "mock"] == ["settled"]
+
+
+# ---- the router's own check: every provider (mock, Replicate, third-party plugins) -----------------------------
+
+
+def _speaks(data: bytes) -> Callable[[RequestModel], ProviderOutput]:
+    return lambda request: ProviderOutput(files=[OutputFile(data=data, media_type="audio/wav")])
+
+
+def _tts(settings_factory: Any, *providers: tuple[str, str]) -> Any:
+    return settings_factory(
+        {name: section(name, price, task="text-to-speech", unit="request") for name, price in providers}
+    )
+
+
+WHOLE = wav_bytes(0.5)
+CUT = WHOLE[: len(WHOLE) // 2]
+
+
+async def test_a_wav_cut_short_from_any_provider_is_not_stored_and_falls_back(settings_factory, router_factory):
+    cut, whole = FakeProvider("cut", output=_speaks(CUT)), FakeProvider("whole", output=_speaks(WHOLE))
+    settings = _tts(settings_factory, ("cut", "0.01"), ("whole", "0.02"))
+    r = router_factory(settings, FakePlugin(cut, whole))
+
+    result = await r.arun({"task": "text-to-speech", "text": "hello"})
+
+    assert result.provider == "whole" and result.artifacts[0].read_bytes() == WHOLE
+    assert len(cut.calls) == 1  # bad output, like any other the router refuses: not asked again, it falls back
+    assert _stored_wavs(settings.store.path) == [WHOLE]
+    entries = list(r.ledger.entries())
+    refused = [e for e in entries if e.provider == "cut"]
+    # the provider did the work, so its price is settled (not released), and the note says what was wrong
+    assert [(e.status, e.actual) for e in refused] == [("settled", Decimal("0.01"))]
+    assert "output file 1 of 1 is WAV audio cut short: declared" in refused[0].note
+    assert [(e.status, e.actual) for e in entries if e.provider == "whole"] == [("settled", Decimal("0.02"))]
+    assert r.ledger.open_reservations() == []
+    again = await r.arun({"task": "text-to-speech", "text": "hello"})
+    assert again.cached and again.provider == "whole" and len(cut.calls) == 1
+
+
+async def test_a_wav_cut_short_with_nowhere_to_fall_back_fails_naming_it(settings_factory, router_factory):
+    cut = FakeProvider("cut", output=_speaks(CUT))
+    settings = _tts(settings_factory, ("cut", "0.01"))
+    r = router_factory(settings, FakePlugin(cut))
+
+    with pytest.raises(errors.NoRouteAvailable) as info:
+        await r.arun({"task": "text-to-speech", "text": "hello"})
+
+    assert "failed after 1 attempt(s): cut: output file 1 of 1 is WAV audio cut short" in info.value.message
+    assert _stored_wavs(settings.store.path) == []
+    assert [(e.status, e.actual) for e in r.ledger.entries()] == [("settled", Decimal("0.01"))]
+    assert r.ledger.open_reservations() == []
+
+
+async def test_a_whole_wav_and_other_audio_pass_the_routers_check(settings_factory, router_factory):
+    streaming = _with_sizes(WHOLE, riff=0xFFFFFFFF, data_size=0xFFFFFFFF)  # sizes a streaming encoder leaves
+    for data in (WHOLE, streaming):
+        speaker = FakeProvider("speaker", output=_speaks(data))
+        r = router_factory(_tts(settings_factory, ("speaker", "0.01")), FakePlugin(speaker))
+        result = await r.arun({"task": "text-to-speech", "text": "hello", "cache": "bypass"})
+        assert result.artifacts[0].read_bytes() == data

@@ -56,7 +56,7 @@ from .errors import (
 from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Headroom, HeldElsewhere, Ledger, Reservation
-from .media import INPUT_TOO_LARGE_HINT, sniff_media_type
+from .media import INPUT_TOO_LARGE_HINT, audio_cut_short, sniff_media_type
 from .money import fmt_usd, quantize
 from .outcomes import (
     call_cost,
@@ -987,7 +987,8 @@ class Router:
     def _check_output(self, offer: Offer, output: ProviderOutput, *, billed: Decimal) -> None:
         """Refuse output that cannot be what the offer's task asked for: over the size cap, a media task
         without a file, a text task without text, a file whose bytes are not its declared media type (say an
-        HTML error page as ``image/png``). The call was billed all the same, so the refusal carries it."""
+        HTML error page as ``image/png``), a WAV file cut short. The call was billed all the same, so the refusal
+        carries it; like every bad output it is not retried on the same offer (the router falls back)."""
         problem = _output_problem(offer.task, output)
         if problem is None:
             total = sum(len(f.data) for f in output.files)
@@ -1271,7 +1272,8 @@ _TEXT_TASKS = frozenset({"text-generation", "speech-to-text"})
 
 
 def _output_problem(task: str, output: ProviderOutput) -> str | None:
-    """What makes ``output`` unfit for ``task``, or None. Cheap: a file's first bytes are read, nothing more."""
+    """What makes ``output`` unfit for ``task``, or None. Cheap: a file's first bytes are read, and a WAV file's
+    chunk headers (:func:`~genroute.media.audio_cut_short`: a WAV cut short is refused), nothing more."""
     if task in _TEXT_TASKS:
         if output.text is None or (task == "text-generation" and not output.text.strip()):
             return f"answered a {task} request without text"
@@ -1289,6 +1291,9 @@ def _output_problem(task: str, output: ProviderOutput) -> str | None:
                 f"{'not a known media type' if found == 'application/octet-stream' else found} "
                 f"({len(file.data)} bytes, starting {start})"
             )
+        cut_short = audio_cut_short(file.data) if found == "audio/wav" else None  # its chunk headers only
+        if cut_short is not None:
+            return f"output file {number} of {len(output.files)} is {cut_short}"
     return None
 
 
