@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import FakePlugin, section
-from genroute.errors import NoRouteAvailable, ProviderError, ProviderUnavailable, StoreError
+from genroute.errors import NoRouteAvailable, OverBudget, ProviderError, ProviderUnavailable, StoreError
 from genroute.jobs import Job, JobStore
 from genroute.provider import Provider, RunContext
 from genroute.router import Router
@@ -136,6 +136,34 @@ async def test_providers_without_webhooks_are_passed_over(settings_factory, rout
     with pytest.raises(NoRouteAvailable, match="does not complete by webhook"):
         await router.asubmit(_request(1), webhook_url="https://example.test/hook")
     assert list(router.ledger.entries()) == []
+
+
+DAILY = [{"scope": "global", "period": "daily", "usd": "0.015"}]  # fits fast ($0.01 an output), not balanced
+
+
+async def test_a_job_over_budget_is_told_of_a_cheaper_tier_that_fits(settings_factory, router_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory({"hooked": section("hooked")}, limits=DAILY)
+    router = router_factory(settings, FakePlugin(Hooked()))
+    with pytest.raises(OverBudget) as info:
+        await router.asubmit(TextToImage(prompt="a harbour", tier="quality"), webhook_url="https://example.test/hook")
+    assert info.value.cheaper_tiers == ("fast",)  # balanced ($0.02) is over the $0.015 left too
+    assert info.value.hint == (
+        "raise the limit in plugins.toml, wait for the next period, "
+        "or ask for the cheaper tier fast, where an offer fits the budget"
+    )
+    job = await router.asubmit(TextToImage(prompt="a harbour", tier="fast"), webhook_url="https://example.test/hook")
+    assert job.status == "pending" and job.tier == "fast"  # and it does: the hint was true
+
+
+async def test_a_job_is_not_told_of_a_cheaper_tier_no_webhook_provider_offers(settings_factory, router_factory) -> None:  # type: ignore[no-untyped-def]
+    # the cheaper tier fast is offered only by a provider that does not complete by webhook
+    providers = {"hooked": section("hooked", {"quality": "0.04"}), "plain": section("plain", {"fast": "0.01"})}
+    router = router_factory(settings_factory(providers, limits=DAILY), FakePlugin(Hooked(), Plain()))
+    with pytest.raises(OverBudget) as info:
+        await router.asubmit(TextToImage(prompt="a harbour", tier="quality"), webhook_url="https://example.test/hook")
+    assert info.value.cheaper_tiers == ()
+    assert info.value.hint == "raise the limit in plugins.toml, or wait for the next period"
+    assert router.ledger.open_reservations() == []
 
 
 async def test_a_job_asked_to_bypass_the_store_completes_without_storing(setup) -> None:  # type: ignore[no-untyped-def]

@@ -115,7 +115,8 @@ async def _submit(
         )
         router.jobs.add(job)  # finished: its submission mark goes with it
         return job
-    candidates, rejections = router._candidates(model)
+    other_tiers: list[Offer] = []
+    candidates, rejections = router._candidates(model, other_tiers=other_tiers)
     for offer in candidates:
         provider = router.providers[offer.provider]
         if not provider.supports_webhooks:
@@ -154,10 +155,13 @@ async def _submit(
         )
         router.jobs.add(job)  # pending: its submission mark now points identical submissions at it
         return job
+    # as Router._serve does, but a cheaper tier is worth suggesting only where a provider completes by webhook
+    by_webhook = [o for o in other_tiers if router.providers[o.provider].supports_webhooks]  # all registered
     raise no_route(
         f"no provider could take this request by webhook (profile {router.settings.profile!r}):",
         rejections,
         pinned=model.provider,
+        cheaper_tiers=router._lower_tiers(model, by_webhook),
     )
 
 
