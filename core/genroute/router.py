@@ -1020,6 +1020,8 @@ class Router:
 
         A store hit comes back as a finished job at once. The estimate is reserved now and settled when
         the completion arrives (:meth:`acomplete`, called by the webhook receiver, in any process).
+        The same request submitted again while its job is pending returns that pending job (no second remote
+        job or reservation, in any process sharing jobs.path); cache 'refresh'/'bypass' start new work.
         """
         return await webhook_jobs.submit(self, request, webhook_url=webhook_url)
 
