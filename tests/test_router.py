@@ -1207,3 +1207,13 @@ async def test_bypass_and_refresh_requests_never_wait_for_a_twin(settings_factor
     await asyncio.gather(router.arun(image("y")), router.arun(image("y", cache="refresh")))
 
     assert len(a.calls) == 2  # refresh asks for new work: it pays, as it says
+
+
+def test_not_a_batch_is_exported_with_the_other_errors(settings_factory, router_factory) -> None:  # type: ignore[no-untyped-def]
+    import genroute
+    import genroute.errors
+
+    assert genroute.NotABatch is genroute.errors.NotABatch and "NotABatch" in genroute.__all__
+    router = router_factory(settings_factory(), FakePlugin(FakeProvider("fake")))
+    with pytest.raises(genroute.NotABatch):  # caught by the public name
+        router.batch("a red kite")
