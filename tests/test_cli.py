@@ -764,6 +764,14 @@ def test_providers_reset_ends_a_cooldown_for_every_process_sharing_the_ledger(cl
     assert again.stdout == "mock: nothing to forget — available\n"
 
 
+def test_providers_reset_without_a_name_prints_a_clean_usage_line(cli):
+    proc = cli("providers", "reset", rc=2)
+
+    assert proc.stderr.startswith("usage: genroute providers reset [-h]"), proc.stderr
+    assert proc.stderr.count("reset") == 2, proc.stderr  # in the usage line and in the error line, once each
+    assert "genroute providers reset: error: the following arguments are required: PROVIDER" in proc.stderr
+
+
 class _Stubborn(Provider):
     """A third-party provider whose forget_withdrawal has a bug."""
 

@@ -278,7 +278,8 @@ def _parser() -> argparse.ArgumentParser:
         description="List the providers with their status and catalogue; `reset` brings providers back into rotation.",
     )
     providers.set_defaults(handler=cmd_providers)
-    providers_actions = providers.add_subparsers(dest="providers_action", metavar="ACTION")
+    # prog: without it argparse builds each action's name from the usage above ("… [reset …] reset").
+    providers_actions = providers.add_subparsers(dest="providers_action", metavar="ACTION", prog=providers.prog)
     reset = providers_actions.add_parser(
         "reset",
         parents=[common],
