@@ -141,6 +141,22 @@ def test_plan_counts_a_use_line_after_a_refresh_line_as_served_as_batch_serves_i
     assert sum(float(record["cost"]) for record in batch) == pytest.approx(0.009)
 
 
+def test_plan_names_the_latest_earlier_line_that_stores_the_result_a_use_line_is_served_from(cli, tmp_path):
+    refresh = {**REQUEST, "cache": "refresh"}
+    requests = write_jsonl(tmp_path / "in.jsonl", [REQUEST, refresh, REQUEST, refresh, REQUEST, REQUEST])
+    plan = json.loads(cli("plan", requests, "--json", rc=0).stdout)
+    rows = {row["line"]: row for row in plan["requests"]}
+    assert {line: row.get("same_as") for line, row in rows.items()} == {1: None, 2: None, 3: 2, 4: None, 5: 4, 6: 4}
+    assert [rows[line]["estimate"] for line in range(1, 7)] == ["0.003", "0.003", "0", "0.003", "0", "0"]
+    table = cli("plan", requests, rc=0).stdout
+    labels = [line for line in table.splitlines() if "same as line" in line]
+    assert len(labels) == 3, table
+    assert "(same as line 2: paid once)" in labels[0] and all(
+        "(same as line 4: paid once)" in label for label in labels[1:]
+    )
+    assert "same as line 1" not in table
+
+
 # -- batch reads its input off the event loop ------------------------------------------------------------------
 SLOW_PRODUCER = """
 import os, sys, time

@@ -768,7 +768,9 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows: list[dict[str, Any]] = []
     totals: dict[str, Decimal] = {}  # every budget scope the spend would count in → estimated sum
     kinds: set[str] = set()  # the scopes of the chosen offers' kinds of money: shown even without a limit
-    first_line: dict[str, int] = {}  # a request that repeats → the line that asked for it first
+    # A request that repeats → the latest line so far that stores its result (the one a later "use" line is
+    # served from): the first "use" line of it, or a later "refresh" line, which stores a new result over it.
+    stored_by: dict[str, int] = {}
     with _Jsonl(args.file) as source, _router(args) as router:
         merges = router.store is not None  # batch runs a repeated request once, then serves it from the store
         for number, data in source:
@@ -786,16 +788,16 @@ def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
             identity = _repeat_identity(request) if merges and request.cache in ("use", "refresh") else None
             if plan.cached:
                 row.update(route="store (cached)", estimate="0")
-            elif plan.chosen is not None and request.cache == "use" and identity in first_line:
+            elif plan.chosen is not None and request.cache == "use" and identity in stored_by:
                 row.update(
                     route=f"{plan.chosen.provider} · {plan.chosen.model}",
                     estimate="0",
                     billing=plan.chosen.billing,
-                    same_as=first_line[identity],
+                    same_as=stored_by[identity],
                 )
             elif plan.chosen is not None:
                 if identity is not None:
-                    first_line.setdefault(identity, number)
+                    stored_by[identity] = number  # the first "use", or a "refresh": it stores the result
                 estimate = plan.chosen.estimate or Decimal(0)
                 scopes = router.budget_scopes(plan.chosen)
                 kinds.add(scopes[0])
