@@ -173,7 +173,77 @@ def test_a_file_url_that_names_no_local_file_says_why(url: str, words: str, tmp_
 
 
 def test_a_windows_drive_or_a_colon_in_a_file_name_is_still_a_path(tmp_path: Path) -> None:
-    for name in ("C:/pictures/x.png", str(tmp_path / "a:b.png")):
+    for name in ("C:/pictures/x.png", "C:\\pictures\\x.png", "C:x.png", str(tmp_path / "a:b.png"), "pics/a:b.png"):
         with pytest.raises(InvalidRequest) as info:
             Router.parse({"task": "upscale", "image": name})
         assert f"file not found: {name}" in info.value.message
+
+
+EVERY_FORM = "a file path, bytes, an http(s) URL, a data: URI or a file:// URL"
+
+
+def test_file_not_found_lists_every_accepted_form(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.png"
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": str(missing)})
+    assert info.value.message == (
+        f"image: file not found: {missing} (give an existing file path, bytes, an http(s) URL, a data: URI or a "
+        "file:// URL)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "field", "value", "scheme"),
+    [
+        ("upscale", "image", "mailto:a@b", "mailto"),
+        ("image-to-image", "image", "javascript:alert(1)", "javascript"),
+        ("inpaint", "mask", "urn:isbn:0451450523", "urn"),
+        ("speech-to-text", "audio", "Tel:+15551234567", "tel"),
+        ("upscale", "image", "blob:https://example.com/1234", "blob"),
+    ],
+)
+def test_a_uri_without_slashes_of_an_unsupported_scheme_is_refused_naming_field_and_scheme(
+    task: str, field: str, value: str, scheme: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({**good(task), field: value})
+
+    assert info.value.field == field
+    assert info.value.message.startswith(f"{field}: {scheme}: URIs are not supported")
+    assert info.value.message.endswith(f"; give {EVERY_FORM}")
+    assert "not found" not in info.value.message
+
+
+def test_a_file_whose_name_looks_like_a_uri_is_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    red = _png((255, 0, 0))
+    (tmp_path / "notes:v2.png").write_bytes(red)
+    monkeypatch.chdir(tmp_path)
+    model = Router.parse({"task": "upscale", "image": "notes:v2.png", "scale": 2})
+    assert request_key(model) == request_key(Upscale(image=red, scale=2))
+
+
+def test_a_relative_file_url_names_a_file_of_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    red = _png((255, 0, 0))
+    (tmp_path / "my fox.png").write_bytes(red)
+    monkeypatch.chdir(tmp_path)
+
+    model = Router.parse({"task": "upscale", "image": "file:my%20fox.png", "scale": 2})
+    assert model.media_fields()["image"].path == Path("my fox.png")
+    assert request_key(model) == request_key(Upscale(image=red, scale=2))
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": "file:no%20such.png"})
+    assert info.value.field == "image"
+    assert info.value.message.startswith("image: file not found: no such.png (give an existing file path")
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": "file:"})
+    assert "file:// URL names no file" in info.value.message
+
+
+def test_an_http_url_without_slashes_is_named_as_a_bad_url() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        Router.parse({"task": "upscale", "image": "https:example.com/x.png"})
+    assert info.value.field == "image"
+    assert "not a valid URL: https: needs //host" in info.value.message and "not found" not in info.value.message

@@ -1,7 +1,8 @@
 """Media inputs: a path, bytes, a ``data:`` URI or an http(s) URL, identified by content hash.
 
-A ``file://`` URL is taken as the local path it names (``file:///tmp/cat.png``, percent-escapes decoded). Any other
-``scheme://`` string (``ftp://``, ``s3://``…) is refused as an unsupported scheme rather than read as a path.
+A ``file://`` URL is taken as the local path it names (``file:///tmp/cat.png``, percent-escapes decoded; a relative
+``file:fox.png`` names a file of the working directory). Any other URI (``ftp://…``, ``s3://…``, ``mailto:…``,
+``javascript:…``) is refused as an unsupported scheme rather than read as a path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x1a\x45\xdf\xa3", "video/webm"),  # EBML: WebM (audio or video) and Matroska
 )
 
+
+ACCEPTED_INPUTS = "a file path, bytes, an http(s) URL, a data: URI or a file:// URL"
+"""Every form a media field takes, for the messages that tell what to give instead."""
 
 INPUT_TOO_LARGE_HINT = "use a smaller file, or raise [routing] max_input_bytes in plugins.toml"
 
@@ -234,8 +238,9 @@ class MediaInput:
         """Accept a path, bytes, ``data:`` URI, http(s) URL, another MediaInput, or a result's
         :class:`~genroute.types.Artifact` (so one request's output feeds the next).
 
-        A ``file://`` URL is read as the local file it names; another ``scheme://`` (``ftp://``, ``s3://``…) is
-        refused as not supported, never looked up as a path."""
+        A ``file://`` URL (or ``file:`` with a relative path) is read as the local file it names; another
+        ``scheme://`` (``ftp://``, ``s3://``…) is refused as not supported, never looked up as a path, and so is a
+        ``scheme:`` URI without ``//`` (``mailto:``, ``javascript:``) unless a file of that very name exists."""
         if isinstance(value, MediaInput):
             return value
         if isinstance(getattr(value, "path", None), Path) and isinstance(getattr(value, "sha256", None), str):
@@ -249,6 +254,8 @@ class MediaInput:
             return cls._from_path(value)
         if isinstance(value, str):
             scheme = _url_scheme(value)
+            if scheme is None and (bare := _bare_scheme(value)) is not None:
+                return cls._from_bare_scheme(value, bare)
             if scheme in ("http", "https"):
                 value = scheme + value[len(scheme) :]  # HTTP://… is http://…
                 try:
@@ -263,16 +270,36 @@ class MediaInput:
                     f"{scheme}:// URLs are not supported; give a file path, bytes, an http(s) URL or a data: URI "
                     "(a file:// URL is read as the local file it names)"
                 )
-            if value.startswith("data:"):
-                return cls(data=_decode_data_uri(value))
             if not value.strip():
-                raise ValueError("media path is empty; give a file path, bytes, or an http(s) URL")
+                raise ValueError(f"media path is empty; give {ACCEPTED_INPUTS}")
             try:
                 path = Path(value).expanduser()
             except RuntimeError as exc:  # "~unknown-user/…"
                 raise ValueError(f"cannot expand {value!r}: {exc}") from exc
             return cls._from_path(path)
-        raise ValueError(f"expected a file path, bytes, an http(s) URL or an Artifact, got {type(value).__name__}")
+        raise ValueError(f"expected {ACCEPTED_INPUTS.replace(' or ', ', ')} or an Artifact, got {type(value).__name__}")
+
+    @classmethod
+    def _from_bare_scheme(cls, value: str, scheme: str) -> MediaInput:
+        """A string starting ``scheme:`` without ``//``: a ``data:`` URI, a ``file:`` URL (``file:/tmp/x.png``, or
+        relative, ``file:my%20fox.png``), or a URI of a scheme genroute cannot read (``mailto:``, ``javascript:``).
+
+        A file of that very name (``notes:v2.png`` in the working directory) is still read: a path is never
+        refused for looking like a URI."""
+        if scheme == "data":
+            return cls(data=_decode_data_uri(value))
+        if scheme == "file":
+            return cls._from_path(_file_url_path(value))
+        if scheme in ("http", "https"):
+            raise ValueError(f"not a valid URL: {scheme}: needs //host, as in {scheme}://example.com/picture.png")
+        try:
+            if Path(value).is_file():
+                return cls._from_path(Path(value))
+        except (OSError, ValueError):  # a name the file system refuses: not a file
+            pass
+        raise ValueError(
+            f"{scheme}: URIs are not supported, and no file is named {value[:80]!r}; give {ACCEPTED_INPUTS}"
+        )
 
     @classmethod
     def _from_artifact(cls, path: Path, sha256: str) -> MediaInput:
@@ -291,7 +318,9 @@ class MediaInput:
         try:
             mode = path.stat().st_mode  # follows a symlink to what it names
         except (FileNotFoundError, NotADirectoryError):
-            raise ValueError(f"file not found: {path} (give an existing file, bytes, or an http(s) URL)") from None
+            raise ValueError(
+                f"file not found: {path} (give an existing {ACCEPTED_INPUTS.removeprefix('a ')})"
+            ) from None
         except OSError as exc:  # a name the file system refuses (too long, …), a symlink loop
             raise ValueError(f"cannot use path {str(path)[:80]!r}: {exc.strerror}") from exc
         if stat.S_ISDIR(mode):
@@ -407,8 +436,21 @@ def _url_scheme(value: str) -> str | None:
     return "file" if value[:6].lower() == "file:/" else None  # RFC 8089 also allows file:/path
 
 
+# ``scheme:`` at the start of a string, without ``//``: a URI (``mailto:a@b``, ``data:…``, ``file:x.png``), unless a
+# file of that name exists. Two characters at least (a Windows drive, ``C:\x`` or ``C:x``, is a path), and no path
+# separator before the colon (``pictures/a:b.png`` is a path).
+_BARE_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _bare_scheme(value: str) -> str | None:
+    """The scheme (lower case) of a URI written without ``//`` (``mailto:a@b``, ``file:x.png``), else None."""
+    match = _BARE_SCHEME.match(value)
+    return match.group(1).lower() if match else None
+
+
 def _file_url_path(url: str) -> Path:
-    """The local path a ``file:`` URL names (``file:///tmp/a%20b.png`` is ``/tmp/a b.png``)."""
+    """The local path a ``file:`` URL names (``file:///tmp/a%20b.png`` is ``/tmp/a b.png``; ``file:a%20b.png`` is
+    ``a b.png`` of the working directory, as a relative path is)."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ValueError(
