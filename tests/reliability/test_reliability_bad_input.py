@@ -514,7 +514,7 @@ def test_valid_lines_beside_rejected_ones_are_the_only_spend(
         (["batch", "missing.jsonl"], 4),
         (["plan", "missing.jsonl"], 4),
         (["batch", "."], 4),
-        (["batch", "requests.jsonl", "--concurrency", "0"], 4),
+        (["batch", "requests.jsonl", "--concurrency", "0"], 2),
         (["run", "x", "--task", "upscale"], 4),
         (["run", "x", "--param", "novalue"], 4),
         (["run", "x", "--param", "width=63", "--param", "height=64"], 4),
