@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import difflib
 import enum
+import gc
 import inspect
 import logging
 import operator
@@ -205,6 +206,10 @@ class _Tries:
         return self.incurred + (extra_incurred(self.ctx, provider) if self.ctx is not None else Decimal(0))
 
 
+_ENDED_THREADS_PER_COLLECT = 8
+"""Loops of ended threads closed between two garbage collections run to free their threads' database files."""
+
+
 class _ThreadLoop:
     """One thread's event loop for a router's sync facade: an :class:`asyncio.Runner`, and a lock held while it runs.
 
@@ -319,6 +324,7 @@ class Router:
         self._http: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}  # one client per event loop
         self._local = threading.local()  # .loop: this thread's _ThreadLoop for the sync facade
         self._loops: list[_ThreadLoop] = []  # every thread's, for close()
+        self._ended_since_collect = 0  # loops of ended threads closed since the last garbage collection
         self._loops_lock = threading.Lock()
         self._jobs: JobStore | None = None
         # Request keys being served now (on any thread's loop) → the loops and futures of the calls waiting for
@@ -1154,6 +1160,13 @@ class Router:
                     self._close_loop(loop)
             except Exception:  # closing what an ended thread left must not fail this thread's call
                 log.debug("closing an ended thread's event loop failed: %s", redact(traceback.format_exc()))
+        self._ended_since_collect += len(ended)
+        if self._ended_since_collect >= _ENDED_THREADS_PER_COLLECT:
+            # An ended thread's ledger and store connections (diskcache keeps one per thread) are left unclosed,
+            # and Python 3.11 frees an SQLite connection only in a cyclic garbage collection: without one now and
+            # then, a server making a thread pool per batch would pile up open database files until it runs out.
+            self._ended_since_collect = 0
+            gc.collect()
         return mine
 
     def run(self, request: RequestLike) -> Result:
