@@ -231,7 +231,7 @@ class _ThreadLoop:
             if self.closed:
                 coro.close()
                 raise GenrouteError(
-                    "this router was closed (Router.close) while the call was starting",
+                    "this router was closed (Router.close): this call (or a stream's next piece) cannot run",
                     hint="close the router only once every thread's calls have returned, or make a new Router",
                 )
             return self.runner.run(coro)
