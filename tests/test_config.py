@@ -832,6 +832,62 @@ def test_a_directory_left_to_the_store_alone_may_be_the_genroute_home(tmp_path: 
     assert settings.store.path == home / "."
 
 
+def _store_at(tmp_path: Path, store: str, name: str = "conf.toml") -> Path:
+    """MINIMAL with the ledger and jobs under tmp_path/state and ``[store] path = store``, written to tmp_path."""
+    text = MINIMAL.replace('[ledger]\npath = "rel/ledger"\n', _elsewhere(tmp_path)).replace('"rel/store"', f'"{store}"')
+    return write_toml(tmp_path / name, text)
+
+
+def test_the_home_directory_as_the_store_is_refused_even_when_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)  # a fresh, empty home: still never the store's own
+    monkeypatch.setenv("HOME", str(home))
+    for store, words in (("~", f"{home} is your home directory"), ("~/", f"{home} is your home directory")):
+        with pytest.raises(ConfigError) as info:
+            load_settings(_store_at(tmp_path, store), env={"GENROUTE_HOME": str(tmp_path)})
+        assert info.value.key == "store.path"
+        assert words in info.value.message and "data/cache.db" in info.value.message
+        assert "directory of its own" in info.value.hint
+    with pytest.raises(ConfigError) as info:  # a store above it holds it
+        load_settings(_store_at(tmp_path, (tmp_path / "home").as_posix()), env={"GENROUTE_HOME": str(tmp_path)})
+    assert f"holds your home directory ({home})" in info.value.message
+    assert list(home.iterdir()) == []  # refused before anything was made there
+    settings = load_settings(_store_at(tmp_path, "~/.cache/genroute"), env={"GENROUTE_HOME": str(tmp_path)})
+    assert settings.store.path == home / ".cache/genroute"  # a directory under it is fine
+
+
+def test_the_root_of_the_file_system_as_the_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:  # only read: load_settings creates nothing
+        load_settings(_store_at(tmp_path, "/"), env={"GENROUTE_HOME": str(tmp_path)})
+    assert info.value.key == "store.path"
+    assert "store.path: / is the root of the file system" in info.value.message
+
+
+def test_any_directory_holding_other_files_is_refused_and_a_new_or_empty_one_is_fine(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.jpg", "dog.jpg", "eel.jpg", "fox.jpg"):
+        (photos / name).write_text("mine")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_store_at(tmp_path, photos.as_posix()), env={"GENROUTE_HOME": str(tmp_path)})
+    assert info.value.key == "store.path"
+    assert (
+        f"store.path: {photos} holds files that are not the store's ('cat.jpg', 'dog.jpg', 'eel.jpg' and 1 more)"
+        in (info.value.message)
+    )
+    assert "a new or empty directory" in info.value.hint
+    assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg", "dog.jpg", "eel.jpg", "fox.jpg"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for store in (empty, tmp_path / "new" / "store"):
+        settings = load_settings(_store_at(tmp_path, store.as_posix()), env={"GENROUTE_HOME": str(tmp_path)})
+        assert settings.store.path == store
+    assert not (tmp_path / "new").exists()
+
+
 # -- budget scopes name configured providers -------------------------------------------------------
 
 

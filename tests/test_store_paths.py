@@ -21,9 +21,12 @@ STORE_LINE = 'path = ".genroute/store"'
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    """``cli(*args, store=None, rc=None)``: run genroute in ``tmp_path``; ``store`` replaces ``[store] path``."""
+    """``cli(*args, store=None, rc=None, env=None)``: run genroute in ``tmp_path``; ``store`` replaces ``[store]
+    path``; ``env`` adds to the environment."""
 
-    def run(*args: str, store: str | None = None, rc: int | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, store: str | None = None, rc: int | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         text = CONFIG.read_text(encoding="utf-8")
         assert STORE_LINE in text, "plugins.toml no longer sets the store path: update the test"
         config = tmp_path / "genroute.toml"
@@ -31,7 +34,7 @@ def cli(tmp_path: Path) -> Cli:
         proc = subprocess.run(
             [sys.executable, "-m", "genroute.cli", *args],
             cwd=tmp_path,
-            env=cli_environ(tmp_path, {"GENROUTE_CONFIG": str(config)}),
+            env=cli_environ(tmp_path, {"GENROUTE_CONFIG": str(config), **(env or {})}),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -55,6 +58,25 @@ def test_a_store_path_over_the_ledger_or_the_working_directory_is_refused(cli: C
         assert "ledger.path" in proc.stderr or "must not be empty" in proc.stderr
     assert notes.read_text() == "mine"
     assert not (tmp_path / ".genroute" / "data").exists()
+
+
+def test_the_home_directory_as_the_store_is_refused_before_anything_is_made_there(cli: Cli, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".profile").write_text("mine")
+    for args in (("cache", "stats"), ("cache", "clear"), ("run", "a lighthouse", "--tier", "fast")):
+        proc = cli(*args, store="~", env={"HOME": str(home)}, rc=3)
+        assert f"store.path: {home} is your home directory" in proc.stderr
+        assert "give the store a directory of its own" in proc.stderr
+    assert sorted(p.name for p in home.iterdir()) == [".profile"]  # no data/cache.db, no scratch/
+
+
+def test_a_directory_holding_other_files_is_refused_as_the_store(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("mine")
+    proc = cli("cache", "clear", store="photos", rc=3)
+    assert "store.path:" in proc.stderr and "holds files that are not the store's ('cat.jpg')" in proc.stderr
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["cat.jpg"]
 
 
 def test_cache_clear_removes_only_what_the_store_wrote(cli: Cli, tmp_path: Path) -> None:

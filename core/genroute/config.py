@@ -419,14 +419,34 @@ _OWN_DIRECTORY_HINT = 'give the store a directory of its own, such as ".genroute
 
 
 def _check_store_path(settings: Settings, base: Path) -> None:
-    """Refuse a store directory that would share its place with the ledger, the jobs or the user's own files.
+    """Refuse a store directory that would share its place with the ledger, the jobs or anyone's other files.
 
-    The store removes what it keeps (``genroute cache clear``, its size limit, its scratch folder), and its
-    error messages may advise rebuilding it: neither may ever reach the budget ledger, the job records, the
-    configuration file or the files of the directory genroute runs in.
+    The store removes what it keeps (``genroute cache clear``, its size limit, its scratch folder) and starts a
+    damaged database anew (removing ``data/cache.db``), and its error messages may advise rebuilding it: none of
+    this may ever reach the budget ledger, the job records, the configuration file, the files of the directory
+    genroute runs in, the user's home directory or a file system's root. So the store is a directory of its own:
+    one that does not exist yet, or holds nothing but what a store makes (``data/``, ``stats/``, ``scratch/``).
     """
     source = settings.source
     store = _real(settings.store.path)
+    if store.parent == store:  # "/", a drive's root: never the store's alone, even when empty
+        raise ConfigError(
+            f"{store} is the root of the file system: the store's clearing and recovery must never reach "
+            "the files of the whole disk",
+            file=source,
+            key="store.path",
+            hint=_OWN_DIRECTORY_HINT,
+        )
+    home = _home()
+    if home is not None and (store == home or store in home.parents):
+        what = "is your home directory" if store == home else f"holds your home directory ({home})"
+        raise ConfigError(
+            f"{store} {what}: the store's clearing and recovery (which removes "
+            "data/cache.db there) must never reach your own files",
+            file=source,
+            key="store.path",
+            hint=f'{_OWN_DIRECTORY_HINT}, or one under your home directory such as "~/.cache/genroute"',
+        )
     for key, path in (("ledger.path", settings.ledger.path), ("jobs.path", settings.jobs.path)):
         other = _real(path)
         if store == other or store in other.parents:
@@ -445,17 +465,32 @@ def _check_store_path(settings: Settings, base: Path) -> None:
     places.setdefault(_real(Path.cwd()), "the working directory")
     places.setdefault(_real(base), f"the directory {ENV_HOME} names")
     for place, label in places.items():
-        if store != place and store not in place.parents:
-            continue
-        if store == place and not _holds_other_things(store):
-            continue  # a directory left to the store alone (nothing but what the store made is in it)
-        what = f"is {label}" if store == place else f"holds {label} ({place})"
+        if store in place.parents:
+            raise ConfigError(
+                f"{store} holds {label} ({place}), which holds files that are not the store's",
+                file=source,
+                key="store.path",
+                hint=_OWN_DIRECTORY_HINT,
+            )
+    foreign = _other_things(store)
+    if foreign:  # the working directory or any other: a directory left to the store alone (or new) is fine
+        what = f" is {places[store]}, which" if store in places else ""
         raise ConfigError(
-            f"{store} {what}, which holds files that are not the store's",
+            f"{store}{what} holds files that are not the store's ({foreign}): the store's clearing and "
+            "recovery must never reach them",
             file=source,
             key="store.path",
-            hint=_OWN_DIRECTORY_HINT,
+            hint=f"{_OWN_DIRECTORY_HINT}: a new or empty directory, or one holding only a store's data/, stats/ "
+            "and scratch/",
         )
+
+
+def _home() -> Path | None:
+    """The user's home directory (``~``, as ``HOME`` says), symbolic links resolved; None when there is none."""
+    try:
+        return _real(Path.home())
+    except (RuntimeError, KeyError, OSError):  # no HOME, no password entry
+        return None
 
 
 def _real(path: Path) -> Path:
@@ -473,15 +508,18 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _holds_other_things(directory: Path) -> bool:
-    """Whether ``directory`` holds anything but a store's own entries (a directory that cannot be listed does)."""
+def _other_things(directory: Path) -> str:
+    """What ``directory`` holds besides a store's own entries, as a few names to show ("" when nothing: a new or
+    empty directory, or a store's own; a directory that cannot be listed is said to be unreadable)."""
     try:
         with os.scandir(directory) as entries:
-            return any(entry.name not in _STORE_ENTRIES for entry in entries)
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        return True
+            names = sorted(entry.name for entry in entries if entry.name not in _STORE_ENTRIES)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""  # a new directory (or a file in the way, which the store's own opening names)
+    except (OSError, ValueError) as exc:
+        return f"it cannot be listed: {getattr(exc, 'strerror', None) or exc}"
+    shown = ", ".join(repr(name) for name in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _expand(path: Path, key: str, source: str) -> Path:
