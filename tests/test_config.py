@@ -969,3 +969,22 @@ def test_a_profile_may_tighten_a_global_limit_for_the_same_scope_and_period() ->
         "daily",
         Decimal("1.000000"),
     )
+
+
+def test_a_free_scope_of_a_provider_without_free_credit_is_accepted_and_documented_as_never_counting(
+    tmp_path: Path,
+) -> None:
+    # Plugins decide each offer's kind of money when they offer, so the configuration cannot tell that the mock
+    # never bills free credit: free:mock is not refused on a guess, and the docs say such a limit counts nothing.
+    conf = shipped_with(
+        tmp_path / "plugins.toml",
+        '{ scope = "simulated", period = "daily", usd = "5.00" },',
+        '{ scope = "simulated", period = "daily", usd = "5.00" },\n'
+        '  { scope = "free:mock", period = "daily", usd = "0" },',
+    )
+    settings = load_settings(conf, env={"GENROUTE_HOME": str(tmp_path)})
+    assert ("free:mock", "daily") in {(limit.scope, limit.period) for limit in settings.limits()}
+    text = " ".join((REPO / "docs" / "configuration.md").read_text(encoding="utf-8").split())
+    assert "**A `free:<name>` limit counts only free offers.**" in text
+    assert "`free:mock`, whose spend is `simulated` — never counts anything" in text
+    assert "To cap a provider's spend whatever its kind of money, limit `provider:<name>`." in text
