@@ -143,7 +143,7 @@ def test_close_closes_every_threads_event_loop(slow_router) -> None:
         thread.join(timeout=10)
     assert all(loop.is_closed() for loop in loops)
     assert router.fake.closed
-    assert router._loops == []
+    assert len(router._loops) == 0
 
 
 def test_a_finished_threads_loop_is_closed_when_a_new_thread_makes_its_first_call(slow_router) -> None:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
 import enum
-import gc
 import inspect
 import logging
 import operator
 import sys
-import threading
 import time
 import traceback
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -28,7 +24,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
 import pluggy
@@ -41,7 +37,6 @@ from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
     BatchInterrupted,
     BudgetExceeded,
-    DeadlineExceeded,
     GenrouteError,
     InvalidRequest,
     NotABatch,
@@ -54,6 +49,7 @@ from .errors import (
     Rejection,
     UnexpectedError,
 )
+from .inflight import InFlight, await_elsewhere
 from .jobs import Job, JobStore
 from .keys import request_key
 from .ledger import Headroom, HeldElsewhere, Ledger, Reservation
@@ -76,6 +72,7 @@ from .retry import Backoff
 from .secrets import redact
 from .store import ResultStore
 from .streaming import SyncTextStream, TextStream
+from .thread_loops import ThreadLoop, ThreadLoops
 from .types import (
     REQUEST_TYPES,
     TASKS,
@@ -91,7 +88,6 @@ from .types import (
 log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
-T = TypeVar("T")
 
 _DROPPED = "dropped by genroute_choose"  # how a rejection of an offer the policy hook left out starts
 
@@ -206,61 +202,6 @@ class _Tries:
         return self.incurred + (extra_incurred(self.ctx, provider) if self.ctx is not None else Decimal(0))
 
 
-_ENDED_THREADS_PER_COLLECT = 8
-"""Loops of ended threads closed between two garbage collections run to free their threads' database files."""
-
-
-class _ThreadLoop:
-    """One thread's event loop for a router's sync facade: an :class:`asyncio.Runner`, and a lock held while it runs.
-
-    The lock lets :meth:`Router.close` (from any thread) tell a loop in use — a call under way on its thread — from
-    an idle one, which it may close; an idle loop's runner can be run and closed from any thread.
-    """
-
-    __slots__ = ("closed", "lock", "runner", "thread")
-
-    def __init__(self) -> None:
-        self.runner = asyncio.Runner()
-        self.lock = threading.Lock()
-        self.thread = threading.current_thread()
-        self.closed = False
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` to its end on this loop (in the calling thread)."""
-        with self.lock:
-            if self.closed:
-                coro.close()
-                raise GenrouteError(
-                    "this router was closed (Router.close): this call (or a stream's next piece) cannot run",
-                    hint="close the router only once every thread's calls have returned, or make a new Router",
-                )
-            return self.runner.run(coro)
-
-
-class _Claim:
-    """A request key being served now: the loop serving it, the calls waiting for it (on any loop) and, for a
-    stream, the task that last read it (a stream moves only as its reader reads it)."""
-
-    __slots__ = ("loop", "reader", "waiters")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: asyncio.Task[Any] | None) -> None:
-        self.loop = loop
-        self.reader = reader
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def waits_for_itself(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether waiting for this claim on ``loop`` could only end at the deadline: a stream on this loop whose
-        reader is the waiting task itself, or a task that has finished (a sync stream's reader between pieces,
-        on this very thread; an async stream left without being closed)."""
-        reader = self.reader
-        return reader is not None and self.loop is loop and (reader.done() or reader is asyncio.current_task())
-
-
-def _wake(woken: asyncio.Future[None]) -> None:
-    if not woken.done():  # a waiter that gave up (deadline, cancelled) is left alone
-        woken.set_result(None)
-
-
 class Router:
     """Routes requests to providers. Async methods are the core; ``run``/``batch`` wrap them.
 
@@ -322,15 +263,9 @@ class Router:
         )
         self.backoff = Backoff(routing.backoff_initial_seconds, routing.backoff_max_seconds)
         self._http: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}  # one client per event loop
-        self._local = threading.local()  # .loop: this thread's _ThreadLoop for the sync facade
-        self._loops: list[_ThreadLoop] = []  # every thread's, for close()
-        self._ended_since_collect = 0  # loops of ended threads closed since the last garbage collection
-        self._loops_lock = threading.Lock()
+        self._loops = ThreadLoops(self.aclose)  # each thread's event loop for the sync facade
         self._jobs: JobStore | None = None
-        # Request keys being served now (on any thread's loop) → the loops and futures of the calls waiting for
-        # each; the lock makes "look, then claim or wait" one step across threads.
-        self._running: dict[str, _Claim] = {}
-        self._running_lock = threading.Lock()
+        self._inflight = InFlight()  # request keys being served now, on any thread's loop
         self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -342,44 +277,12 @@ class Router:
         another thread, this raises :class:`GenrouteError` and closes nothing; call it again once that call has
         returned. Called from inside a running event loop, use ``await router.aclose()`` instead.
         """
-        with self._loops_lock:
-            held: list[_ThreadLoop] = []
-            for loop in self._loops:
-                if not loop.lock.acquire(blocking=False):
-                    for taken in held:
-                        taken.lock.release()
-                    if loop.thread is threading.current_thread():
-                        raise GenrouteError(
-                            "Router.close() was called inside a running call on this thread",
-                            hint="await router.aclose() from async code, or close the router after the call returns",
-                        )
-                    raise GenrouteError(
-                        f"Router.close() was called while thread {loop.thread.name!r} is still running a call on "
-                        "this router; nothing was closed",
-                        hint="close the router once every thread's calls have returned (join the threads first)",
-                    )
-                held.append(loop)
-            self._loops = []
-        try:
-            for loop in held:
-                self._close_loop(loop)
-        finally:
-            for loop in held:
-                loop.lock.release()
+        self._loops.close_all()
         self.ledger.close()
         if self.store is not None:
             self.store.close()
         if self._jobs is not None:
             self._jobs.close()
-
-    def _close_loop(self, loop: _ThreadLoop) -> None:
-        """Close one thread's loop (its lock held, so not running): this loop's clients, then the loop itself."""
-        try:
-            if not loop.closed:
-                loop.runner.run(self.aclose())
-        finally:
-            loop.closed = True
-            loop.runner.close()
 
     async def aclose(self) -> None:
         """Close the providers' and the router's clients of the running event loop (each loop has its own)."""
@@ -727,7 +630,7 @@ class Router:
         deadline = asyncio.get_running_loop().time() + deadline_seconds
         if self.store is None or request.cache != "use":
             return await self._serve(request, key, started, deadline, deadline_seconds)
-        claim = await self._claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
+        claim = await self._inflight.claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
         try:
             hit = self._lookup(request, key, started)
             if hit is not None:
@@ -738,70 +641,13 @@ class Router:
                 except HeldElsewhere as held:
                     # Another worker sharing this ledger and store is serving the same request now: wait for
                     # it to finish, then take its result from the store (or serve it here if it failed).
-                    await self._await_elsewhere(held, deadline, deadline_seconds)
+                    await await_elsewhere(self.ledger, held, deadline, deadline_seconds)
                 hit = self._lookup(request, key, started)
                 if hit is not None:
                     return hit
         finally:
             if claim is not None:
-                self._unclaim(key)  # its twins look in the store: a hit if this one was kept, else one of them runs
-
-    async def _claim(self, key: str, deadline: float, late: str, *, stream: bool = False) -> _Claim | None:
-        """Make this call the one serving ``key``, once no other call serves it; :meth:`_unclaim` when done.
-
-        The same request already running (a batch with repeated lines, two callers at once, identical streams, on
-        this thread's event loop or another's): wait for it, then look in the store, rather than pay for the same
-        work twice. Past ``deadline``, :class:`DeadlineExceeded` with the message ``late``. None, without waiting
-        or claiming, when the call serving it is a stream that only this caller could move on (its reader is the
-        caller's own task, or a finished one on this loop): this call then runs as if alone.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._running_lock:
-                claim = self._running.get(key)
-                if claim is None:
-                    claim = self._running[key] = _Claim(loop, asyncio.current_task() if stream else None)
-                    return claim
-                if claim.waits_for_itself(loop):
-                    return None
-                woken: asyncio.Future[None] = loop.create_future()
-                claim.waiters.append((loop, woken))
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await woken
-            except TimeoutError:
-                raise DeadlineExceeded(f"{late} (waiting for the same request, already running)") from None
-
-    def _unclaim(self, key: str) -> None:
-        """``key`` is no longer being served: wake the calls waiting for it, on whichever loop each runs."""
-        with self._running_lock:
-            claim = self._running.pop(key)
-        if not claim.waiters:
-            return
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # a stream finalized outside its loop
-            here = None
-        for loop, woken in claim.waiters:
-            if loop is here:
-                _wake(woken)
-            else:
-                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there any more
-                    loop.call_soon_threadsafe(_wake, woken)
-
-    async def _await_elsewhere(self, held: HeldElsewhere, deadline: float, deadline_seconds: float) -> None:
-        """Wait while another process's reservation of the same request stays open and its process alive."""
-        log.info("%s; waiting for its result", held.message)
-        loop = asyncio.get_running_loop()
-        delay = 0.02
-        while self.ledger.serving_elsewhere(held.reservation_id):
-            if loop.time() >= deadline:
-                raise DeadlineExceeded(
-                    f"request did not finish within {deadline_seconds:g}s (waiting for the same request, running "
-                    f"in another process: pid {held.pid}, on {held.provider})"
-                )
-            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-            delay = min(delay * 1.5, 0.5)
+                self._inflight.release(key)  # its twins look in the store: a hit if this one was kept, else one runs
 
     async def _serve(
         self, request: RequestModel, key: str, started: float, deadline: float, deadline_seconds: float
@@ -1132,42 +978,9 @@ class Router:
         return [outcomes[i] for i in range(len(outcomes))]
 
     # -- sync facade --------------------------------------------------------------------------------
-    def _sync(self) -> _ThreadLoop:
+    def _sync(self) -> ThreadLoop:
         """This thread's event loop for the sync facade (``.run(coro)``), made on the thread's first call."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise GenrouteError(
-                "the sync API was called inside a running event loop", hint="await router.arun(...) instead"
-            )
-        mine: _ThreadLoop | None = getattr(self._local, "loop", None)
-        if mine is None or mine.closed:
-            mine = self._new_loop()
-        return mine
-
-    def _new_loop(self) -> _ThreadLoop:
-        """A loop for the calling thread; the loops of threads that have ended are closed now (none runs)."""
-        with self._loops_lock:
-            ended = [loop for loop in self._loops if not loop.thread.is_alive()]
-            mine = _ThreadLoop()
-            self._loops = [loop for loop in self._loops if loop.thread.is_alive()] + [mine]
-        self._local.loop = mine
-        for loop in ended:
-            try:
-                with loop.lock:
-                    self._close_loop(loop)
-            except Exception:  # closing what an ended thread left must not fail this thread's call
-                log.debug("closing an ended thread's event loop failed: %s", redact(traceback.format_exc()))
-        self._ended_since_collect += len(ended)
-        if self._ended_since_collect >= _ENDED_THREADS_PER_COLLECT:
-            # An ended thread's ledger and store connections (diskcache keeps one per thread) are left unclosed,
-            # and Python 3.11 frees an SQLite connection only in a cyclic garbage collection: without one now and
-            # then, a server making a thread pool per batch would pile up open database files until it runs out.
-            self._ended_since_collect = 0
-            gc.collect()
-        return mine
+        return self._loops.mine()
 
     def run(self, request: RequestLike) -> Result:
         """Sync :meth:`arun`."""

@@ -32,6 +32,7 @@ from .errors import (
     ProviderTimeout,
     Rejection,
 )
+from .inflight import Claim
 from .ledger import Reservation
 from .money import quantize
 from .outcomes import (
@@ -48,7 +49,7 @@ from .secrets import redact
 from .types import Offer, ProviderOutput, Result, TextGeneration
 
 if TYPE_CHECKING:
-    from .router import RequestLike, Router, _Claim
+    from .router import RequestLike, Router
 
 # The router's logger: a stream is one request's way through the router.
 log = logging.getLogger("genroute.router")
@@ -171,12 +172,12 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
     deadline = asyncio.get_running_loop().time() + deadline_seconds
     pieces = _stream_offers(router, stream, request, key, started, deadline, deadline_seconds)
     delivered: list[str] = []
-    claim: _Claim | None = None
+    claim: Claim | None = None
     try:
         if router.store is not None and request.cache == "use":
             # An identical request (stream or not) already running: wait for it, then replay it from the store.
             late = f"stream did not start within {deadline_seconds:g}s"
-            claim = await router._claim(key, deadline, late, stream=True)
+            claim = await router._inflight.claim(key, deadline, late, stream=True)
         async for piece in pieces:
             delivered.append(piece)
             if claim is not None:
@@ -193,7 +194,7 @@ async def stream_text(router: Router, stream: TextStream) -> AsyncGenerator[str,
             await pieces.aclose()
         finally:  # even when that close is itself cancelled (the caller cancelled again while it ran)
             if claim is not None:
-                router._unclaim(key)  # its twins look in the store: a hit if this one completed, else one of them runs
+                router._inflight.release(key)  # its twins look in the store: a hit if this one completed, else one runs
             router._notify("genroute_request_finished", request=request, key=key, result=stream.result, error=error)
 
 
