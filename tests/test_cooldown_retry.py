@@ -91,3 +91,31 @@ def test_a_cooldown_posted_by_one_process_reaches_the_others_within_the_recheck(
     assert other.remaining("p") == pytest.approx(28.5) and reads == []  # no read between rechecks
     wall.now += 29.0
     assert other.remaining("p") == 0 and failing.remaining("p") == 0  # back in rotation everywhere
+
+
+def test_a_cooldown_taken_back_elsewhere_ends_in_the_process_that_counted_the_failures() -> None:
+    """genroute providers reset posts "until 0": the long-running process whose own failures started the
+    cooldown takes the provider back within the recheck too, not only the others."""
+    board: dict[str, float] = {}
+    wall = Clock()
+    local = Cooldowns(after_failures=1, seconds=60, clock=wall)
+    failing = SharedCooldowns(local, board.__setitem__, board.get, recheck_seconds=1.0, wall=wall)
+    assert failing.failure("p")
+    wall.now += 1.0
+    assert failing.remaining("p") == pytest.approx(59.0)  # its own post, still in force
+    board["p"] = 0.0  # reset from another process
+    assert failing.remaining("p") == pytest.approx(59.0)  # looked less than a second ago: not yet
+    wall.now += 1.0
+    assert failing.remaining("p") == 0
+    assert local.remaining("p") == 0  # its own count forgotten too, as after a success
+
+
+def test_an_unreadable_shared_cooldown_leaves_the_local_one_in_force() -> None:
+    wall = Clock()
+    local = Cooldowns(after_failures=1, seconds=60, clock=wall)
+    failing = SharedCooldowns(
+        local, lambda provider, until: None, lambda provider: None, recheck_seconds=1.0, wall=wall
+    )
+    assert failing.failure("p")
+    wall.now += 5.0
+    assert failing.remaining("p") == pytest.approx(55.0)

@@ -50,7 +50,9 @@ class SharedCooldowns:
 
     Failures are counted per process; when one process takes a provider out of rotation it posts until
     when (wall-clock time), and the others look for posts at most every ``recheck_seconds`` per provider,
-    so a provider that keeps failing stops being called everywhere within about a second.
+    so a provider that keeps failing stops being called everywhere within about a second. A post taken back
+    (``until`` 0, from ``genroute providers reset``) ends the cooldown in every process, the one that
+    counted the failures included.
     """
 
     def __init__(
@@ -72,14 +74,18 @@ class SharedCooldowns:
     def remaining(self, provider: str) -> float:
         """Seconds left in the provider's cooldown, this process's or another's; 0 when it is in rotation."""
         left = self.local.remaining(provider)
-        if left > 0:
-            return left
         now = self._wall()
         looked, until = self._seen.get(provider, (float("-inf"), 0.0))
         if now - looked >= self.recheck_seconds:
-            until = self._read(provider) or 0.0
+            posted = self._read(provider)
+            if left > 0 and posted is not None and posted <= now:
+                # This process's own cooldown, taken back elsewhere (genroute providers reset posts "until 0"):
+                # back in rotation here too. Its own post would still be in the future.
+                self.local.success(provider)
+                left = 0.0
+            until = posted or 0.0
             self._seen[provider] = (now, until)
-        return max(0.0, until - now)
+        return max(left, until - now, 0.0)
 
     def failure(self, provider: str) -> bool:
         """Count a failure; when it starts a cooldown, post it for the other processes."""
