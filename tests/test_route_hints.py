@@ -17,6 +17,7 @@ from genroute.errors import (
     InputRefused,
     NoRouteAvailable,
     OverBudget,
+    ProviderError,
     ProviderRejectedInput,
     ProviderUnavailable,
     Rejection,
@@ -62,7 +63,10 @@ async def test_a_missing_token_beside_a_failure_still_names_the_variable(setting
     err = await no_route(router)
 
     assert any(r.reason.startswith("failed") for r in err.rejections)
-    assert err.hint == "set AWAY_TOKEN in the environment, or use another profile"
+    assert err.hint == (
+        "try again later (down was rate-limited, overloaded or too slow on every try); "
+        "or set AWAY_TOKEN in the environment, or use another profile"
+    )
 
 
 async def test_a_provider_unavailable_for_another_reason_is_named(settings_factory, router_factory):
@@ -179,8 +183,17 @@ async def test_offers_only_in_other_tiers_name_the_tiers_on_offer(settings_facto
     assert (await no_route(one)).hint == "ask for tier fast, the tier on offer"
 
 
-async def test_failures_alone_keep_the_general_hint(settings_factory, router_factory):
+async def test_passing_failures_alone_ask_to_try_again_later(settings_factory, router_factory):
     a = FakeProvider("a", errors=[ProviderUnavailable] * 5)
+    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
+
+    err = await no_route(router)
+
+    assert err.hint == "try again later (a was rate-limited, overloaded or too slow on every try)"
+
+
+async def test_a_failure_that_does_not_pass_keeps_the_general_hint(settings_factory, router_factory):
+    a = FakeProvider("a", errors=[ProviderError("the model crashed", provider="a")] * 5)
     router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
 
     err = await no_route(router)

@@ -165,6 +165,9 @@ class Rejection:
     hint: str | None = None
     """For a provider's failure the user can act on (a refused token, no credit left), what the provider says
     to do about it; :func:`route_hint` puts it first."""
+    transient: bool = False
+    """The provider's call failed for a reason that passes (rate limited, overloaded, timed out) after every
+    retry: trying again later may succeed."""
 
     def over_budget_period(self) -> str | None:
         """The period of the limit this offer was refused by, when it was refused for money and that is known."""
@@ -249,7 +252,8 @@ def route_hint(
     fit the budget (:func:`over_budget_hint`; the router works them out) — but an offer refused for a scope the
     provider reported used up carries the provider's advice as its ``hint`` (the credit renews next month, allow
     paid work…), given instead, since a higher limit would not help; otherwise-usable offers of another tier
-    name the tiers on offer. Several causes give several remedies, most direct first.
+    name the tiers on offer; a provider that failed for a passing reason after every retry (rate limited,
+    overloaded, timed out) asks to try again later. Several causes give several remedies, most direct first.
     Reasons the user cannot act on for this request (offers of other providers than the pinned one, a
     provider that makes no offer for the task…) add none; a provider's failure neither (its line says it).
 
@@ -279,6 +283,7 @@ def route_hint(
     over_budget: list[str | None] = []  # the periods of the limits that refused offers (None: not said)
     used_up: list[str] = []  # the advice carried by offers refused for a scope the provider reported used up
     choosers: list[str] = []  # genroute_choose plugins that left out offers which could serve
+    busy: list[str] = []  # providers whose calls failed for a passing reason (rate limits, overload, timeouts)
     too_many_outputs = unpriced = tried = False
     for r in rejections:
         reason = r.reason
@@ -293,6 +298,8 @@ def route_hint(
             tried = True
             if r.hint:  # a refused token, no credit left: the provider's own advice
                 _add(remedies, r.hint)
+            elif r.transient:
+                _add(busy, r.provider)
         elif reason.startswith(_DROPPED_BY_CHOOSER):
             who = reason.removeprefix(_DROPPED_BY_CHOOSER).strip()
             _add(choosers, who[1:-1] if who.startswith("(") and who.endswith(")") else who)
@@ -317,6 +324,9 @@ def route_hint(
             _add(outside, r.provider)
         elif reason.startswith("wrong tier"):
             _add(tiers, r.tier)
+    if busy:
+        were = "was" if len(busy) == 1 else "were"
+        remedies.append(f"try again later ({_names(busy)} {were} rate-limited, overloaded or too slow on every try)")
     if variables:
         remedies.append(f"set {' or '.join(variables)} in the environment, or use another profile")
     if unavailable:

@@ -74,7 +74,10 @@ def failed_offer(offer: Offer, exc: ProviderError, reason: str) -> Rejection:
         reason + (f" ({hint})" if hint else ""),
     )
     refused = isinstance(exc, ProviderRejectedInput)
-    return Rejection(offer.provider, offer.model, offer.tier, reason, refused_input=refused, hint=hint)
+    transient = exc.retryable and not actionable and not refused
+    return Rejection(
+        offer.provider, offer.model, offer.tier, reason, refused_input=refused, hint=hint, transient=transient
+    )
 
 
 def extra_incurred(ctx: RunContext, provider: str) -> Decimal:
