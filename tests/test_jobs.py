@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal as D
 from typing import Any
 
 import pytest
 
 from conftest import FakePlugin, section
-from genroute.errors import NoRouteAvailable, OverBudget, ProviderError, ProviderUnavailable, StoreError
+from genroute.errors import (
+    InvalidRequest,
+    NoRouteAvailable,
+    OverBudget,
+    ProviderError,
+    ProviderUnavailable,
+    StoreError,
+)
 from genroute.jobs import Job, JobStore
-from genroute.provider import Provider, RunContext
+from genroute.ledger import Ledger
+from genroute.provider import Provider, RemoteJob, RunContext
 from genroute.router import Router
 from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, TextToImage, Usage
 
@@ -294,3 +303,201 @@ async def test_a_failed_job_or_a_refresh_starts_new_work(shared) -> None:  # typ
     retried = await router.asubmit(_request(), webhook_url="https://example.test/hook")
     assert retried.id not in (first.id, refreshed.id) and retried.remote_id == "pred-3"
     assert len(provider.submitted) == 3
+
+
+# -- genroute jobs sync: asking the provider when the webhook never came ---------------------------------------
+
+
+class Askable(Hooked):
+    """Hooked, whose service can also be asked for a job's state: ``remote[remote_id]`` is what it answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.remote: dict[str, dict[str, Any]] = {}
+        self.asked: list[str] = []
+        self.fetch_error: BaseException | None = None
+        self.completing = asyncio.Event()
+        self.completing.set()
+
+    async def fetch_job(self, job: Job, ctx: RunContext) -> RemoteJob | None:
+        self.asked.append(job.remote_id or "")
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        state = self.remote.get(job.remote_id or "", {"status": "processing"})
+        finished = state["status"] not in ("starting", "processing")
+        return RemoteJob(status=state["status"], finished=finished, payload=state)
+
+    async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
+        await self.completing.wait()
+        return await super().complete(job, payload, ctx)
+
+
+@pytest.fixture
+def askable(settings_factory, router_factory):  # type: ignore[no-untyped-def]
+    settings = settings_factory({"hooked": section("hooked", "0.02")})
+    provider = Askable()
+    return router_factory(settings, FakePlugin(provider)), provider, settings
+
+
+async def test_sync_completes_finished_jobs_once_and_leaves_running_ones_pending(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    first = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    second = await router.asubmit(TextToImage(prompt="still going"), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = {"status": "succeeded", "outputs": 2}
+
+    synced = await router.areconcile_jobs()
+
+    assert [(s.job.id, s.action, s.remote_status) for s in synced] == [
+        (first.id, "completed", "succeeded"),
+        (second.id, "running", "processing"),
+    ]
+    assert all(s.ok for s in synced)
+    done = synced[0].job
+    assert done.status == "succeeded" and done.cost == D("0.04") and done.result is not None
+    assert synced[0].message == "succeeded on hooked pred-1: completed as succeeded, 2 files stored, $0.04 settled"
+    assert synced[1].message == "processing on hooked pred-2: still running, left pending"
+    assert router.jobs.get(first.id) == done and router.jobs.get(second.id).status == "pending"  # type: ignore[union-attr]
+    assert [r.id for r in router.ledger.open_reservations()] == [second.reservation_id]
+
+    # The webhook arriving after all is a replay; a second sync asks only about the job still pending.
+    assert await router.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2}) == done
+    provider.asked.clear()
+    again = await router.areconcile_jobs()
+    assert [(s.job.id, s.action) for s in again] == [(second.id, "running")] and provider.asked == ["pred-2"]
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.04"))]
+    assert (await router.arun(_request())).cached  # the synced result serves the same request from the store
+
+
+async def test_sync_records_a_failed_remote_job_with_what_it_billed(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    billed = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    free = await router.asubmit(TextToImage(prompt="refused"), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = {"status": "failed", "error": "out of memory", "billed": "0.005"}
+    provider.remote["pred-2"] = {"status": "failed", "error": "NSFW"}
+
+    first, second = await router.areconcile_jobs()
+
+    assert (first.job.id, first.action, first.job.status, first.job.cost) == (
+        billed.id,
+        "completed",
+        "failed",
+        D("0.005"),
+    )
+    assert first.message.endswith("recorded as failed, $0.005 settled: hooked: out of memory")
+    assert (second.job.id, second.job.status) == (free.id, "failed")
+    assert "recorded as failed, reservation released" in second.message
+    assert sorted((e.status, e.actual) for e in router.ledger.entries()) == [
+        ("released", D(0)),
+        ("settled", D("0.005")),
+    ]
+
+
+async def test_a_provider_that_cannot_be_asked_is_reported_and_its_job_left_pending(setup) -> None:  # type: ignore[no-untyped-def]
+    router, _, _ = setup  # Hooked: the default fetch_job, which cannot ask
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    [synced] = await router.areconcile_jobs()
+    assert synced.action == "unsupported" and not synced.ok and synced.remote_status is None
+    assert synced.message == "hooked cannot be asked for the state of its jobs: left pending for its webhook"
+    assert router.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    assert [r.id for r in router.ledger.open_reservations()] == [job.reservation_id]
+
+
+@pytest.mark.parametrize(
+    ("trouble", "said"),
+    [
+        (ProviderUnavailable("HTTP 503", provider="hooked"), "could not ask hooked: HTTP 503; left pending"),
+        (KeyError("status"), "could not ask hooked: unexpected KeyError: 'status'; left pending"),
+    ],
+)
+async def test_a_provider_that_could_not_answer_leaves_the_job_pending(askable, trouble, said) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    provider.fetch_error = trouble
+    [synced] = await router.areconcile_jobs()
+    assert (synced.action, synced.message) == ("error", said) and not synced.ok
+    assert router.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    assert list(router.ledger.entries()) == []
+
+
+async def test_a_finished_job_whose_outputs_cannot_be_read_now_stays_pending(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = {"status": "download-503"}
+    [synced] = await router.areconcile_jobs()
+    assert synced.action == "error" and synced.remote_status == "download-503"
+    assert "but completing failed: download of the outputs failed: HTTP 503; left pending" in synced.message
+    assert router.jobs.get(job.id).status == "pending"  # type: ignore[union-attr]
+    provider.remote["pred-1"] = {"status": "succeeded", "outputs": 1}
+    [synced] = await router.areconcile_jobs()  # the claim was given back: the next sync completes it
+    assert synced.action == "completed" and synced.job.cost == D("0.02")
+
+
+async def test_a_sync_and_a_webhook_at_the_same_moment_settle_once(askable, router_factory) -> None:  # type: ignore[no-untyped-def]
+    router, provider, settings = askable
+    receiver = router_factory(settings, FakePlugin(provider))  # another process's view: the webhook receiver
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = {"status": "succeeded", "outputs": 2}
+    provider.completing.clear()  # the delivery's completion is under way (downloading) while the sync asks
+    delivery = asyncio.create_task(receiver.acomplete("hooked", "pred-1", {"status": "succeeded", "outputs": 2}))
+    await asyncio.sleep(0.05)
+
+    [synced] = await router.areconcile_jobs()
+    assert synced.action == "skipped" and synced.ok
+    assert synced.message == "succeeded on hooked pred-1: being completed by a webhook delivery now: left to it"
+
+    provider.completing.set()
+    done = await delivery
+    assert done.status == "succeeded"
+    [after] = await router.areconcile_jobs(job.id)
+    assert (after.action, after.message) == ("skipped", "already succeeded: nothing to do")
+    assert [(e.status, e.actual) for e in router.ledger.entries()] == [("settled", D("0.04"))]
+
+
+async def test_sync_settles_a_job_whose_reservation_was_reclaimed_meanwhile(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, settings = askable
+    job = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    running = await router.asubmit(TextToImage(prompt="long"), webhook_url="https://example.test/hook")
+    # A day later, another process's ledger reclaims the expired reservations, at $0.
+    with Ledger(settings.ledger.path, clock=lambda: time.time() + 86_400) as later:
+        assert later.reclaim_expired() == 2
+    assert router.ledger.open_reservations() == []
+
+    provider.remote["pred-1"] = {"status": "succeeded", "outputs": 2}
+    done, still = await router.areconcile_jobs()
+
+    assert done.action == "completed" and done.reservation_reclaimed and done.job.cost == D("0.04")
+    assert done.message.endswith("2 files stored, $0.04 settled (after its reservation had been reclaimed)")
+    assert still.action == "running" and still.reservation_reclaimed and still.job.id == running.id
+    assert "its reservation was reclaimed at $0 meanwhile: the spend is recorded when it is completed" in still.message
+    entries = [(e.id, e.status, e.actual) for e in router.ledger.entries()]
+    assert (job.reservation_id, "settled", D("0.04")) in entries  # the money spent is on record, once
+    [settled] = [e for e in router.ledger.entries() if e.status == "settled"]
+    assert settled.id == job.reservation_id and settled.note.startswith("settled after reclaim")
+    assert sum(e.actual for e in router.ledger.entries()) == D("0.04")
+
+
+async def test_sync_of_one_job_by_id_or_prefix(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    first = await router.asubmit(_request(), webhook_url="https://example.test/hook")
+    await router.asubmit(TextToImage(prompt="other"), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = provider.remote["pred-2"] = {"status": "succeeded", "outputs": 1}
+    [synced] = await router.areconcile_jobs(first.id[:12])
+    assert synced.job.id == first.id and synced.action == "completed" and provider.asked == ["pred-1"]
+    with pytest.raises(InvalidRequest, match="no job 'nope'"):
+        await router.areconcile_jobs("nope")
+    with pytest.raises(InvalidRequest, match="the job id is empty"):
+        await router.areconcile_jobs(" ")
+    for twin in ("ab12" + first.id[4:], "ab34" + first.id[4:]):
+        router.jobs.add(first.model_copy(update={"id": twin, "remote_id": twin}))
+    with pytest.raises(InvalidRequest, match="2 jobs have ids starting with 'ab'") as info:
+        await router.areconcile_jobs("ab")
+    assert info.value.hint == "give more characters of the job id"
+
+
+def test_sync_facade(askable) -> None:  # type: ignore[no-untyped-def]
+    router, provider, _ = askable
+    job = router.submit(_request(), webhook_url="https://example.test/hook")
+    provider.remote["pred-1"] = {"status": "succeeded", "outputs": 2}
+    [synced] = router.reconcile_jobs()
+    assert synced.job.id == job.id and synced.job.status == "succeeded"
+    assert router.reconcile_jobs() == []

@@ -60,6 +60,35 @@ class Job(BaseModel):
     cost: Decimal | None = None
 
 
+SyncAction = Literal["completed", "running", "skipped", "unsupported", "error"]
+"""What :meth:`Router.areconcile_jobs <genroute.router.Router.areconcile_jobs>` did about a job: ``completed``
+(its remote work had finished: settled and stored as a webhook delivery would have), ``running`` (still running
+remotely: left pending), ``skipped`` (no longer pending, or being completed by a webhook delivery right now),
+``unsupported`` (its provider cannot be asked, or is not installed: left pending), ``error`` (asking, or
+completing, failed: left pending, try again)."""
+
+
+class JobSync(BaseModel):
+    """One job as :meth:`Router.areconcile_jobs <genroute.router.Router.areconcile_jobs>` found and left it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: Job = Field(description="the job as it is now")
+    action: SyncAction
+    remote_status: str | None = Field(default=None, description="the provider's word for the remote state, if asked")
+    reservation_reclaimed: bool = Field(
+        default=False,
+        description="its reservation had expired and been reclaimed at $0 while the job was pending "
+        "(a completion settles the actual cost all the same)",
+    )
+    message: str = Field(description="one line: what was found and what was done")
+
+    @property
+    def ok(self) -> bool:
+        """The job's state is known and on record: completed now, still running, or not pending."""
+        return self.action in ("completed", "running", "skipped")
+
+
 class JobStore:
     """Jobs by id and by (provider, remote id), in a diskcache directory shared by every process."""
 

@@ -51,6 +51,18 @@ class RunContext:
         return max(0.0, self.deadline - time.monotonic())
 
 
+@dataclass(frozen=True)
+class RemoteJob:
+    """What :meth:`Provider.fetch_job` found of a job on the provider's side."""
+
+    status: str
+    """The provider's own word for the work's state (Replicate: starting, processing, succeeded, failed, canceled)."""
+    finished: bool
+    """The remote work is over (succeeded, failed or canceled): ``payload`` completes the job."""
+    payload: Any = None
+    """What :meth:`Provider.complete` takes: what a webhook delivery of this state would carry."""
+
+
 class Provider(ABC):
     """A backend that runs requests. Subclass it, set ``name``, implement :meth:`run`.
 
@@ -110,6 +122,16 @@ class Provider(ABC):
     async def complete(self, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
         """Turn a verified completion ``payload`` for ``job`` into output bytes (downloading them)."""
         raise ProviderError("does not complete by webhook", provider=self.name, retryable=False)
+
+    async def fetch_job(self, job: Job, ctx: RunContext) -> RemoteJob | None:
+        """Ask the service for the state of ``job``'s remote work (its :attr:`~genroute.jobs.Job.remote_id`).
+
+        Used by :meth:`Router.areconcile_jobs <genroute.router.Router.areconcile_jobs>` (``genroute jobs sync``)
+        when a webhook delivery never arrived: a finished :class:`RemoteJob`'s ``payload`` is handed to
+        :meth:`complete` exactly as a delivery's would be. Raise a ``ProviderError`` when the service could not
+        be asked or does not know the job. Default: None, this provider cannot be asked (wait for the webhook).
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional, most providers hold nothing
         """Release clients and connections."""

@@ -50,7 +50,7 @@ from .errors import (
     UnexpectedError,
 )
 from .inflight import InFlight, await_elsewhere
-from .jobs import Job, JobStore
+from .jobs import Job, JobStore, JobSync
 from .keys import request_key
 from .ledger import Headroom, HeldElsewhere, Ledger, Reservation
 from .media import INPUT_TOO_LARGE_HINT, audio_cut_short, sniff_media_type
@@ -892,6 +892,23 @@ class Router:
     def complete(self, provider: str, remote_id: str, payload: Any) -> Job:
         """Sync :meth:`acomplete`."""
         return self._sync().run(self.acomplete(provider, remote_id, payload))
+
+    async def areconcile_jobs(self, job_id: str | None = None) -> list[JobSync]:
+        """Ask each pending job's provider (or only job ``job_id``'s, or the one job whose id starts so) for the
+        state of its remote work, and complete the finished ones as their webhook delivery would have.
+
+        For when deliveries never arrived (the receiver was down longer than the provider retries):
+        ``genroute jobs sync``. A finished job is settled, stored and marked finished through the same path as
+        :meth:`acomplete`, claimed once, so a delivery arriving at the same moment or later changes nothing;
+        one still running stays pending; a provider that cannot be asked (``Provider.fetch_job`` answers None)
+        is reported as such. One :class:`~genroute.jobs.JobSync` per job, oldest first. An unknown ``job_id``
+        raises :class:`InvalidRequest`.
+        """
+        return await webhook_jobs.reconcile(self, job_id)
+
+    def reconcile_jobs(self, job_id: str | None = None) -> list[JobSync]:
+        """Sync :meth:`areconcile_jobs`."""
+        return self._sync().run(self.areconcile_jobs(job_id))
 
     # -- batches ------------------------------------------------------------------------------------
     def aiter_batch(

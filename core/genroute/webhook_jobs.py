@@ -26,11 +26,11 @@ from .errors import (
     RemoteCanceled,
     StoreError,
 )
-from .jobs import Job, now_utc
+from .jobs import Job, JobSync, now_utc
 from .ledger import Reservation
-from .money import quantize
+from .money import fmt_usd, quantize
 from .outcomes import call_cost, log_provider_bug, make_result, no_route, provider_failure, scratch_artifacts
-from .provider import Provider, RunContext
+from .provider import Provider, RemoteJob, RunContext
 from .secrets import redact
 from .types import Offer, ProviderOutput, RequestModel, Usage
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("genroute.router")
 
 _SUBMITTING_POLL_SECONDS = 0.05  # how often a submission waiting for an identical one looks for its job
+_FETCH_SECONDS = 60.0  # how long a sync waits for a provider's answer about one job
 
 
 async def submit(router: Router, request: RequestLike, *, webhook_url: str) -> Job:
@@ -181,10 +182,19 @@ async def complete(router: Router, provider: str, remote_id: str, payload: Any) 
         return job
     if provider not in router.providers:
         raise InvalidRequest(f"provider {provider!r} is not installed", hint="install its plugin")
+    return (await _claim_and_complete(router, job, payload))[0]
+
+
+async def _claim_and_complete(router: Router, job: Job, payload: Any) -> tuple[Job, bool]:
+    """Complete pending ``job`` from ``payload`` unless another completion (a webhook delivery, a sync, in any
+    process) has it: (the job as it is now, whether this call completed it)."""
     if not router.jobs.claim(job.id):  # a concurrent delivery of the same completion is handling it
-        return router.jobs.get(job.id) or job
+        return router.jobs.get(job.id) or job, False
     try:
-        return await _complete(router, job, payload)
+        current = router.jobs.get(job.id) or job
+        if current.status != "pending":  # completed since it was read, and that claim has lapsed since
+            return current, False
+        return await _complete(router, current, payload), True
     except BaseException:
         router.jobs.unclaim(job.id)  # nothing recorded: let a redelivery try again
         raise
@@ -268,6 +278,142 @@ def _settle_job(
         log.warning("job %s: its reservation %s was already settled; not charged again", job.id, stub.id)
 
 
+async def reconcile(router: Router, job_id: str | None = None) -> list[JobSync]:
+    """:meth:`Router.areconcile_jobs <genroute.router.Router.areconcile_jobs>`: ask each pending job's provider
+    for its remote state and complete the finished ones as their webhook delivery would have."""
+    jobs = [_job_by_id(router, job_id)] if job_id is not None else router.jobs.list("pending")
+    return [await _reconcile_one(router, job) for job in jobs]
+
+
+def _job_by_id(router: Router, job_id: str) -> Job:
+    """The job with this id, or the one job whose id starts with it (``genroute jobs`` shows 12 characters)."""
+    wanted = job_id.strip().lower()
+    if not wanted:
+        raise InvalidRequest("the job id is empty", hint="`genroute jobs` lists the jobs and their ids")
+    job = router.jobs.get(wanted)
+    if job is not None:
+        return job
+    matches = [j for j in router.jobs.list() if j.id.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InvalidRequest(
+            f"no job {job_id!r} in {router.jobs.path}", hint="`genroute jobs` lists the jobs and their ids"
+        )
+    raise InvalidRequest(
+        f"{len(matches)} jobs have ids starting with {job_id!r}", hint="give more characters of the job id"
+    )
+
+
+async def _reconcile_one(router: Router, job: Job) -> JobSync:
+    if job.status != "pending":
+        return JobSync(job=job, action="skipped", message=f"already {job.status}: nothing to do")
+    reclaimed = job.reservation_id is not None and router.ledger.reservation(job.reservation_id) is None
+    provider = router.providers.get(job.provider)
+    if provider is None:
+        return JobSync(
+            job=job,
+            action="unsupported",
+            reservation_reclaimed=reclaimed,
+            message=f"provider {job.provider!r} is not installed: left pending (install its plugin)",
+        )
+    where = f"{job.provider} {job.remote_id}" if job.remote_id else job.provider
+    ctx = router._context(job.offer, job.request_key, 1, asyncio.get_running_loop().time() + _FETCH_SECONDS)
+    try:
+        state = await _call_fetch(provider, job, ctx)
+    except ProviderError as exc:
+        return JobSync(
+            job=job,
+            action="error",
+            reservation_reclaimed=reclaimed,
+            message=f"could not ask {job.provider}: {_said(exc)}; left pending",
+        )
+    if state is None:
+        return JobSync(
+            job=job,
+            action="unsupported",
+            reservation_reclaimed=reclaimed,
+            message=f"{job.provider} cannot be asked for the state of its jobs: left pending for its webhook",
+        )
+    if not state.finished:
+        note = (
+            "; its reservation was reclaimed at $0 meanwhile: the spend is recorded when it is completed"
+            if reclaimed
+            else ""
+        )
+        return JobSync(
+            job=job,
+            action="running",
+            remote_status=state.status,
+            reservation_reclaimed=reclaimed,
+            message=f"{state.status} on {where}: still running, left pending{note}",
+        )
+    try:
+        done, mine = await _claim_and_complete(router, job, state.payload)
+    except ProviderError as exc:  # retryable: nothing was decided
+        return JobSync(
+            job=router.jobs.get(job.id) or job,
+            action="error",
+            remote_status=state.status,
+            reservation_reclaimed=reclaimed,
+            message=f"{state.status} on {where}, but completing failed: {_said(exc)}; left pending",
+        )
+    if not mine:
+        what = (
+            f"completed meanwhile by a webhook delivery ({done.status})"
+            if done.status != "pending"
+            else "being completed by a webhook delivery now: left to it"
+        )
+        return JobSync(
+            job=done, action="skipped", remote_status=state.status, message=f"{state.status} on {where}: {what}"
+        )
+    return JobSync(
+        job=done,
+        action="completed",
+        remote_status=state.status,
+        reservation_reclaimed=reclaimed,
+        message=f"{state.status} on {where}: {_what_was_done(done, reclaimed)}",
+    )
+
+
+def _said(exc: ProviderError) -> str:
+    """The error's message without the provider's name in front (the sync line names it already)."""
+    return redact(exc.message.removeprefix(f"{exc.provider}: ") if exc.provider else exc.message)
+
+
+def _what_was_done(job: Job, reclaimed: bool) -> str:
+    cost = job.cost or Decimal(0)
+    after = " (after its reservation had been reclaimed)" if reclaimed else ""
+    money = f"{fmt_usd(cost)} settled{after}" if cost or not reclaimed else "nothing billed"
+    if job.status == "succeeded":
+        count = len(job.result.artifacts) if job.result is not None else 0
+        kept = "stored" if job.keep else "kept in scratch (cache bypass)"
+        files = f"{count} file{'s' if count != 1 else ''} {kept}"
+        return f"completed as succeeded, {files}, {money}"
+    if not cost and not reclaimed:
+        money = "reservation released"
+    error = f": {job.error[:160]}" if job.error else ""
+    return f"recorded as {job.status}, {money}{error}"
+
+
+async def _call_fetch(provider: Provider, job: Job, ctx: RunContext) -> RemoteJob | None:
+    try:
+        async with asyncio.timeout(_FETCH_SECONDS):
+            state = await provider.fetch_job(job, ctx)
+    except ProviderError:
+        raise
+    except TimeoutError as exc:
+        raise ProviderError(f"no answer within {_FETCH_SECONDS:g}s", provider=job.provider) from exc
+    except Exception as exc:  # a provider bug: reported for this job, the others are still synced
+        raise provider_failure(exc, job.provider, "fetch_job", bug_retryable=True) from exc
+    if state is not None and not isinstance(state, RemoteJob):
+        log_provider_bug(job.provider, "fetch_job", TypeError(f"returned {type(state).__name__}, not a RemoteJob"))
+        raise ProviderError(
+            f"fetch_job returned {type(state).__name__}, not a RemoteJob or None", provider=job.provider
+        )
+    return state
+
+
 async def _call_complete(provider: Provider, job: Job, payload: Any, ctx: RunContext) -> ProviderOutput:
     try:
         return await provider.complete(job, payload, ctx)
@@ -299,4 +445,4 @@ def _merge_usage(measured: Usage, hint: Usage) -> Usage:
     )
 
 
-__all__ = ["complete", "submit"]
+__all__ = ["complete", "reconcile", "submit"]
