@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +51,12 @@ NAME = "replicate"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 Purpose = Literal["run", "stream", "submit"]
 _CLOCK_SLACK = 60.0  # seconds of clock difference tolerated between this machine and Replicate
+# A cancel is sent while a call is being cut short (deadline, Ctrl-C, SIGTERM), and the caller waits for it: its
+# tries and the read after them stay well inside the 15 s genroute gives a stream's clean-up
+# (genroute.streaming.PROVIDER_CLOSE_SECONDS), as the single 10 s cancel before them did.
+CANCEL_SECONDS = 6.0  # every try of one cancel
+CANCEL_BACKOFF = (0.25, 0.5, 1.0, 2.0)  # the pauses between tries: five tries at most
+READ_AFTER_CANCEL_SECONDS = 3.0
 _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
@@ -84,6 +90,15 @@ class Target:
         return self.schema.model if self.runs_by == "model" else f"{self.schema.model}:{self.schema.version}"
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """What cancelling a prediction came to."""
+
+    prediction: dict[str, Any] | None  # the last state seen: the cancel's answer, or the read after it
+    ended: bool  # the service said it ended (canceled, or finished meanwhile): it bills no more
+    why: str  # when it did not: what failed
+
+
 @dataclass
 class InFlight:
     fingerprint: str
@@ -103,6 +118,15 @@ def as_dict(prediction: Any) -> dict[str, Any]:
     data = prediction.dict()
     assert isinstance(data, dict)
     return data
+
+
+def _failure(exc: BaseException) -> str:
+    """A failed request in a few words: ``HTTP 503``, ``RemoteProtocolError``, ``no answer within the bound``."""
+    if isinstance(exc, ApiStatusError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return type(exc).__name__
 
 
 def _when(value: Any) -> float | None:
@@ -488,13 +512,55 @@ class Predictions:
         return prediction
 
     async def cancel(self, session: Session, prediction_id: str) -> dict[str, Any] | None:
-        """Cancel a running prediction so it stops billing; never raises (a cancel is best effort)."""
+        """Cancel a running prediction so it stops billing: its answer, or None when no try was answered.
+
+        A cancel runs while a call is being cut short (deadline, Ctrl-C, SIGTERM) and the caller waits for it,
+        so a failure that may pass (a 5xx, a 429, a dropped connection, a timeout) is tried again after
+        :data:`CANCEL_BACKOFF`, all tries within :data:`CANCEL_SECONDS`; a refusal (another 4xx) is not.
+        Never raises but :class:`asyncio.CancelledError` (interrupted once more: the caller gives up on it).
+        """
+        return (await self._cancel(session, prediction_id))[0]
+
+    async def _cancel(self, session: Session, prediction_id: str) -> tuple[dict[str, Any] | None, str]:
+        """(the cancel's answer or None, why none came)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + CANCEL_SECONDS
+        why = "not tried"
+        for tries, pause in enumerate((0.0, *CANCEL_BACKOFF), start=1):
+            if pause:
+                if loop.time() + pause >= end:
+                    break
+                await asyncio.sleep(pause)
+            try:
+                async with asyncio.timeout(end - loop.time()):
+                    return as_dict(await session.client.predictions.async_cancel(prediction_id)), ""
+            except Exception as exc:
+                why = f"{_failure(exc)} on {tries} tr{'y' if tries == 1 else 'ies'}"
+                if isinstance(exc, ApiStatusError) and exc.status < 500 and exc.status not in (408, 429):
+                    break  # refused (unknown prediction, bad token …): trying again would be refused too
+                log.info("cancelling prediction %s failed (%s); trying again", prediction_id, _failure(exc))
+        return None, why
+
+    async def stop(
+        self, session: Session, prediction_id: str, *, measured: Callable[[Mapping[str, Any]], bool]
+    ) -> Stopped:
+        """Cancel the prediction (tried again as :meth:`cancel` says), then, unless its answer already says it
+        ended and ``measured`` (what it used can be priced from it), read it once to learn its state."""
+        answer, why = await self._cancel(session, prediction_id)
+        if answer is not None and answer.get("status") in TERMINAL and measured(answer):
+            return Stopped(answer, True, "")
         try:
-            async with asyncio.timeout(10):
-                return as_dict(await session.client.predictions.async_cancel(prediction_id))
+            async with asyncio.timeout(READ_AFTER_CANCEL_SECONDS):
+                seen = await self._get(session, prediction_id)
         except Exception as exc:
-            log.warning("could not cancel prediction %s: %s", prediction_id, type(exc).__name__)
-            return None
+            if answer is not None and answer.get("status") in TERMINAL:
+                return Stopped(answer, True, "")
+            return Stopped(answer, False, f"{why or 'the cancel was not confirmed'}; reading it: {_failure(exc)}")
+        if seen is not None and seen.get("status") in TERMINAL:
+            return Stopped(seen, True, "")
+        if seen is None:
+            return Stopped(answer, False, f"{why or 'the cancel was not confirmed'}; reading it: HTTP 404")
+        return Stopped(seen, False, why or f"it was still {seen.get('status')} after the cancel")
 
     async def _cancel_orphan(
         self, session: Session, target: Target, inputs: Mapping[str, Any], record: InFlight
@@ -508,4 +574,8 @@ class Predictions:
             return
         if found is not None and found.get("status") not in TERMINAL:
             record.prediction_id = str(found["id"])
-            await self.cancel(session, record.prediction_id)
+            if await self.cancel(session, record.prediction_id) is None:
+                log.warning(
+                    "could not cancel prediction %s, interrupted while it was being created: it may still be running",
+                    record.prediction_id,
+                )

@@ -190,15 +190,15 @@ class ReplicateProvider(Provider):
                 # read what it produced (the cancel answers with the prediction) so the router settles that too.
                 record = self._predictions.pending(key)
                 if record is not None and record.prediction_id is not None:
-                    await self._read_canceled(session, record.prediction_id, key, ctx, offer.entry)
+                    await self._read_canceled(session, record.prediction_id, key, ctx, offer)
                 raise
             except errors.ProviderError as exc:
-                await self._abandon_if_last(session, key, ctx, offer.entry, exc)
+                await self._abandon_if_last(session, key, ctx, offer, exc)
                 raise
             try:
-                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                prediction = await self._await_end(session, prediction, key, ctx, offer)
             except errors.ProviderError as exc:
-                await self._abandon_if_last(session, key, ctx, offer.entry, exc)
+                await self._abandon_if_last(session, key, ctx, offer, exc)
                 raise
             return await self._finish(session, request.task_name, request, offer.entry, prediction, key)
 
@@ -208,13 +208,13 @@ class ReplicateProvider(Provider):
         prediction: dict[str, Any],
         key: tuple[str, str, str],
         ctx: RunContext,
-        entry: ModelEntry | None,
+        offer: Offer,
     ) -> dict[str, Any]:
         try:
             return await self._predictions.wait(session, prediction)
         except asyncio.CancelledError:
             # The router's deadline (or the caller) gave up: stop the prediction so it stops billing.
-            await self._stop(session, prediction, key, ctx, entry)
+            await self._stop(session, prediction, key, ctx, offer)
             raise
 
     async def _abandon_if_last(
@@ -222,7 +222,7 @@ class ReplicateProvider(Provider):
         session: Session,
         key: tuple[str, str, str],
         ctx: RunContext,
-        entry: ModelEntry | None,
+        offer: Offer,
         exc: errors.ProviderError,
     ) -> None:
         """Failing with a prediction created: unless the router will ask again (and the next attempt adopt
@@ -232,7 +232,7 @@ class ReplicateProvider(Provider):
         record = self._predictions.pending(key)
         if record is None or record.prediction_id is None:
             return
-        await self._stop(session, {"id": record.prediction_id}, key, ctx, entry)
+        await self._stop(session, {"id": record.prediction_id}, key, ctx, offer)
         billed = ctx.extra.pop("incurred", None)
         if isinstance(billed, Decimal) and billed > 0 and not exc.incurred:
             exc.incurred = billed
@@ -243,15 +243,32 @@ class ReplicateProvider(Provider):
         prediction: dict[str, Any],
         key: tuple[str, str, str],
         ctx: RunContext,
-        entry: ModelEntry | None,
+        offer: Offer,
     ) -> None:
-        """Cancel remotely; what the canceled prediction billed goes to ``ctx.extra["incurred"]``."""
-        canceled = await self._predictions.cancel(session, str(prediction["id"]))
+        """Cancel remotely; what the canceled prediction billed goes to ``ctx.extra["incurred"]``.
+
+        A cancel that could not be confirmed leaves a prediction that may run to its end: what that may cost (the
+        offer's estimate, or more if it already used more) is reported, so the ledger never records less than
+        Replicate bills, and a warning says how to cancel it by hand.
+        """
+        pid = str(prediction["id"])
+        entry = offer.entry
+        try:
+            stopped = await self._predictions.stop(
+                session, pid, measured=lambda seen: cost.incurred(entry, seen) is not None
+            )
+        except asyncio.CancelledError:  # interrupted again while cancelling: nothing is known of it
+            self._predictions.forget(key)
+            _report_unstopped(ctx, session, offer, pid, None, "interrupted while cancelling it")
+            raise
         self._predictions.forget(key)
-        _report_spent(ctx, entry, canceled)
+        if stopped.ended:
+            _report_spent(ctx, entry, stopped.prediction)
+        else:
+            _report_unstopped(ctx, session, offer, pid, stopped.prediction, stopped.why)
 
     async def _read_canceled(
-        self, session: Session, prediction_id: str, key: tuple[str, str, str], ctx: RunContext, entry: ModelEntry | None
+        self, session: Session, prediction_id: str, key: tuple[str, str, str], ctx: RunContext, offer: Offer
     ) -> None:
         """After a create cut short (its clean-up already cancelled the prediction): report what it billed."""
         try:
@@ -261,10 +278,10 @@ class ReplicateProvider(Provider):
             log.warning("could not read the cancelled prediction %s: %s", prediction_id, type(exc).__name__)
             return
         if seen is not None and seen.get("status") not in TERMINAL:
-            await self._stop(session, seen, key, ctx, entry)  # the clean-up's cancel did not take: cancel now
+            await self._stop(session, seen, key, ctx, offer)  # the clean-up's cancel did not take: cancel now
             return
         self._predictions.forget(key)
-        _report_spent(ctx, entry, seen)
+        _report_spent(ctx, offer.entry, seen)
 
     async def stream(self, request: RequestModel, offer: Offer, ctx: RunContext) -> AsyncIterator[str]:
         if not isinstance(request, TextGeneration):
@@ -285,7 +302,7 @@ class ReplicateProvider(Provider):
             )
             url = (prediction.get("urls") or {}).get("stream")
             if not url or prediction.get("status") in TERMINAL:  # nothing to stream: the whole text at once
-                prediction = await self._await_end(session, prediction, key, ctx, offer.entry)
+                prediction = await self._await_end(session, prediction, key, ctx, offer)
                 output = await self._finish(session, request.task_name, request, offer.entry, prediction, key)
                 ctx.extra["output"] = output
                 if output.text:
@@ -300,7 +317,7 @@ class ReplicateProvider(Provider):
                 finished = True
             except (asyncio.CancelledError, GeneratorExit):
                 if not finished:  # deadline, or the caller stopped reading: stop the billing too
-                    await self._stop(session, prediction, key, ctx, offer.entry)
+                    await self._stop(session, prediction, key, ctx, offer)
                 raise
             except (RuntimeError, *_API_ERRORS) as exc:  # an SSE `error` event, or the stream broke off
                 log.info(
@@ -309,7 +326,7 @@ class ReplicateProvider(Provider):
                     type(exc).__name__,
                 )
             running = {**prediction, "status": "processing"}
-            final = await self._await_end(session, running, key, ctx, offer.entry)
+            final = await self._await_end(session, running, key, ctx, offer)
             output = await self._finish(session, request.task_name, request, offer.entry, final, key)
             sent, full = "".join(pieces), output.text or ""
             if len(full) > len(sent) and full.startswith(sent):  # what the broken stream did not carry
@@ -568,6 +585,30 @@ def _report_spent(ctx: RunContext, entry: ModelEntry | None, canceled: dict[str,
         # The router settles this instead of guessing: what ran (seconds, tokens, outputs) was billed, and
         # Decimal(0) says nothing was, so the reservation is released even if text already reached the caller.
         ctx.extra["incurred"] = spent
+
+
+def _report_unstopped(
+    ctx: RunContext, session: Session, offer: Offer, pid: str, seen: dict[str, Any] | None, why: str
+) -> None:
+    """A prediction whose cancel could not be confirmed may run to its end and be billed in full: report what that
+    may cost (the offer's estimate; what it already used if that is more), and say how to cancel it by hand."""
+    amounts = [a for a in (offer.estimate, cost.incurred(offer.entry, seen) if seen is not None else None) if a]
+    if amounts:
+        ctx.extra["incurred"] = max(amounts)
+    api = session.options.base_url or "https://api.replicate.com"
+    log.warning(
+        "prediction %s of %s may still be running, and billed on Replicate: genroute could not cancel it (%s); "
+        "genroute counts %s for it. Cancel it by hand on https://replicate.com/p/%s, or with "
+        '`curl -X POST -H "Authorization: Bearer $%s" %s/v1/predictions/%s/cancel`',
+        pid,
+        offer.model,
+        why,
+        f"${max(amounts)} (what it may cost if it runs to its end)" if amounts else "nothing (it has no estimate)",
+        pid,
+        TOKEN_VARIABLE,
+        api,
+        pid,
+    )
 
 
 def _wait_seconds(options: ReplicateOptions, ctx: RunContext) -> int:
