@@ -33,10 +33,10 @@ from genroute import billing, errors
 from genroute.config import Settings
 from genroute.jobs import Job
 from genroute.media import MediaInput
-from genroute.provider import Provider, RunContext
+from genroute.provider import Provider, RemoteJob, RunContext
 from genroute.types import ModelEntry, Offer, ProviderOutput, RequestModel, Task, TextGeneration
 
-from . import cost, inputs, outputs
+from . import cost, inputs, job_fetch, outputs
 from . import errors as mapping
 from .client import ApiStatusError, Session, Sessions, TransportFactory, read_token
 from .creates import TERMINAL, Predictions, Purpose, Target
@@ -371,6 +371,10 @@ class ReplicateProvider(Provider):
         options = options_for(ctx.settings, ctx.options)
         session = self._sessions.get(read_token() or "", options)  # downloads need no token
         return await self._finish(session, job.task, None, job.offer.entry, payload, None)
+
+    async def fetch_job(self, job: Job, ctx: RunContext) -> RemoteJob | None:
+        """``GET /v1/predictions/{id}``: the prediction JSON a webhook delivery of its state would carry."""
+        return await job_fetch.fetch_job(self, job, ctx)
 
     async def webhook_secret(self, settings: Settings, validated: ReplicateOptions | None = None) -> str:
         """The webhook signing secret: from the environment variable ``webhook_secret_env``, else the API."""
