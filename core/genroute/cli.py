@@ -299,9 +299,27 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["stats", "clear"])
     cache.set_defaults(handler=cmd_cache)
 
-    jobs = sub.add_parser("jobs", parents=[common], help="requests waiting for (or done by) a webhook")
+    jobs = sub.add_parser(
+        "jobs",
+        parents=[common],
+        help="requests waiting for (or done by) a webhook; `jobs sync` completes those whose webhook never came",
+        usage="%(prog)s [options] [--status STATUS] [sync [JOB_ID]]",
+        description="List the jobs submitted for completion by webhook; `sync` asks their providers for the "
+        "remote state and completes the finished ones.",
+    )
     jobs.add_argument("--status", choices=["pending", "succeeded", "failed", "canceled"])
     jobs.set_defaults(handler=cmd_jobs)
+    jobs_actions = jobs.add_subparsers(dest="jobs_action", metavar="ACTION", prog=jobs.prog)
+    sync = jobs_actions.add_parser(
+        "sync",
+        parents=[common],
+        help="ask the providers for pending jobs' state; complete the finished ones (the receiver was down)",
+        description="Ask each pending job's provider (or only JOB_ID's) for the state of its remote work and "
+        "complete the finished ones as their webhook delivery would have: settle, store, mark finished. A "
+        "delivery arriving later is then a replay and changes nothing.",
+    )
+    sync.add_argument("job_id", nargs="?", metavar="JOB_ID", help="a job id, or its first characters (default: all)")
+    sync.set_defaults(handler=cmd_jobs_sync)
 
     # Plugins add their own commands (say, a webhook receiver) through the same hook mechanism.
     default_plugin_manager().hook.genroute_register_commands(subparsers=sub, common=common)
@@ -1349,6 +1367,34 @@ def cmd_jobs(args: argparse.Namespace, out: Console, err: Console) -> int:
         table.add_row(job.id[:12], job.status, job.provider, job.model, job.remote_id or "—", created, cost)
     out.print(table)
     return 0
+
+
+def cmd_jobs_sync(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """One line per job: what its provider said and what was done. Exit 10 when some job is still unknown."""
+    with router_from_args(args) as router:
+        synced = router.reconcile_jobs(args.job_id)
+    if args.json:
+        rows = [
+            {
+                "job": s.job.id,
+                "provider": s.job.provider,
+                "remote_id": s.job.remote_id,
+                "remote_status": s.remote_status,
+                "action": s.action,
+                "status": s.job.status,
+                "cost": None if s.job.cost is None else str(s.job.cost),
+                "reservation_reclaimed": s.reservation_reclaimed,
+                "message": s.message,
+            }
+            for s in synced
+        ]
+        out.print(json.dumps(rows, indent=2), markup=False)
+    elif not synced:
+        out.print("no pending jobs", markup=False)
+    else:
+        for s in synced:
+            out.print(f"{s.job.id[:12]}  {s.message}", markup=False)
+    return 0 if all(s.ok for s in synced) else 10
 
 
 if __name__ == "__main__":  # pragma: no cover
