@@ -177,8 +177,64 @@ def test_webhooks_serve_command(tmp_path: Path, server: FakeReplicate) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # Ctrl-C, as for every command (docs/cli.md, exit codes)
+    assert err.rstrip().endswith("genroute: interrupted")
     assert f"receiving Replicate webhooks on http://127.0.0.1:{port}/" in err and secret not in out + err
+
+
+def _serving(tmp_path: Path, environ: dict[str, str], port: int) -> subprocess.Popen[str]:
+    """``genroute webhooks serve`` on ``port``, once it answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genroute.cli", "webhooks", "serve", "--port", str(port)],
+        cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    return proc
+
+
+def test_webhooks_serve_stopped_by_sigterm_exits_143(tmp_path: Path, server: FakeReplicate) -> None:
+    environ = _environ(tmp_path, _config(tmp_path, server), {"REPLICATE_WEBHOOK_SECRET": server.webhook_secret})
+    proc = _serving(tmp_path, environ, _free_port())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("genroute: terminated")
+
+
+def test_webhooks_serve_says_what_failed_when_the_secret_cannot_be_fetched(
+    tmp_path: Path, server: FakeReplicate
+) -> None:
+    server.faults.add("GET /v1/webhooks/default/secret", 500)
+    environ = _environ(tmp_path, _config(tmp_path, server), {"REPLICATE_API_TOKEN": TOKEN})
+    proc = subprocess.run(
+        [sys.executable, "-m", "genroute.cli", "webhooks", "serve", "--port", str(_free_port())],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert 2 <= server.count("GET", "/v1/webhooks/default/secret") <= 3  # tried again, a bounded few times
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("genroute: error: the webhook receiver did not start: could not fetch the webhook signing")
+    assert "Replicate answered HTTP 500 on GET /v1/webhooks/default/secret" in line
+    assert "REPLICATE_API_TOKEN is set; try again later, or set REPLICATE_WEBHOOK_SECRET" in line
+    assert "falls back" not in line and "or REPLICATE_API_TOKEN to fetch" not in line
+    assert TOKEN not in proc.stderr and "receiving Replicate webhooks" not in proc.stderr
+
+
+def test_webhooks_serve_starts_after_one_failed_fetch_of_the_secret(tmp_path: Path, server: FakeReplicate) -> None:
+    server.faults.add("GET /v1/webhooks/default/secret", 503, times=1)
+    environ = _environ(tmp_path, _config(tmp_path, server), {"REPLICATE_API_TOKEN": TOKEN})
+    proc = _serving(tmp_path, environ, _free_port())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "receiving Replicate webhooks" in err
+    assert server.count("GET", "/v1/webhooks/default/secret") == 2
 
 
 def test_webhooks_serve_without_any_secret_fails_clearly(tmp_path: Path, server: FakeReplicate) -> None:

@@ -377,3 +377,25 @@ def test_identical_submissions_from_several_processes_create_one_prediction(
     assert all(proc.exitcode == 0 for proc in procs)
     assert len(set(ids)) == 1  # every process got the same job
     assert _creates(fake) == 1 and len(fake.predictions) == 1  # and Replicate was asked once: paid once
+
+
+async def test_a_receiver_whose_secret_cannot_be_fetched_says_what_failed(fake: FakeReplicate, router: Router) -> None:
+    fake.faults.add("GET /v1/webhooks/default/secret", 500)
+    app = create_app(router, tolerance=300)
+    incoming: list[dict[str, Any]] = [{"type": "lifespan.startup"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan"}, receive, send)
+    (failed,) = sent
+    assert failed["type"] == "lifespan.startup.failed"
+    why = failed["message"]
+    assert "Replicate answered HTTP 500 on GET /v1/webhooks/default/secret (3 tries)" in why
+    assert "REPLICATE_API_TOKEN is set; try again later, or set REPLICATE_WEBHOOK_SECRET" in why
+    assert "falls back" not in why and TOKEN not in why
+    assert fake.count("GET", "/v1/webhooks/default/secret") == 3

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from genroute.errors import ConfigError, GenrouteError
+
+if TYPE_CHECKING:
+    from genroute.router import Router
+
+    from .options import ReplicateOptions
+    from .provider import ReplicateProvider
 
 NAME = "replicate"
 
@@ -60,9 +67,11 @@ def _positive_seconds(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Serve until Ctrl-C (then exit 130, as every command interrupted) or SIGTERM (143)."""
     from genroute.cli import router_from_args
 
     from .options import options_for
+    from .provider import ReplicateProvider
     from .webhooks import create_app
 
     try:
@@ -70,45 +79,59 @@ def cmd_serve(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ImportError as exc:  # pragma: no cover - a dependency of genroute
         raise GenrouteError("uvicorn is not installed", hint="pip install uvicorn") from exc
     router = router_from_args(args)
+    interrupted = False
     try:
-        if NAME not in router.providers:
+        provider = router.providers.get(NAME)
+        if not isinstance(provider, ReplicateProvider):
             raise GenrouteError("the replicate provider is not installed", hint="install genroute's Replicate plugin")
         options = options_for(router.settings, router.provider_options.get(NAME))
         tolerance = args.tolerance if args.tolerance is not None else options.webhook_tolerance_seconds
         if tolerance <= 0:  # from the configuration (the command line's --tolerance is checked by argparse)
             raise ConfigError("webhook_tolerance_seconds must be a positive number of seconds")
-        app = create_app(router, tolerance=tolerance, close_router_on_shutdown=True)
         listening = _listen(args.host, args.port)  # before anything is announced: a busy port fails here
-        announcement = (
-            f"receiving Replicate webhooks on http://{args.host}:{args.port}/ "
-            f"(profile {router.settings.profile}, timestamp tolerance {tolerance}s); Ctrl-C stops"
-        )
-
-        class AnnouncingServer(uvicorn.Server):
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets=sockets)
-                if self.started:  # the signing secret was found and the socket serves: only now say so
-                    err.print(announcement, markup=False)
-
-        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on")
-        server = AnnouncingServer(config)
         try:
-            server.run(sockets=[listening])
-        except KeyboardInterrupt:  # Ctrl-C is how a receiver is stopped: uvicorn re-raises it after shutting down
-            pass
-        except SystemExit:  # uvicorn exits when the app's startup fails: it found no signing secret
-            if server.started:
-                raise
+            secret = asyncio.run(_signing_secret(provider, router, options))
+            app = create_app(router, secret=secret, tolerance=tolerance, close_router_on_shutdown=True)
+            announcement = (
+                f"receiving Replicate webhooks on http://{args.host}:{args.port}/ "
+                f"(profile {router.settings.profile}, timestamp tolerance {tolerance}s); Ctrl-C stops"
+            )
+
+            class AnnouncingServer(uvicorn.Server):
+                async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                    await super().startup(sockets=sockets)
+                    if self.started:  # the socket serves: only now say so
+                        err.print(announcement, markup=False)
+
+            config = uvicorn.Config(app, log_level=args.log_level, lifespan="on")
+            server = AnnouncingServer(config)
+            try:
+                server.run(sockets=[listening])
+            except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down, then re-raised it
+                interrupted = True
+            except SystemExit:  # uvicorn exits when the app's startup fails
+                if server.started:
+                    raise
         finally:
             listening.close()
-        if not server.started:
-            raise GenrouteError(
-                "the webhook receiver did not start: it has no webhook signing secret",
-                hint=f"set {options.webhook_secret_env}, or REPLICATE_API_TOKEN to fetch the secret from the API",
-            )
+        if not interrupted and not server.started:
+            raise GenrouteError("the webhook receiver did not start", hint="run again with --log-level info to see why")
     finally:
         router.close()
+    if interrupted:
+        raise KeyboardInterrupt  # after the clean-up: genroute says "interrupted" and exits 130
     return 0
+
+
+async def _signing_secret(provider: ReplicateProvider, router: Router, options: ReplicateOptions) -> str:
+    """The webhook signing secret (environment, else the API), looked up before serving; says what failed."""
+    try:
+        return await provider.webhook_secret(router.settings, options)
+    except GenrouteError as exc:
+        why = exc.message.removeprefix(f"{NAME}: ")
+        raise GenrouteError(f"the webhook receiver did not start: {why}", hint=exc.hint) from exc
+    finally:
+        await provider.aclose()  # this event loop's clients: the server runs on a loop of its own
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -50,6 +50,7 @@ _API_ERRORS = (ApiStatusError, ReplicateError, httpx.HTTPError, ValueError)
 _CREDIT_FILE = "out-of-credit.json"
 _CREDIT_RECHECK = 1.0  # seconds between looks at another process's out-of-credit record
 _MEMO_LIMIT = 64  # settings/options pairs remembered (a Router holds one of each)
+_SECRET_RETRY_PAUSES = (0.5, 1.0)  # fetching the webhook signing secret: three tries, 1.5 s of pauses
 
 
 @dataclass(frozen=True)
@@ -382,10 +383,40 @@ class ReplicateProvider(Provider):
         from_env = os.environ.get(options.webhook_secret_env, "").strip()
         if from_env:
             return from_env
-        with self._guard(options, settings):
-            session = self._session(options)
-            secret = await session.client.webhooks.default.async_secret()
-        return str(secret.key)
+        if read_token() is None:
+            raise errors.AuthenticationFailed(
+                f"it has no webhook signing secret: neither {options.webhook_secret_env} nor {TOKEN_VARIABLE} is set",
+                provider=NAME,
+                hint=f"set {options.webhook_secret_env}, or {TOKEN_VARIABLE} to fetch the secret from the API",
+            )
+        session = self._session(options)
+        for tries in range(1, len(_SECRET_RETRY_PAUSES) + 2):
+            try:
+                secret = await session.client.webhooks.default.async_secret()
+                return str(secret.key)
+            except _API_ERRORS as exc:
+                failure, passing = _secret_failure(exc)
+                if passing and tries <= len(_SECRET_RETRY_PAUSES):
+                    log.info("fetching the webhook signing secret failed (%s); trying again", failure)
+                    await asyncio.sleep(_SECRET_RETRY_PAUSES[tries - 1])
+                    continue
+                what = f"could not fetch the webhook signing secret: {failure} on GET /v1/webhooks/default/secret"
+                if tries > 1:
+                    what += f" ({tries} tries)"
+                if passing:
+                    raise errors.ProviderUnavailable(
+                        what,
+                        provider=NAME,
+                        hint=f"{TOKEN_VARIABLE} is set; try again later, or set {options.webhook_secret_env} to the "
+                        "signing secret (shown by GET /v1/webhooks/default/secret)",
+                    ) from exc
+                raise errors.ProviderError(
+                    what,
+                    provider=NAME,
+                    hint=f"{TOKEN_VARIABLE} is set, but Replicate did not give the secret for it: check the token "
+                    f"(replicate.com/account/api-tokens), or set {options.webhook_secret_env} to the signing secret",
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- pieces -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -589,6 +620,18 @@ def _report_spent(ctx: RunContext, entry: ModelEntry | None, canceled: dict[str,
         # The router settles this instead of guessing: what ran (seconds, tokens, outputs) was billed, and
         # Decimal(0) says nothing was, so the reservation is released even if text already reached the caller.
         ctx.extra["incurred"] = spent
+
+
+def _secret_failure(exc: BaseException) -> tuple[str, bool]:
+    """(what failed fetching the webhook secret, in a few words; whether it may pass if tried again)."""
+    if isinstance(exc, ApiStatusError):
+        return f"Replicate answered HTTP {exc.status}", exc.status >= 500 or exc.status in (408, 429)
+    if isinstance(exc, ReplicateError):
+        status = exc.status or 0
+        return f"Replicate answered HTTP {status}", status >= 500 or status in (408, 429)
+    if isinstance(exc, httpx.HTTPError):
+        return f"the request failed ({type(exc).__name__})", True
+    return "Replicate's answer could not be read", True
 
 
 def _report_unstopped(

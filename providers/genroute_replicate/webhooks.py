@@ -211,7 +211,10 @@ async def _lifespan(
             try:
                 await signing_secret()  # fail at start, not at the first delivery
             except Exception as exc:
-                why = f"no webhook signing secret ({exc}); set {env_name} or REPLICATE_API_TOKEN"
+                if isinstance(exc, GenrouteError):  # it says what failed and what to do
+                    why = f"no webhook signing secret: {exc.message} — {exc.hint}"
+                else:
+                    why = f"no webhook signing secret ({exc}); set {env_name} or REPLICATE_API_TOKEN"
                 await send({"type": "lifespan.startup.failed", "message": redact(why)})
                 return
             await send({"type": "lifespan.startup.complete"})
