@@ -383,7 +383,7 @@ async def test_sync_records_a_failed_remote_job_with_what_it_billed(askable) -> 
         "failed",
         D("0.005"),
     )
-    assert first.message.endswith("recorded as failed, $0.005 settled: hooked: out of memory")
+    assert first.message.endswith("recorded as failed, $0.005 settled: out of memory")
     assert (second.job.id, second.job.status) == (free.id, "failed")
     assert "recorded as failed, reservation released" in second.message
     assert sorted((e.status, e.actual) for e in router.ledger.entries()) == [

@@ -392,7 +392,7 @@ def _what_was_done(job: Job, reclaimed: bool) -> str:
         return f"completed as succeeded, {files}, {money}"
     if not cost and not reclaimed:
         money = "reservation released"
-    error = f": {job.error[:160]}" if job.error else ""
+    error = f": {job.error.removeprefix(f'{job.provider}: ')[:160]}" if job.error else ""
     return f"recorded as {job.status}, {money}{error}"
 
 
