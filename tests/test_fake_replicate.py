@@ -661,3 +661,13 @@ async def test_async_client(server: FakeReplicate, client: replicate.Client) -> 
     slow = await client.models.predictions.async_create(model=LLAMA, input={"prompt": "z"})
     await slow.async_wait()
     assert slow.status == "succeeded" and server.count("POST") == 3
+
+
+def test_listing_lag_lists_a_prediction_only_a_while_after_its_creation(
+    server: FakeReplicate, client: replicate.Client
+) -> None:
+    server.listing_lag = 0.3
+    made = client.models.predictions.create(model="black-forest-labs/flux-schnell", input={"prompt": "a fox"})
+    assert made.id not in [p.id for p in client.predictions.list().results]
+    time.sleep(0.35)
+    assert made.id in [p.id for p in client.predictions.list().results]

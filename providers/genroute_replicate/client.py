@@ -136,6 +136,46 @@ class _AsyncOnly(httpx.BaseTransport, httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
+
+
+def _is_create(request: httpx.Request) -> bool:
+    """A prediction create: ``POST`` to ``/v1/predictions``, ``/v1/models/…/predictions`` or a deployment's."""
+    path = request.url.path.rstrip("/")
+    if request.method != "POST":
+        return False
+    return path == "/v1/predictions" or (
+        path.endswith("/predictions") and path.startswith(("/v1/models/", "/v1/deployments/"))
+    )
+
+
+class CreateTimeouts(_AsyncOnly):
+    """Gives a prediction create the read timeout ``create_timeout_seconds`` beyond its ``Prefer: wait``.
+
+    The client sets a create's timeout itself (``wait`` + 0.5 s to read the answer, none at all without
+    ``wait``), which a slow answer to a held create outlasts: a read timeout there is an ambiguous failure
+    (the prediction may exist). httpx hands each request's timeouts to the transport in the request's
+    ``timeout`` extension (public API); this replaces its read timeout, for creates only.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, create_timeout: float, connect_timeout: float) -> None:
+        super().__init__(inner)
+        self._create_timeout = create_timeout
+        self._connect_timeout = connect_timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if _is_create(request):
+            match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+            wait = int(match.group(1)) if match else 0
+            timeouts = dict(request.extensions.get("timeout") or {})
+            timeouts["read"] = wait + self._create_timeout
+            for phase in ("connect", "write", "pool"):
+                if timeouts.get(phase) is None:
+                    timeouts[phase] = self._connect_timeout
+            request.extensions = {**request.extensions, "timeout": timeouts}
+        return await self._inner.handle_async_request(request)
+
+
 def sdk_unretried(transport: httpx.AsyncBaseTransport) -> dict[str, httpx.AsyncBaseTransport]:
     """httpx ``mounts`` that send every request of the (unmodified) client through ``transport``, and once.
 
@@ -220,7 +260,9 @@ class Sessions:
                 base_url=options.base_url,
                 timeout=timeout,
                 transport=transport,  # wrapped in the client's RetryTransport, unused: see sdk_unretried
-                mounts=sdk_unretried(transport),
+                mounts=sdk_unretried(
+                    CreateTimeouts(transport, options.create_timeout_seconds, options.connect_timeout_seconds)
+                ),
                 event_hooks={"response": [_raise_api_errors]},
             )
             client.poll_interval = options.poll_initial_seconds

@@ -308,8 +308,10 @@ class Predictions:
         if webhook is not None:
             params["webhook"] = webhook
             params["webhook_events_filter"] = ["completed"]
-        # A create without `wait` gets no timeout at all from the client: bound it here.
-        async with asyncio.timeout((wait or 0) + session.options.create_timeout_seconds):
+        # The create's read timeout is `wait` + create_timeout_seconds (client.CreateTimeouts); this bounds the
+        # whole create (connecting included) in case the answer trickles in.
+        options = session.options
+        async with asyncio.timeout((wait or 0) + options.create_timeout_seconds + options.connect_timeout_seconds):
             if target.runs_by == "deployment":
                 assert target.deployment is not None
                 created = await client.deployments.predictions.async_create(
@@ -350,7 +352,7 @@ class Predictions:
             target.describe(),
             type(exc).__name__,
         )
-        found, listed = await self.reconcile(session, target, inputs, record.sent_wall, patient=not answered)
+        found, listed = await self.reconcile(session, target, inputs, record.sent_wall)
         if found is not None:
             record.prediction_id = str(found["id"])
             record.ambiguous = False
@@ -404,14 +406,14 @@ class Predictions:
         inputs: Mapping[str, Any],
         sent_wall: float,
         *,
-        patient: bool = True,
         skip_canceled: bool = False,
     ) -> tuple[dict[str, Any] | None, bool]:
         """(the matching recent prediction or None, whether a listing succeeded at all).
 
-        ``patient``: list up to ``reconcile_attempts`` times (the create may still be in flight at the
-        server); otherwise stop at the first listing that succeeds (the server already answered).
-        ``skip_canceled``: a canceled prediction is not a match.
+        Lists up to ``reconcile_attempts`` times, ``reconcile_interval_seconds`` apart, until one finds it: the
+        create may still be in flight at the server, and even after an answer (a 500 or 503 sent once the
+        prediction was made) the listing may not show it yet. ``skip_canceled``: a canceled prediction is not
+        a match.
         """
         options = session.options
         listed = False
@@ -424,7 +426,7 @@ class Predictions:
                 log.info("listing predictions to reconcile failed: %s", type(exc).__name__)
                 continue
             listed = True
-            if found is not None or not patient:
+            if found is not None:
                 return found, True
         return None, listed
 

@@ -34,7 +34,11 @@ class ReplicateOptions(BaseModel):
     connect_timeout_seconds: Number = Field(default=10.0, gt=0, le=120)
     read_timeout_seconds: Number = Field(default=30.0, gt=0, le=600, description="reads other than a held create")
     create_timeout_seconds: Number = Field(
-        default=30.0, gt=0, le=600, description="limit for a create sent without wait (the client sets none)"
+        default=30.0,
+        gt=0,
+        le=600,
+        description="how long a create's answer may take beyond its wait (its read timeout is wait + this), "
+        "and the limit for uploads (the client sets none)",
     )
     max_output_bytes: WholeNumber = Field(
         default=200 * 1024**2, ge=1024, description="largest single downloaded output"
@@ -56,7 +60,10 @@ class ReplicateOptions(BaseModel):
         default=600, gt=0, description="how far back an ambiguous create is looked for among recent predictions"
     )
     reconcile_attempts: WholeNumber = Field(
-        default=3, ge=1, le=20, description="listings tried after an ambiguous create"
+        default=3,
+        ge=1,
+        le=20,
+        description="listings tried after an ambiguous create (a 500/503 too), until one finds it",
     )
     reconcile_interval_seconds: Number = Field(default=0.5, ge=0, le=30)
     reconcile_settle_seconds: Number = Field(

@@ -982,7 +982,11 @@ def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | No
 # The server
 # ------------------------------------------------------------------------------------------------
 class FakeReplicate:
-    """A threaded fake of ``api.replicate.com`` on 127.0.0.1. See the module docstring and the README."""
+    """A threaded fake of ``api.replicate.com`` on 127.0.0.1. See the module docstring and the README.
+
+    ``listing_lag`` (seconds, also settable as ``server.listing_lag``): ``GET /v1/predictions`` lists a
+    prediction only that long after its creation, as a search index that lags behind would.
+    """
 
     def __init__(
         self,
@@ -1001,6 +1005,7 @@ class FakeReplicate:
         catalogue: bool = False,
         host: str = "127.0.0.1",
         tick: float = 0.002,
+        listing_lag: float = 0.0,
     ) -> None:
         if output_mode not in ("data-uri", "url"):
             raise ValueError("output_mode must be 'data-uri' or 'url'")
@@ -1022,6 +1027,8 @@ class FakeReplicate:
         self.max_side = max_side
         self.host = host
         self.tick = tick
+        # GET /v1/predictions shows a prediction only this many seconds after its creation (an index that lags)
+        self.listing_lag = listing_lag
         self.faults = Faults()
         self.errors: list[str] = []  # tracebacks of unexpected exceptions inside the fake: should stay empty
 
@@ -1680,8 +1687,9 @@ class FakeReplicate:
         cursor = parse_qs(request.query_string.decode()).get("cursor", ["0"])[0]
         offset = int(cursor) if cursor.isdigit() else 0
         with self._lock:
-            self._advance_all(time.monotonic())
-            newest_first = list(reversed(self._predictions))
+            now = time.monotonic()
+            self._advance_all(now)
+            newest_first = [p for p in reversed(self._predictions) if now - p.created_mono >= self.listing_lag]
             page = newest_first[offset : offset + page_size]
             results = [self._prediction_json(p) for p in page]
             more = offset + page_size < len(newest_first)
