@@ -514,3 +514,68 @@ def test_registering_one_plugin_object_twice_names_it():
         make_plugin_manager(entry_points=False, plugins=[twice, twice])
 
     assert info.value.message == "plugin conftest.FakePlugin is registered twice: it is given twice"
+
+
+# ------------------------------------------------------------------------------- offers that skipped validation
+
+
+def _updated(**update: Any) -> Callable[[list[Offer]], list[Offer]]:
+    return lambda offers: [o.model_copy(update=update) for o in offers]
+
+
+BAD_OFFER_FIELDS = {
+    "negative estimate": (_updated(estimate=D("-1")), "with estimate Decimal('-1'), not a finite Decimal"),
+    "NaN estimate": (_updated(estimate=D("NaN")), "with estimate Decimal('NaN'), not a finite Decimal"),
+    "infinite estimate": (_updated(estimate=D("Infinity")), "with estimate Decimal('Infinity'), not a finite"),
+    "str estimate": (_updated(estimate="0.001"), "with estimate '0.001', not a finite Decimal"),
+    "str priority": (_updated(priority="1"), "with priority '1', not an int"),
+    "unknown tier": (_updated(tier="turbo"), "at tier 'turbo', not one of fast, balanced, quality"),
+    "int model": (_updated(model=3), "with model 3, not a str"),
+    "constructed": (
+        lambda offers: [Offer.model_construct(**{**dict(o), "estimate": D(-5)}) for o in offers],
+        "with estimate Decimal('-5'), not a finite Decimal",
+    ),
+    "another's name": (
+        _updated(provider="a"),
+        "in the name of provider 'a', which it does not register (it registers lab)",
+    ),
+}
+
+
+@pytest.mark.parametrize("answer, what", BAD_OFFER_FIELDS.values(), ids=BAD_OFFER_FIELDS.keys())
+async def test_an_offer_that_skipped_validation_is_dropped_naming_the_plugin(
+    answer, what, settings_factory, router_factory, caplog
+):
+    lab = OffersLab(answer)
+    sections = {"lab": section("lab", "0.001"), "a": section("a", "0.01")}
+    router = router_factory(settings_factory(sections), lab, FakePlugin(FakeProvider("a")))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image(prompt="one"))
+        plan = await router.aplan(image(prompt="two"))
+
+    assert result.provider == "a"
+    assert result.actual_cost == D("0.01")
+    assert not lab.provider.calls
+    assert [o.provider for o in plan.candidates] == ["a"]
+    [line] = [r for r in plan.rejections if "OffersLab" in r.reason]
+    assert line.reason.startswith(f"plugin {HERE}.OffersLab made an offer {what}")
+    assert line.reason.endswith("; fix the plugin, or uninstall it")
+    [warning] = logged(caplog)
+    assert warning.startswith(f"plugin {HERE}.OffersLab made an offer {what}")
+
+
+class PricesOnly:
+    """A pricing plugin: registers no provider, offers its own price for provider ``a``."""
+
+    @hookimpl
+    def genroute_offers(self, request: RequestModel, settings: Any) -> list[Offer]:
+        return [Offer(provider="a", model="a/deal", task="text-to-image", tier="balanced", estimate=D("0.005"))]
+
+
+async def test_a_plugin_registering_no_provider_may_offer_for_another(settings_factory, router_factory):
+    router = router_factory(settings_factory({"a": section("a", "0.01")}), FakePlugin(FakeProvider("a")), PricesOnly())
+
+    result = await router.arun(image())
+
+    assert (result.provider, result.model, result.actual_cost) == ("a", "a/deal", D("0.005"))

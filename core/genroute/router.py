@@ -435,7 +435,14 @@ class Router:
             if isinstance(answer, list | tuple):
                 wrong = next((item for item in answer if not isinstance(item, Offer)), None)
                 if wrong is None:
-                    offers.extend(answer)
+                    own = self._plugin_providers.get(id(impl.plugin))
+                    for offer in answer:
+                        problem = _offer_problem(offer, own, self.providers)
+                        if problem is None:
+                            offers.append(offer)
+                        else:
+                            self._bad_offer(impl.plugin, request, offer, problem, rejections)
+                            failed.add(_shown(offer.provider))  # its line is the rejection just made
                     continue
                 what = f"returned a list holding {type(wrong).__name__}, not only Offers"
             else:
@@ -457,6 +464,16 @@ class Router:
         providers = self._plugin_providers.get(id(plugin))
         rejections.append(Rejection(", ".join(providers) if providers else "-", "-", request.tier, reason))
         self._report_fault(who, "genroute_offers", f"{reason} (its offers are skipped)", exc)
+
+    def _bad_offer(
+        self, plugin: object, request: RequestModel, offer: Offer, problem: str, rejections: list[Rejection]
+    ) -> None:
+        """Drop one offer :func:`_offer_problem` found wrong: a rejection line and a warning (once) name the plugin."""
+        who = plugin_label(self.pm, plugin)
+        reason = f"{who} made an offer {problem}; fix the plugin, or uninstall it"
+        provider, model, tier = (_shown(getattr(offer, name, None)) for name in ("provider", "model", "tier"))
+        rejections.append(Rejection(provider, model, tier if tier != "-" else request.tier, reason))
+        self._report_fault(who, f"genroute_offers offer {problem}", f"{reason} (the offer is skipped)")
 
     def _choose(self, request: RequestModel, usable: list[Offer], rejections: list[Rejection]) -> list[Offer]:
         """``usable`` as the first ``genroute_choose`` answer that is not None orders it (pluggy's firstresult).
@@ -1069,6 +1086,47 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
             if (limit.scope, limit.period) not in taken:
                 brought.append(limit)
     return [*configured, *brought]
+
+
+_TASK_NAMES = frozenset(TASKS)
+_TIER_NAMES = frozenset(TIERS)
+_BILLINGS = frozenset(("free", "paid", "simulated"))
+
+
+def _shown(value: object) -> str:
+    """A field of an offer for a rejection line: a str as it is (shortened), anything else as ``-``."""
+    return value[:80] if isinstance(value, str) and value else "-"
+
+
+def _offer_problem(offer: Offer, own: Sequence[str] | None, registered: Mapping[str, Provider]) -> str | None:
+    """What is wrong with an offer a plugin returned, or None. An offer made with ``Offer.model_construct`` or
+    ``offer.model_copy(update=...)`` skipped validation, so the fields the router relies on are checked again —
+    cheaply, a few attribute checks per offer (this runs for every offer of every request). ``own``: the providers
+    the plugin registers; a plugin that registers some may offer only for them, not for another plugin's (one that
+    registers none, say one that offers its own prices for another's, may offer for any). An offer for a provider
+    no plugin registers passes here: its rejection says so."""
+    provider, estimate, priority = offer.provider, offer.estimate, offer.priority
+    if not isinstance(provider, str) or not provider:
+        return f"with provider {redact(repr(provider))[:80]}, not a provider's name"
+    for name in ("model", "task", "tier", "billing"):
+        if not isinstance(getattr(offer, name, None), str):
+            return f"with {name} {redact(repr(getattr(offer, name, None)))[:80]}, not a str"
+    if offer.task not in _TASK_NAMES:
+        return f"for task {offer.task[:80]!r}, not one of genroute's tasks"
+    if offer.tier not in _TIER_NAMES:
+        return f"at tier {offer.tier[:80]!r}, not one of {', '.join(TIERS)}"
+    if offer.billing not in _BILLINGS:
+        return f"billed {offer.billing[:80]!r}, not one of {', '.join(sorted(_BILLINGS))}"
+    if estimate is not None and (type(estimate) is not Decimal or not estimate.is_finite() or estimate < 0):
+        return f"with estimate {repr(estimate)[:80]}, not a finite Decimal of 0 or more (or None)"
+    if type(priority) is not int:
+        return f"with priority {repr(priority)[:80]}, not an int"
+    if own and provider not in own and provider in registered:
+        return (
+            f"in the name of provider {provider!r}, which it does not register (it registers {', '.join(own)}); "
+            "a plugin offers only for its own providers"
+        )
+    return None
 
 
 _IGNORED = "its answer is ignored (as if it returned None); fix the plugin, or uninstall it"
