@@ -579,3 +579,51 @@ async def test_a_plugin_registering_no_provider_may_offer_for_another(settings_f
     result = await router.arun(image())
 
     assert (result.provider, result.model, result.actual_cost) == ("a", "a/deal", D("0.005"))
+
+
+# ------------------------------------------------------------------------------------------------------- aclose
+
+
+class RaisingClose(FakeProvider):
+    async def aclose(self) -> None:
+        raise RuntimeError("socket already gone")
+
+
+class PlainClose(FakeProvider):
+    def aclose(self) -> None:  # type: ignore[override]  # wrongly a plain def
+        self.closed = True
+
+
+class SlowClose(FakeProvider):
+    async def aclose(self) -> None:
+        await asyncio.sleep(60)
+
+
+def test_a_faulty_aclose_is_contained_bounded_and_the_rest_still_closed(
+    settings_factory, router_factory, caplog, monkeypatch
+):
+    import genroute.router as router_module
+
+    monkeypatch.setattr(router_module, "ACLOSE_TIMEOUT_SECONDS", 0.2)
+    providers = [RaisingClose("a"), PlainClose("b"), SlowClose("c"), FakeProvider("d")]
+    config = settings_factory({p.name: section(p.name, f"0.0{i + 1}") for i, p in enumerate(providers)})
+    router = router_factory(config, FakePlugin(*providers))
+
+    async def use_the_http_client() -> Result:
+        router._http_client()
+        return await router.arun(image())
+
+    result = router._sync().run(use_the_http_client())
+    assert result.provider == "a"
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        router.close()  # does not raise, and does not wait 60 s
+
+    assert providers[3].closed
+    assert providers[1].closed
+    assert router._http == {}
+    plugin = "plugin conftest.FakePlugin"
+    assert logged(caplog) == [
+        f"provider a ({plugin}): aclose raised RuntimeError: socket already gone; fix the plugin",
+        f"provider b ({plugin}): aclose returned NoneType, not an awaitable: make it an async def; fix the plugin",
+        f"provider c ({plugin}): aclose took over 0.2s and was abandoned; fix the plugin",
+    ]

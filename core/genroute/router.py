@@ -89,6 +89,9 @@ log = logging.getLogger("genroute.router")
 
 RequestLike = RequestModel | Mapping[str, Any]
 
+ACLOSE_TIMEOUT_SECONDS = 10.0
+"""How long a provider's ``aclose`` may take when the router closes before it is abandoned (with a warning)."""
+
 _DROPPED = "dropped by genroute_choose"  # how a rejection of an offer the policy hook left out starts
 
 
@@ -285,12 +288,36 @@ class Router:
             self._jobs.close()
 
     async def aclose(self) -> None:
-        """Close the providers' and the router's clients of the running event loop (each loop has its own)."""
-        for provider in self.providers.values():
-            await provider.aclose()
-        client = self._http.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the providers' and the router's clients of the running event loop (each loop has its own).
+
+        Each provider's ``aclose`` is contained: one that raises, is not an ``async def``, or takes longer than
+        :data:`ACLOSE_TIMEOUT_SECONDS` is logged as a warning naming its plugin, and the others, the router's
+        client (and, from :meth:`close` or ``async with``, the ledger and store) are closed all the same.
+        """
+        try:
+            for name, provider in self.providers.items():
+                await self._aclose_provider(name, provider)
+        finally:
+            client = self._http.pop(asyncio.get_running_loop(), None)
+            if client is not None:
+                await client.aclose()
+
+    async def _aclose_provider(self, name: str, provider: Provider) -> None:
+        who = f"provider {name} (plugin {self.plugin_of.get(name, '?')})"
+        try:
+            closing: object = provider.aclose()
+            if not inspect.isawaitable(closing):
+                what = f"aclose {_returned(closing, 'an awaitable')}: make it an async def"
+                self._report_fault(who, "aclose", f"{who}: {what}; fix the plugin")
+                return
+            async with asyncio.timeout(ACLOSE_TIMEOUT_SECONDS):
+                await closing
+        except TimeoutError:
+            self._report_fault(
+                who, "aclose", f"{who}: aclose took over {ACLOSE_TIMEOUT_SECONDS:g}s and was abandoned; fix the plugin"
+            )
+        except Exception as exc:
+            self._report_fault(who, "aclose", f"{who}: aclose raised {_fault(exc)}; fix the plugin", exc)
 
     def __enter__(self) -> Router:
         return self
@@ -302,12 +329,14 @@ class Router:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-        self.ledger.close()
-        if self.store is not None:
-            self.store.close()
-        if self._jobs is not None:
-            self._jobs.close()
+        try:
+            await self.aclose()
+        finally:
+            self.ledger.close()
+            if self.store is not None:
+                self.store.close()
+            if self._jobs is not None:
+                self._jobs.close()
 
     def _http_client(self) -> httpx.AsyncClient:
         """The running loop's HTTP client: a client belongs to the loop it was made on (threads have their own)."""
