@@ -10,6 +10,7 @@ promised; a plugin registered in code that pluggy refuses; and a bug in one requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import warnings
@@ -18,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, field_validator
 
 from conftest import FakePlugin, FakeProvider, section, tiny_png
 from genroute import hookimpl
@@ -627,3 +629,61 @@ def test_a_faulty_aclose_is_contained_bounded_and_the_rest_still_closed(
         f"provider b ({plugin}): aclose returned NoneType, not an awaitable: make it an async def; fix the plugin",
         f"provider c ({plugin}): aclose took over 0.2s and was abandoned; fix the plugin",
     ]
+
+
+# ------------------------------------------------------------------------------------------------ options_model
+
+
+@dataclasses.dataclass
+class DataclassOptions:
+    colour: str = "red"
+
+
+class RaisingOptions(BaseModel):
+    colour: str = "red"
+
+    @field_validator("colour")
+    @classmethod
+    def _boom(cls, value: str) -> str:
+        raise RuntimeError("validator bug")
+
+
+class DataclassOptionsProvider(FakeProvider):
+    options_model = DataclassOptions  # type: ignore[assignment]
+
+
+class RaisingOptionsProvider(FakeProvider):
+    options_model = RaisingOptions  # type: ignore[assignment]
+
+
+BAD_OPTIONS_MODELS = {
+    "a dataclass": (
+        DataclassOptionsProvider,
+        "options_model is class DataclassOptions, not a pydantic BaseModel subclass (or None)",
+    ),
+    "a raising validator": (RaisingOptionsProvider, "RuntimeError: validator bug"),
+}
+
+
+@pytest.mark.parametrize("in_profile", [True, False], ids=["in profile", "outside the profile"])
+@pytest.mark.parametrize("cls, what", BAD_OPTIONS_MODELS.values(), ids=BAD_OPTIONS_MODELS.keys())
+async def test_a_faulty_options_model_makes_only_its_provider_unavailable_naming_the_plugin(
+    cls, what, in_profile, settings_factory, router_factory, caplog
+):
+    broken = cls("lab")
+    sections = {"lab": {**section("lab", "0.001"), "options": {"colour": "blue"}}, "a": section("a", "0.01")}
+    profiles = {"p": ["lab", "a"] if in_profile else ["a"]}
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        router = router_factory(
+            settings_factory(sections, profiles=profiles), FakePlugin(broken), FakePlugin(FakeProvider("a"))
+        )
+        result = await router.arun(image())
+        plan = await router.aplan(image(prompt="plan"))
+
+    assert result.provider == "a"
+    assert not broken.calls
+    why = f"its options could not be checked: {what} (plugin conftest.FakePlugin); fix the plugin"
+    assert router.unavailable_reason("lab") == why
+    shown = f"unavailable: {why}" if in_profile else "not in profile 'p'"  # the profile is checked first
+    assert ("lab", shown) in {(r.provider, r.reason) for r in plan.rejections}
+    assert logged(caplog) == [f"provider lab: {why}; it counts as unavailable"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
-from conftest import FakePlugin, FakeProvider, mock_section, section
+from conftest import REPO_ROOT, FakePlugin, FakeProvider, mock_section, section
 from genroute import hookimpl
-from genroute.errors import NoRouteAvailable, PluginError
+from genroute.errors import ConfigError, NoRouteAvailable, PluginError
 from genroute.plugins import collect_providers, make_plugin_manager
 from genroute.router import Router
 from genroute.types import TextGeneration
@@ -340,3 +343,71 @@ async def test_an_installed_plugin_whose_offers_raise_is_named_by_entry_point_an
     assert [r.reason for r in plan.rejections if r.provider == "lab"] == [reason]
     assert reason in caplog.text
     assert router.ledger.open_reservations() == []
+
+
+BAD_OPTIONS_PACKAGE = """\
+import dataclasses
+
+from genroute import hookimpl
+from genroute.provider import Provider
+from genroute.types import ProviderOutput
+
+
+@dataclasses.dataclass
+class Options:
+    colour: str = "red"
+
+
+class LabProvider(Provider):
+    name = "lab"
+    options_model = Options
+
+    async def run(self, request, offer, ctx):
+        return ProviderOutput(text="never")
+
+
+@hookimpl
+def genroute_register_providers(register):
+    register(LabProvider())
+"""
+
+
+def test_genroute_providers_lists_a_provider_with_a_broken_options_model_as_unavailable(site, tmp_path):
+    (site / "genroute_broken_opts.py").write_text(BAD_OPTIONS_PACKAGE, encoding="utf-8")
+    install_dist(site, "genroute-broken", "[genroute]\nlab = genroute_broken_opts\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "GENROUTE_CONFIG": str(REPO_ROOT / "plugins.toml"),
+        "GENROUTE_HOME": str(tmp_path / "home"),
+        "NO_COLOR": "1",
+    }
+    env.pop("GENROUTE_PROFILE", None)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "genroute.cli", "providers"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("lab ")]
+    assert "unavailable: its options could not be checked: options_model is class Options, not a pydantic" in line
+    assert "genroute_broken_opts (genroute-broken 0.1.0)" in line
+    assert "mock — " in proc.stdout
+
+
+def test_bad_options_of_a_plugins_provider_are_a_config_error_naming_the_plugin(settings_factory):
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        colour: str = "red"
+
+    class Lab(FakeProvider):
+        options_model = Options
+
+    settings = settings_factory({"lab": {**section("lab"), "options": {"color": "blue"}}})
+    pm = make_plugin_manager(entry_points=False, plugins=[FakePlugin(Lab("lab"))])
+
+    with pytest.raises(ConfigError) as info:
+        Router(settings, plugin_manager=pm)
+
+    assert "providers.lab.options.color" in info.value.message
+    assert "(provider lab comes from plugin conftest.FakePlugin)" in info.value.hint

@@ -37,6 +37,7 @@ from .cooldown import Cooldowns, SharedCooldowns
 from .errors import (
     BatchInterrupted,
     BudgetExceeded,
+    ConfigError,
     GenrouteError,
     InvalidRequest,
     NotABatch,
@@ -238,10 +239,11 @@ class Router:
         for name, (_, _, plugin) in registered.items():
             self._plugin_providers.setdefault(id(plugin), []).append(name)
         self._profile_offers = _profile_offers_hook(self.pm, registered, settings.active.providers)
-        self.provider_options: dict[str, BaseModel | None] = {
-            name: provider.check_options(settings.provider(name), settings.source)
-            for name, provider in self.providers.items()
-        }
+        self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
+        self.provider_options: dict[str, BaseModel | None] = {}
+        self._option_faults: dict[str, str] = {}  # provider -> what is wrong with its plugin's options_model
+        for name, provider in self.providers.items():
+            self.provider_options[name] = self._checked_options(name, provider)
         routing = settings.routing
         self.ledger = Ledger(
             settings.ledger.path,
@@ -269,7 +271,26 @@ class Router:
         self._loops = ThreadLoops(self.aclose)  # each thread's event loop for the sync facade
         self._jobs: JobStore | None = None
         self._inflight = InFlight()  # request keys being served now, on any thread's loop
-        self._reported_faults: set[tuple[str, str]] = set()  # (who, what) plugin faults already warned about
+
+    def _checked_options(self, name: str, provider: Provider) -> BaseModel | None:
+        """``provider``'s validated options. The user's mistake in them is a ConfigError naming the key (and the
+        plugin); a fault of the plugin's — an ``options_model`` that is no pydantic model, or whose validation
+        raises something other than a validation error — makes only this provider unavailable, saying why and
+        naming the plugin (:meth:`unavailable_reason`), so that the other providers and every command still work."""
+        model = getattr(provider, "options_model", None)
+        try:
+            if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise TypeError(f"options_model is {_described(model)}, not a pydantic BaseModel subclass (or None)")
+            return provider.check_options(self.settings.provider(name), self.settings.source)
+        except ConfigError as exc:
+            exc.hint = f"{exc.hint} (provider {name} comes from plugin {self.plugin_of.get(name, '?')})"
+            raise
+        except Exception as exc:
+            what = str(exc) if isinstance(exc, TypeError) and "options_model is" in str(exc) else _fault(exc)
+            why = f"its options could not be checked: {what} (plugin {self.plugin_of.get(name, '?')}); fix the plugin"
+            self._option_faults[name] = why
+            self._report_fault(name, "options_model", f"provider {name}: {why}; it counts as unavailable", exc)
+            return None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -639,6 +660,8 @@ class Router:
         provider = self.providers.get(name)
         if provider is None:
             return None
+        if name in self._option_faults:
+            return self._option_faults[name]
         found = checked_unavailable_reason(provider, self.settings)
         if not found.fault:
             return found.reason
@@ -1120,6 +1143,13 @@ def effective_limits(settings: Settings, pm: pluggy.PluginManager) -> list[Budge
 _TASK_NAMES = frozenset(TASKS)
 _TIER_NAMES = frozenset(TIERS)
 _BILLINGS = frozenset(("free", "paid", "simulated"))
+
+
+def _described(value: object) -> str:
+    """A plugin's wrong value for a message: a class by its name, anything else by its type."""
+    if isinstance(value, type):
+        return f"class {value.__qualname__}"
+    return f"a {type(value).__name__}"
 
 
 def _shown(value: object) -> str:
