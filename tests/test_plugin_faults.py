@@ -687,3 +687,75 @@ async def test_a_faulty_options_model_makes_only_its_provider_unavailable_naming
     shown = f"unavailable: {why}" if in_profile else "not in profile 'p'"  # the profile is checked first
     assert ("lab", shown) in {(r.provider, r.reason) for r in plan.rejections}
     assert logged(caplog) == [f"provider lab: {why}; it counts as unavailable"]
+
+
+# ------------------------------------------------------------------------------------------ async def hooks
+
+
+class AsyncHooks:
+    """Every hook pluggy calls without awaiting, wrongly written as an ``async def``."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    @hookimpl
+    async def genroute_register_providers(self, register: Any) -> None:
+        self.ran.append("register")
+        register(FakeProvider("ghost"))
+
+    @hookimpl
+    async def genroute_request_started(self, request: RequestModel, key: str) -> None:
+        self.ran.append("started")
+
+    @hookimpl
+    async def genroute_request_finished(self, request: RequestModel, key: str, result: Any, error: Any) -> None:
+        self.ran.append("finished")
+
+    @hookimpl
+    async def genroute_register_commands(self, subparsers: Any, common: Any) -> None:
+        self.ran.append("commands")
+
+
+def _async_says(hook: str) -> str:
+    return (
+        f"plugin {HERE}.AsyncHooks: {hook} is an async def (it returned a coroutine), so it did nothing; "
+        "make it a plain def; fix the plugin, or uninstall it"
+    )
+
+
+async def test_async_def_register_and_observer_hooks_are_named_and_their_coroutines_closed(
+    settings_factory, router_factory, caplog
+):
+    plugin = AsyncHooks()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        router = router_factory(settings_factory({"a": section("a")}), FakePlugin(FakeProvider("a")), plugin)
+        first = await router.arun(image(prompt="one"))
+        await router.arun(image(prompt="two"))
+        gc.collect()
+
+    assert first.provider == "a"
+    assert "ghost" not in router.providers
+    assert plugin.ran == []
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == [
+        _async_says("genroute_register_providers"),
+        _async_says("genroute_request_started"),
+        _async_says("genroute_request_finished"),
+    ]  # each once per router
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_an_async_def_genroute_register_commands_is_named_and_its_coroutine_closed(monkeypatch, caplog):
+    import genroute.cli
+
+    plugin = AsyncHooks()
+    pm = make_plugin_manager(entry_points=False, plugins=[plugin])
+    monkeypatch.setattr(genroute.cli, "default_plugin_manager", lambda: pm)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        genroute.cli._parser()
+        gc.collect()
+
+    assert _async_says("genroute_register_commands") in [r.getMessage() for r in caplog.records]
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -36,7 +36,7 @@ from .config import load_settings
 from .errors import GenrouteError, InvalidRequest, PluginError, UnexpectedError
 from .media import MediaInput
 from .money import fmt_usd
-from .plugins import default_plugin_manager
+from .plugins import call_each, default_plugin_manager
 from .provider import catalogue_tasks
 from .router import BatchItem, Router, invalid_request_from
 from .secrets import redact
@@ -322,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.set_defaults(handler=cmd_jobs_sync)
 
     # Plugins add their own commands (say, a webhook receiver) through the same hook mechanism.
-    default_plugin_manager().hook.genroute_register_commands(subparsers=sub, common=common)
+    call_each(default_plugin_manager(), "genroute_register_commands", subparsers=sub, common=common)
     return parser
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import inspect
+import logging
 import re
 from collections.abc import Iterable
 from functools import lru_cache
@@ -13,6 +15,8 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 from .provider import Provider
+
+log = logging.getLogger("genroute.plugins")
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 _FAILED = object()  # what an entry point that fails to load stands for
@@ -139,6 +143,31 @@ def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
     return f"plugin {module}"
 
 
+def async_hook_message(pm: pluggy.PluginManager, plugin: object, hook: str) -> str:
+    """What to say of a plugin whose implementation of ``hook`` is an ``async def`` (pluggy never awaits it)."""
+    return (
+        f"{plugin_label(pm, plugin)}: {hook} is an async def (it returned a coroutine), so it did nothing; "
+        "make it a plain def; fix the plugin, or uninstall it"
+    )
+
+
+def refuse_coroutine(answer: object) -> bool:
+    """True when a hook implementation answered a coroutine (it is an ``async def``), closing it so that Python
+    does not warn that it was never awaited."""
+    if inspect.iscoroutine(answer):
+        answer.close()
+        return True
+    return False
+
+
+def call_each(pm: pluggy.PluginManager, hook: str, **kwargs: object) -> None:
+    """Call every implementation of ``hook`` in pluggy's order, as pluggy would (what one raises propagates), but
+    warn about (and close the coroutine of) one that is an ``async def``, rather than ignore it in silence."""
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        if refuse_coroutine(impl.function(*[kwargs[name] for name in impl.argnames])):
+            log.warning("%s", async_hook_message(pm, impl.plugin, hook))
+
+
 def _module_or_class(plugin: object) -> str:
     """A module plugin by its name, an object registered in code by its class."""
     name = getattr(plugin, "__name__", None)
@@ -178,9 +207,11 @@ def collect_registrations(pm: pluggy.PluginManager) -> dict[str, tuple[Provider,
             providers[name] = (provider, source, plugin)
 
         try:
-            impl.function(register=register)
+            answer = impl.function(register=register)
         except PluginError:
             raise
         except Exception as exc:
             raise PluginError(f"{source}: genroute_register_providers failed: {exc!r}") from exc
+        if refuse_coroutine(answer):
+            log.warning("%s", async_hook_message(pm, impl.plugin, "genroute_register_providers"))
     return providers

@@ -67,7 +67,14 @@ from .outcomes import (
     provider_failure,
     scratch_artifacts,
 )
-from .plugins import collect_registrations, default_plugin_manager, describe_plugin, plugin_label
+from .plugins import (
+    async_hook_message,
+    collect_registrations,
+    default_plugin_manager,
+    describe_plugin,
+    plugin_label,
+    refuse_coroutine,
+)
 from .provider import Provider, RunContext, checked_unavailable_reason
 from .retry import Backoff
 from .secrets import redact
@@ -1092,7 +1099,9 @@ class Router:
         # Each observer on its own: one that raises must neither fail the request nor silence the others.
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                _call_hookimpl(impl, **kwargs)
+                if refuse_coroutine(_call_hookimpl(impl, **kwargs)):
+                    who = plugin_label(self.pm, impl.plugin)
+                    self._report_fault(who, hook, async_hook_message(self.pm, impl.plugin, hook))
             except Exception:
                 log.warning(
                     "observer hook %s raised (plugin %s); ignored: %s",
