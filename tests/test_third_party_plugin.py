@@ -411,3 +411,45 @@ def test_bad_options_of_a_plugins_provider_are_a_config_error_naming_the_plugin(
 
     assert "providers.lab.options.color" in info.value.message
     assert "(provider lab comes from plugin conftest.FakePlugin)" in info.value.hint
+
+
+IDLE_PACKAGE = """\
+from genroute import hookimpl
+
+
+@hookimpl
+async def genroute_register_providers(register):  # wrongly async: registers nothing
+    pass
+"""
+
+
+def test_genroute_providers_names_the_loaded_plugin_that_registered_nothing(site, tmp_path):
+    (site / "genroute_broken_idle.py").write_text(IDLE_PACKAGE, encoding="utf-8")
+    install_dist(site, "genroute-broken", "[genroute]\nidle = genroute_broken_idle\n")
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        (REPO_ROOT / "plugins.toml").read_text(encoding="utf-8")
+        + '\n[providers.idle.models.text-generation.fast]\nmodel = "idle/one"\nunit = "request"\nprice = "0"\n',
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "GENROUTE_CONFIG": str(config),
+        "GENROUTE_HOME": str(tmp_path / "home"),
+        "NO_COLOR": "1",
+        "COLUMNS": "400",
+    }
+    env.pop("GENROUTE_PROFILE", None)
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "genroute.cli", "providers"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith("idle ")]
+    assert line.startswith(
+        "idle — no installed plugin registers a provider named 'idle' (plugin 'idle' (genroute_broken_idle, from "
+        "genroute-broken 0.1.0) is loaded but registered no provider)"
+    )
+    assert "not installed" not in proc.stdout

@@ -1141,7 +1141,7 @@ def cmd_providers(args: argparse.Namespace, out: Console, err: Console) -> int:
             provider = router.providers.get(name)
             section = settings.provider(name)
             if provider is None:
-                status = "not installed"
+                status = router.unregistered_reason(name)
             elif not section.enabled:
                 status = "disabled in config"
             else:

@@ -649,6 +649,20 @@ class Router:
         why = self.unavailable_reason(name)
         return f"unavailable: {why}" if why else f"makes no offer for {request.task_name}"
 
+    def unregistered_reason(self, name: str) -> str:
+        """Why ``name``, listed in the configuration, has no provider: no plugin registers it; and, when plugins
+        implementing ``genroute_register_providers`` are loaded but registered nothing (a mistake in the hook,
+        or an ``async def`` one), which — one of them is probably meant to bring it."""
+        why = f"no installed plugin registers a provider named {name!r}"
+        idle = [
+            plugin_label(self.pm, impl.plugin)
+            for impl in self.pm.hook.genroute_register_providers.get_hookimpls()
+            if id(impl.plugin) not in self._plugin_providers
+        ]
+        if idle:
+            why += f" ({', '.join(idle)} {'is' if len(idle) == 1 else 'are'} loaded but registered no provider)"
+        return why
+
     def _report_fault(self, who: str, what: str, message: str, exc: BaseException | None = None) -> None:
         """Log a plugin's fault as a warning once per router (later repeats at debug), its traceback at debug."""
         first = (who, what) not in self._reported_faults
