@@ -759,3 +759,40 @@ def test_an_async_def_genroute_register_commands_is_named_and_its_coroutine_clos
 
     assert _async_says("genroute_register_commands") in [r.getMessage() for r in caplog.records]
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+# ----------------------------------------------------------------------- CancelledError and SystemExit from run
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [(asyncio.CancelledError("inner task gone"), "CancelledError"), (SystemExit(3), "SystemExit")],
+    ids=["CancelledError", "SystemExit"],
+)
+async def test_a_provider_raising_cancelled_error_or_system_exit_is_a_failed_attempt(
+    error, shown, settings_factory, router_factory, caplog
+):
+    router = two_providers(settings_factory, router_factory, a=FakeProvider("a", errors=[error]))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image())
+
+    assert result.provider == "b"
+    assert len(router.a.calls) == 1
+    assert [(p, s) for p, s, _ in entries(router)] == [("a", "released"), ("b", "settled")]
+    assert any(f"provider a run raised {shown}" in r.getMessage() for r in caplog.records)
+
+
+async def test_real_cancellation_of_a_request_is_not_taken_for_a_provider_bug(settings_factory, router_factory):
+    router = two_providers(settings_factory, router_factory, a=FakeProvider("a", sleep=30))
+
+    task = asyncio.ensure_future(router.arun(image()))
+    while not router.a.calls:
+        await asyncio.sleep(0.01)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert router.a.cancelled == 1
+    assert not router.b.calls
+    assert router.ledger.open_reservations() == []

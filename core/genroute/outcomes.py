@@ -43,7 +43,7 @@ def log_provider_bug(provider: str, method: str, exc: BaseException) -> None:
     log.debug("%s", redact("".join(traceback.format_exception(exc))))
 
 
-def provider_failure(exc: Exception, provider: str, method: str, *, bug_retryable: bool = False) -> ProviderError:
+def provider_failure(exc: BaseException, provider: str, method: str, *, bug_retryable: bool = False) -> ProviderError:
     """What a provider's ``method`` raised (other than a ProviderError), as the ProviderError the router acts on.
 
     Another genroute error (say, InvalidRequest) fails the call for good; anything else is a provider bug:

@@ -1293,6 +1293,13 @@ def _profile_offers_hook(
     return pm.subset_hook_caller("genroute_offers", remove_plugins=idle) if idle else pm.hook.genroute_offers
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled (by its caller, or a timeout): a ``CancelledError`` it sees is
+    then real cancellation, not one a provider raised of its own accord."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 async def _call_provider(provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext) -> ProviderOutput:
     try:
         output = await provider.run(request, offer, ctx)
@@ -1300,7 +1307,12 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
         raise
     except TimeoutError as exc:  # the provider's own timeout, not the router's deadline (that cancels instead)
         raise ProviderTimeout("timed out", provider=offer.provider) from exc
-    except Exception as exc:  # a provider bug: fall back rather than fail the whole request
+    except asyncio.CancelledError as exc:
+        if _cancelled_from_outside():
+            raise  # the caller's cancellation, or the router's deadline: never swallowed
+        # The provider's own doing (say, an inner task it awaited was cancelled): its bug, like any exception.
+        raise provider_failure(exc, offer.provider, "run") from exc
+    except (Exception, SystemExit) as exc:  # a provider bug (sys.exit included): fall back, not fail or exit
         raise provider_failure(exc, offer.provider, "run") from exc
     if not isinstance(output, ProviderOutput):
         raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
