@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import io
 import logging
 import warnings
+import wave
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -28,7 +30,17 @@ from genroute.errors import GenrouteError, ModelFailed, NoRouteAvailable, Plugin
 from genroute.keys import request_key
 from genroute.plugins import make_plugin_manager
 from genroute.router import UnexpectedError
-from genroute.types import Offer, OutputFile, ProviderOutput, RequestModel, Result, TextGeneration, TextToImage
+from genroute.types import (
+    Offer,
+    OutputFile,
+    ProviderOutput,
+    RequestModel,
+    Result,
+    TextGeneration,
+    TextToImage,
+    TextToSpeech,
+    TextToVideo,
+)
 
 D = Decimal
 HERE = __name__
@@ -389,6 +401,50 @@ def test_a_bad_budget_limits_answer_stops_the_router_with_a_plugin_error(
 # --------------------------------------------------------------------------------------------- output checks
 
 
+def wav(seconds: float = 0.1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\0\0" * int(8000 * seconds))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "task, files, problem",
+    [
+        ("text-to-video", [("image/png", tiny_png)], "is image/png, not a video (or an animated GIF)"),
+        ("image-to-video", [("audio/wav", wav)], "is audio/wav, not a video (or an animated GIF)"),
+        ("text-to-speech", [("image/png", tiny_png)], "is image/png, not audio as a text-to-speech request makes"),
+        ("upscale", [("image/png", tiny_png), ("audio/wav", wav)], "output file 2 of 2 is audio/wav, not an image"),
+        ("text-generation", [("image/png", tiny_png)], "answered a text-generation request with 1 file(s)"),
+        ("speech-to-text", [("audio/wav", wav)], "answered a speech-to-text request with 1 file(s)"),
+        ("inpaint", [("application/octet-stream", wav)], "output file 1 of 1 is audio/wav, not an image"),
+    ],
+)
+def test_a_file_of_the_wrong_media_family_for_the_task_is_a_problem(task, files, problem):
+    from genroute.router import _output_problem
+
+    output = ProviderOutput(text="words", files=[OutputFile(data=make(), media_type=kind) for kind, make in files])
+
+    assert problem in (_output_problem(task, output) or "")
+
+
+@pytest.mark.parametrize(
+    "task, kind, make",
+    [
+        ("text-to-video", "image/gif", lambda: b"GIF89a" + b"\0" * 20),
+        ("text-to-speech", "audio/wav", wav),
+        ("inpaint", "image/png", tiny_png),
+    ],
+)
+def test_a_file_of_the_tasks_media_family_passes(task, kind, make):
+    from genroute.router import _output_problem
+
+    assert _output_problem(task, ProviderOutput(files=[OutputFile(data=make(), media_type=kind)])) is None
+
+
 def html_as_png(request: RequestModel) -> ProviderOutput:
     return ProviderOutput(files=[OutputFile(data=b"<html>502 Bad Gateway</html>", media_type="image/png")])
 
@@ -406,8 +462,12 @@ def html_as_png(request: RequestModel) -> ProviderOutput:
             "a: output file 1 of 1 is declared image/jpeg, but its bytes are image/png",
         ),
         (lambda r: ProviderOutput(), "a: answered a text-to-image request without a file"),
+        (
+            lambda r: ProviderOutput(files=[OutputFile(data=wav(), media_type="audio/wav")]),
+            "a: output file 1 of 1 is audio/wav, not an image as a text-to-image request makes",
+        ),
     ],
-    ids=["html as png", "png as jpeg", "no file"],
+    ids=["html as png", "png as jpeg", "no file", "valid wav"],
 )
 async def test_output_that_is_not_what_the_task_asked_for_is_refused_settled_and_not_stored(
     output, problem, settings_factory, router_factory
@@ -457,23 +517,29 @@ async def test_a_text_generation_answer_without_text_falls_back(text, settings_f
 
 
 @pytest.mark.parametrize(
-    "data, media_type",
+    "data, media_type, task",
     [
-        (tiny_png(), "image/png"),
-        (tiny_png(), "IMAGE/PNG; name=x"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "image/jpg"),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40, "audio/x-wav"),
-        (b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40, "video/mp4"),
-        (b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 40, "audio/mp4"),
-        (b"anything at all", "video/quicktime"),  # a type the sniffer does not know is not checked
-        (b"anything at all", "application/octet-stream"),
+        (tiny_png(), "image/png", "text-to-image"),
+        (tiny_png(), "IMAGE/PNG; name=x", "text-to-image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "image/jpg", "text-to-image"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40, "audio/x-wav", "text-to-speech"),
+        (b"\x00\x00\x00\x18ftypisom" + b"\x00" * 40, "video/mp4", "text-to-video"),
+        (b"\x00\x00\x00\x18ftypM4A " + b"\x00" * 40, "audio/mp4", "text-to-speech"),
+        (b"anything at all", "video/quicktime", "text-to-video"),  # a type the sniffer does not know is not checked
+        (b"anything at all", "application/octet-stream", "text-to-image"),
+        (tiny_png(), "application/octet-stream", "text-to-image"),
     ],
 )
-async def test_output_of_its_declared_type_is_accepted(data, media_type, settings_factory, router_factory):
+async def test_output_of_its_declared_type_is_accepted(data, media_type, task, settings_factory, router_factory):
     a = FakeProvider("a", output=lambda r: ProviderOutput(files=[OutputFile(data=data, media_type=media_type)]))
-    router = router_factory(settings_factory({"a": section("a")}), FakePlugin(a))
+    router = router_factory(settings_factory({"a": section("a", task=task)}), FakePlugin(a))
+    request = {
+        "text-to-image": image(),
+        "text-to-speech": TextToSpeech(text="hi"),
+        "text-to-video": TextToVideo(prompt="a fox"),
+    }
 
-    result = await router.arun(image())
+    result = await router.arun(request[task])
 
     assert result.provider == "a" and [e.status for e in router.ledger.entries()] == ["settled"]
 

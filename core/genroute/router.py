@@ -1254,6 +1254,19 @@ _SNIFFS_AS: dict[str, frozenset[str]] = {
     for declared in names
 }
 _TEXT_TASKS = frozenset({"text-generation", "speech-to-text"})
+# The media types a task's files may have (by the declared type's start), and what to call them: a file of
+# another family (a WAV answering a text-to-image request) is refused, whatever its bytes.
+_IMAGES = (("image/",), "an image")
+_FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "text-to-image": _IMAGES,
+    "image-to-image": _IMAGES,
+    "inpaint": _IMAGES,
+    "upscale": _IMAGES,
+    "remove-background": _IMAGES,
+    "text-to-video": (("video/", "image/gif"), "a video (or an animated GIF)"),
+    "image-to-video": (("video/", "image/gif"), "a video (or an animated GIF)"),
+    "text-to-speech": (("audio/",), "audio"),
+}
 
 
 def _output_problem(task: str, output: ProviderOutput) -> str | None:
@@ -1262,10 +1275,21 @@ def _output_problem(task: str, output: ProviderOutput) -> str | None:
     if task in _TEXT_TASKS:
         if output.text is None or (task == "text-generation" and not output.text.strip()):
             return f"answered a {task} request without text"
+        if output.files:
+            first = redact(output.files[0].media_type)[:80]
+            return f"answered a {task} request with {len(output.files)} file(s) ({first}), not text only"
     elif not output.files:
         return f"answered a {task} request without a file"
+    family = _FAMILIES.get(task)
     for number, file in enumerate(output.files, 1):
-        expected = _SNIFFS_AS.get(file.media_type.partition(";")[0].strip().lower())
+        declared = file.media_type.partition(";")[0].strip().lower()
+        kind = sniff_media_type(file.data) if declared == "application/octet-stream" else declared  # say what it is
+        if family is not None and kind != "application/octet-stream" and not kind.startswith(family[0]):
+            return (
+                f"output file {number} of {len(output.files)} is {redact(kind)[:80]}, not {family[1]} "
+                f"as a {task} request makes"
+            )
+        expected = _SNIFFS_AS.get(declared)
         if expected is None:
             continue
         found = sniff_media_type(file.data)
