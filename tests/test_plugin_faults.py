@@ -862,3 +862,27 @@ async def test_real_cancellation_of_a_request_is_not_taken_for_a_provider_bug(se
     assert router.a.cancelled == 1
     assert not router.b.calls
     assert router.ledger.open_reservations() == []
+
+
+# ------------------------------------------------------------------------------- return-value faults are warned
+
+
+@pytest.mark.parametrize(
+    "output, what",
+    [
+        (lambda r: {"text": "hi"}, "run() returned dict, not ProviderOutput"),
+        (lambda r: None, "run() returned NoneType, not ProviderOutput"),
+        (html_as_png, "answered unfit output (output file 1 of 1 is declared image/png, but its bytes are not a"),
+    ],
+    ids=["a dict", "None", "html as png"],
+)
+async def test_a_wrong_return_value_is_warned_naming_the_plugin(output, what, settings_factory, router_factory, caplog):
+    router = two_providers(settings_factory, router_factory, a=FakeProvider("a", output=output))
+
+    with caplog.at_level(logging.WARNING, logger="genroute.router"):
+        result = await router.arun(image())
+
+    assert result.provider == "b"
+    [warning] = logged(caplog)
+    assert warning.startswith(f"provider a (plugin conftest.FakePlugin) {what}")
+    assert warning.endswith("; fix the plugin (falling back)")

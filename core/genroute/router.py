@@ -900,7 +900,7 @@ class Router:
             ctx = self._context(offer, key, tries.count, deadline, orphaned_since)
             tries.ctx = ctx
             try:
-                return await _call_provider(provider, request, offer, ctx)
+                return await self._call_provider(provider, request, offer, ctx)
             except ProviderError as exc:
                 if not exc.retryable or tries.count >= max_attempts:
                     raise
@@ -932,12 +932,28 @@ class Router:
         HTML error page as ``image/png``), a WAV file cut short. The call was billed all the same, so the refusal
         carries it; like every bad output it is not retried on the same offer (the router falls back)."""
         problem = _output_problem(offer.task, output)
-        if problem is None:
+        if problem is not None:  # the provider's bug, which its author must see, not only a fallback at INFO
+            self._return_fault(offer.provider, f"answered unfit output ({problem})")
+        else:
             total = sum(len(f.data) for f in output.files)
             if total > self.settings.routing.max_output_bytes:
                 problem = f"output is {total} bytes, over routing.max_output_bytes"
         if problem is not None:
             raise OutputRejected(problem, provider=offer.provider, retryable=False, incurred=billed)
+
+    async def _call_provider(
+        self, provider: Provider, request: RequestModel, offer: Offer, ctx: RunContext
+    ) -> ProviderOutput:
+        try:
+            return await _call_provider(provider, request, offer, ctx)
+        except _WrongReturn as exc:
+            self._return_fault(offer.provider, exc.what)
+            raise
+
+    def _return_fault(self, name: str, what: str) -> None:
+        """A provider's return value is wrong: a warning (once per router) names it and its plugin."""
+        who = f"provider {name} (plugin {self.plugin_of.get(name, '?')})"
+        self._report_fault(who, f"return:{what}", f"{who} {redact(what)}; fix the plugin (falling back)")
 
     def _keep(self, request: RequestModel, key: str, result: Result, files: list[OutputFile]) -> Result:
         if self.store is not None and request.cache != "bypass":
@@ -1339,8 +1355,17 @@ async def _call_provider(provider: Provider, request: RequestModel, offer: Offer
     except (Exception, SystemExit) as exc:  # a provider bug (sys.exit included): fall back, not fail or exit
         raise provider_failure(exc, offer.provider, "run") from exc
     if not isinstance(output, ProviderOutput):
-        raise ProviderError(f"run() returned {type(output).__name__}, not ProviderOutput", provider=offer.provider)
+        what = f"run() returned {type(output).__name__}, not ProviderOutput"
+        raise _WrongReturn(what, provider=offer.provider, what=what)
     return output
+
+
+class _WrongReturn(ProviderError):
+    """A provider's ``run`` returned something that is not a ProviderOutput (its bug): ``what`` says what."""
+
+    def __init__(self, message: str, *, provider: str, what: str) -> None:
+        super().__init__(message, provider=provider)
+        self.what = what
 
 
 async def _aiter(source: Iterator[RequestLike] | AsyncIterable[RequestLike]) -> AsyncIterator[RequestLike]:
