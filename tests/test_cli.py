@@ -53,27 +53,38 @@ def cli_environ(home: Path, env: Mapping[str, str] | None = None) -> dict[str, s
     return environ
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    """``cli(*args, env=None, rc=None, stdin=None)``: run genroute in ``tmp_path``; ``rc`` asserts the exit code.
+def run_cli(
+    home: Path,
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    rc: int | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run genroute in ``home`` (also its GENROUTE_HOME, see :func:`cli_environ`); ``rc`` asserts the exit code.
 
     ``stdin`` is text sent through a pipe to the command's standard input (none when not given).
     """
+    proc = subprocess.run(
+        [sys.executable, "-m", "genroute.cli", *map(str, args)],
+        cwd=home,
+        env=cli_environ(home, env),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if rc is not None:
+        assert proc.returncode == rc, f"exit {proc.returncode}, expected {rc}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """``cli(*args, env=None, rc=None, stdin=None)``: :func:`run_cli` in ``tmp_path``."""
 
     def run(*args: str | Path, env: Mapping[str, str] | None = None, rc: int | None = None, stdin: str | None = None):
-        proc = subprocess.run(
-            [sys.executable, "-m", "genroute.cli", *map(str, args)],
-            cwd=tmp_path,
-            env=cli_environ(tmp_path, env),
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if rc is not None:
-            assert proc.returncode == rc, f"exit {proc.returncode}, expected {rc}\n{proc.stdout}\n{proc.stderr}"
-        return proc
+        return run_cli(tmp_path, *args, env=env, rc=rc, stdin=stdin)
 
     return run
 

@@ -7,13 +7,12 @@ against a copy of the repository's ``plugins.toml`` with ``[store]`` changed as 
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from test_cli import CONFIG, cli_environ
+from test_cli import CONFIG, run_cli
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 STORE_LINE = 'path = ".genroute/store"'
@@ -31,18 +30,7 @@ def cli(tmp_path: Path) -> Cli:
         assert STORE_LINE in text, "plugins.toml no longer sets the store path: update the test"
         config = tmp_path / "genroute.toml"
         config.write_text(text.replace(STORE_LINE, f'path = "{store}"' if store is not None else STORE_LINE, 1))
-        proc = subprocess.run(
-            [sys.executable, "-m", "genroute.cli", *args],
-            cwd=tmp_path,
-            env=cli_environ(tmp_path, {"GENROUTE_CONFIG": str(config), **(env or {})}),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if rc is not None:
-            assert proc.returncode == rc, f"exit {proc.returncode}, expected {rc}\n{proc.stdout}\n{proc.stderr}"
-        return proc
+        return run_cli(tmp_path, *args, env={"GENROUTE_CONFIG": str(config), **(env or {})}, rc=rc)
 
     return run
 
