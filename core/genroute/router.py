@@ -285,19 +285,24 @@ class Router:
         raises something other than a validation error — makes only this provider unavailable, saying why and
         naming the plugin (:meth:`unavailable_reason`), so that the other providers and every command still work."""
         model = getattr(provider, "options_model", None)
+        if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            what = f"options_model is {_described(model)}, not a pydantic BaseModel subclass (or None)"
+            self._options_fault(name, what)
+            return None
         try:
-            if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise TypeError(f"options_model is {_described(model)}, not a pydantic BaseModel subclass (or None)")
             return provider.check_options(self.settings.provider(name), self.settings.source)
         except ConfigError as exc:
             exc.hint = f"{exc.hint} (provider {name} comes from plugin {self.plugin_of.get(name, '?')})"
             raise
         except Exception as exc:
-            what = str(exc) if isinstance(exc, TypeError) and "options_model is" in str(exc) else _fault(exc)
-            why = f"its options could not be checked: {what} (plugin {self.plugin_of.get(name, '?')}); fix the plugin"
-            self._option_faults[name] = why
-            self._report_fault(name, "options_model", f"provider {name}: {why}; it counts as unavailable", exc)
+            self._options_fault(name, _fault(exc), exc)
             return None
+
+    def _options_fault(self, name: str, what: str, exc: BaseException | None = None) -> None:
+        """Make ``name`` unavailable because its plugin's options could not be checked (``what``); warn once."""
+        why = f"its options could not be checked: {what} (plugin {self.plugin_of.get(name, '?')}); fix the plugin"
+        self._option_faults[name] = why
+        self._report_fault(name, "options_model", f"provider {name}: {why}; it counts as unavailable", exc)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -722,19 +727,16 @@ class Router:
             return await self._serve(request, key, started, deadline, deadline_seconds)
         claim = await self._inflight.claim(key, deadline, f"request did not finish within {deadline_seconds:g}s")
         try:
-            hit = self._lookup(request, key, started)
-            if hit is not None:
-                return hit
             while True:
+                hit = self._lookup(request, key, started)
+                if hit is not None:
+                    return hit
                 try:
                     return await self._serve(request, key, started, deadline, deadline_seconds)
                 except HeldElsewhere as held:
                     # Another worker sharing this ledger and store is serving the same request now: wait for
                     # it to finish, then take its result from the store (or serve it here if it failed).
                     await await_elsewhere(self.ledger, held, deadline, deadline_seconds)
-                hit = self._lookup(request, key, started)
-                if hit is not None:
-                    return hit
         finally:
             if claim is not None:
                 self._inflight.release(key)  # its twins look in the store: a hit if this one was kept, else one runs
