@@ -166,10 +166,15 @@ class ResultStore:
         try:
             return self._open_cache(name)
         except sqlite3.DatabaseError as exc:
-            if not _damaged(exc):
-                raise
-            self._rebuild(name, exc)
-            return self._open_cache(name)
+            return self._reopened(name, exc)
+
+    def _reopened(self, name: Literal["data", "stats"], exc: sqlite3.DatabaseError) -> Any:
+        """``name`` opened anew after ``exc`` when SQLite says its database is damaged (:meth:`_rebuild`); any
+        other database error (locked, I/O) is raised again."""
+        if not _damaged(exc):
+            raise exc
+        self._rebuild(name, exc)
+        return self._open_cache(name)
 
     def _open_cache(self, name: Literal["data", "stats"]) -> Any:
         if name == "stats":
@@ -400,18 +405,12 @@ class ResultStore:
                     self._remove_blob_files()  # files of rows already gone too (a crash's orphans)
                 self._data.clear()  # anything an older genroute kept as diskcache items
             except sqlite3.DatabaseError as exc:  # a database that cannot even be emptied is made anew
-                if not _damaged(exc):
-                    raise
-                self._rebuild("data", exc)
-                self._data = self._open_cache("data")
+                self._data = self._reopened("data", exc)
                 count = 0
             try:
                 self._stats.clear()
             except sqlite3.DatabaseError as exc:
-                if not _damaged(exc):
-                    raise
-                self._rebuild("stats", exc)
-                self._stats = self._open_cache("stats")
+                self._stats = self._reopened("stats", exc)
             _clear_scratch(self._path / "scratch")
         log.info("result store %s: cleared %d results", self._path, count)
         return count
